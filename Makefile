@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` runs the main job, `make test` runs the tests.
+# Both create the virtual environment in .venv on first use (and again when pyproject changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cosmic demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check services tests bench
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/rendezvous_server.py
+	$(PY) bench/pair_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""``cosmic``: the one command line, loading each subcommand's module only when it runs.
+
+A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Loading lazily
+keeps ``cosmic rendezvous`` free of torch and boto3, so each image needs only its own extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from services import __version__
+
+#: Subcommands that exist: name -> (module, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("services.demo", "run the main job end to end on this machine"),
+    "rendezvous": ("services.rendezvous.cli", "run the TCPunch-compatible rendezvous server"),
+}
+
+#: Subcommands of the plan that are not built yet, and the issue that builds each.
+PLANNED: dict[str, str] = {
+    "serve": "the coordinator's HTTP API (issue #6)",
+    "submit": "submitting a job to the coordinator (issue #6)",
+    "status": "a job's progress (issue #6)",
+    "report": "a job's cost and duration report (issue #6)",
+    "sweep": "jobs over world sizes and partition sizes (issue #6)",
+    "worker": "the local Lambda runtime (issue #4)",
+    "convert-checkpoint": "converting legacy checkpoints (issue #5)",
+    "deploy": "deploying to AWS (issue #7)",
+}
+
+
+def _usage() -> str:
+    lines = [f"usage: cosmic COMMAND [options]   (cosmic {__version__})", "", "commands:"]
+    lines += [f"  {name:<20}{help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "not built yet:"]
+    lines += [f"  {name:<20}{what}" for name, what in PLANNED.items()]
+    lines += ["", "`cosmic COMMAND --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in PLANNED:
+        print(f"cosmic: `{command}` is not built yet: {PLANNED[command]}", file=sys.stderr)
+        return 2
+    if command not in COMMANDS:
+        print(f"cosmic: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"cosmic {command}", description=help_text)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Structured logs: one line per event, as ``key=value`` text or as JSON.
+
+Every service logs through :func:`event`, which takes the event name and its context as
+keywords, so a line can be grepped by eye and parsed by machine alike. ``COSMIC_LOG_FORMAT``
+(``text`` or ``json``) and ``COSMIC_LOG_LEVEL`` choose the output. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_FORMATS = ("text", "json")
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp += f".{int(record.msecs):03d}Z"
+        if self.as_json:
+            line = {"ts": stamp, "level": record.levelname.lower(), "logger": record.name,
+                    "event": record.getMessage(), **fields}
+            if record.exc_info:
+                line["exc"] = self.formatException(record.exc_info)
+            return json.dumps(line, default=str, separators=(",", ":"))
+        pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+        text = f"{stamp} {record.levelname.lower():<7} {record.name} {record.getMessage()}"
+        text = f"{text} {pairs}" if pairs else text
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(ch in text for ch in " \"=\n"):
+        return json.dumps(text)
+    return text
+
+
+def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
+    """Send every log line to ``stream`` (stderr) in the chosen format; idempotent."""
+    fmt = (fmt or os.environ.get("COSMIC_LOG_FORMAT") or "text").lower()
+    if fmt not in _FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+    level_name = (level or os.environ.get("COSMIC_LOG_LEVEL") or "INFO").upper()
+    if not isinstance(logging.getLevelName(level_name), int):
+        raise ValueError(f"unknown log level {level_name!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter(as_json=fmt == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level_name)
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, /, **fields: Any) -> None:
+    """Log one event with its context; cheap when the level is disabled."""
+    if logger.isEnabledFor(level):
+        logger.log(level, name, extra={"fields": fields})
+
+
+class RateLimitedEvent:
+    """Logs an event at most once per ``interval`` seconds, counting what it held back.
+
+    A limit that bites under abuse would otherwise write one line per refused connection and
+    turn a flood of clients into a flood of logs.
+    """
+
+    def __init__(self, logger: logging.Logger, name: str, interval: float = 1.0,
+                 level: int = logging.WARNING) -> None:
+        self.logger, self.name, self.interval, self.level = logger, name, interval, level
+        self._next = 0.0
+        self._held_back = 0
+
+    def __call__(self, **fields: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held_back += 1
+            return
+        self._next = now + self.interval
+        if self._held_back:
+            fields["suppressed_since_last"] = self._held_back
+            self._held_back = 0
+        event(self.logger, self.name, self.level, **fields)

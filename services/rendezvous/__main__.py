@@ -1,0 +1,5 @@
+"""``python -m services.rendezvous``: run the rendezvous server."""
+
+from services.rendezvous.cli import main
+
+raise SystemExit(main())

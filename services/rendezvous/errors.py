@@ -1,0 +1,49 @@
+"""Exceptions of the rendezvous service.
+
+::
+
+    RendezvousError            anything that stops a pairing; carries the name and server address
+    ├── RendezvousTimeout      the overall deadline passed; ``phase`` says where it was spent
+    ├── ProtocolError          the server answered something the protocol does not allow
+    ├── PeerGone               the server closed the connection before naming a peer
+    └── InvalidName            the name cannot travel on the wire (also a ValueError)
+"""
+
+from __future__ import annotations
+
+
+class RendezvousError(Exception):
+    """A pairing failed. ``name`` and ``server`` say which pairing, against which server."""
+
+    def __init__(self, message: str, *, name: bytes | None = None, server: str | None = None) -> None:
+        context = []
+        if name is not None:
+            context.append(f"name={repr(bytes(name))[2:-1]}")
+        if server is not None:
+            context.append(f"server={server}")
+        super().__init__(f"{message} ({', '.join(context)})" if context else message)
+        self.name = name
+        self.server = server
+
+
+class RendezvousTimeout(RendezvousError, TimeoutError):
+    """The deadline passed. ``phase`` is one of connect, register, wait_peer or punch."""
+
+    def __init__(self, message: str, *, phase: str, **context: object) -> None:
+        super().__init__(message, **context)  # type: ignore[arg-type]
+        self.phase = phase
+
+
+class ProtocolError(RendezvousError):
+    """The server sent bytes that are not a valid reply."""
+
+
+class PeerGone(RendezvousError):
+    """The server closed the rendezvous connection before sending the peer's address.
+
+    It does so when it shuts down, when the waiter TTL passes, or when a limit refuses us.
+    """
+
+
+class InvalidName(RendezvousError, ValueError):
+    """The pairing name is empty, longer than 100 bytes, or contains a NUL byte."""

@@ -1,0 +1,60 @@
+"""Counters of the rendezvous server and their Prometheus text rendering.
+
+Plain integer attributes, bumped on the hot path without locks (the server is one event loop),
+rendered only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+#: Why a connection was closed without being paired; every label is documented here.
+REJECTION_REASONS = {
+    "server_full": "the overall connection cap (derived from the fd limit) was reached",
+    "source_limit": "the per-source-address connection cap was reached",
+    "accept_failed": "accept() itself failed, typically out of file descriptors",
+    "empty_name": "the first read held no bytes before a NUL",
+    "name_too_long": "the first read held over 100 bytes and no NUL among the first 100",
+    "unexpected_data": "the client sent bytes after its name",
+    "no_ipv4_address": "the client's address is native IPv6, which the 8-byte reply cannot carry",
+    "shutdown": "the server was stopping",
+}
+TIMEOUT_KINDS = {
+    "name": "the connection sent no name within the name timeout",
+    "waiter_ttl": "the waiter was not joined within the waiter TTL",
+}
+
+
+class Metrics:
+    """What happened since the server started."""
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.pairings_total = 0
+        self.waiters_gone_total = 0
+        self.rejected: Counter[str] = Counter()
+        self.timeouts: Counter[str] = Counter()
+
+    def render(self, *, waiters: int, open_connections: int, connection_cap: int) -> str:
+        """The Prometheus text exposition (format 0.0.4) of the counters and current gauges."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, doc: str, samples: list[tuple[str, int]]) -> None:
+            lines.append(f"# HELP {name} {doc}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+        metric("rendezvous_connections_total", "counter", "Pairing connections accepted.",
+               [("", self.connections_total)])
+        metric("rendezvous_pairings_total", "counter", "Pairs of clients introduced to each other.",
+               [("", self.pairings_total)])
+        metric("rendezvous_waiters_gone_total", "counter", "Waiters that disconnected before a partner came.",
+               [("", self.waiters_gone_total)])
+        metric("rendezvous_rejections_total", "counter", "Connections closed without a reply, by reason.",
+               [(f'{{reason="{reason}"}}', self.rejected[reason]) for reason in REJECTION_REASONS])
+        metric("rendezvous_timeouts_total", "counter", "Connections dropped by a timeout, by kind.",
+               [(f'{{kind="{kind}"}}', self.timeouts[kind]) for kind in TIMEOUT_KINDS])
+        metric("rendezvous_waiters", "gauge", "Named clients waiting for a partner.", [("", waiters)])
+        metric("rendezvous_open_connections", "gauge", "Open pairing connections.", [("", open_connections)])
+        metric("rendezvous_connection_cap", "gauge", "Open pairing connections allowed.", [("", connection_cap)])
+        return "\n".join(lines) + "\n"
