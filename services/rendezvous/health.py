@@ -69,7 +69,7 @@ async def start(host: str, port: int, server: Observable) -> asyncio.AbstractSer
                 response = await _read_and_route(reader, server)
             writer.write(response)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass  # the prober left or stalled: nothing to answer
         finally:
             active -= 1

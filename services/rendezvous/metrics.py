@@ -14,7 +14,7 @@ REJECTION_REASONS = {
     "source_limit": "the per-source-address connection cap was reached",
     "accept_failed": "accept() itself failed, typically out of file descriptors",
     "empty_name": "the first read held no bytes before a NUL",
-    "name_too_long": "the first read held over 100 bytes and no NUL among the first 100",
+    "name_too_long": "the name (the first read up to its first NUL) was over 100 bytes",
     "unexpected_data": "the client sent bytes after its name",
     "no_ipv4_address": "the client's address is native IPv6, which the 8-byte reply cannot carry",
     "shutdown": "the server was stopping",

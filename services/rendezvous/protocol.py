@@ -15,8 +15,8 @@ reads past its buffer):
 * a name of 1 to 100 bytes is accepted; any byte other than NUL may appear (names are bytes,
   not text, and are compared byte for byte);
 * an empty name (no bytes before the first NUL) is rejected;
-* a first read that holds more than 100 bytes with no NUL among the first 100 is rejected as
-  too long (a NUL within the first 100 bytes ends the name, and what follows it is padding);
+* a name longer than 100 bytes (no NUL among the first 101 bytes of a longer read) is rejected;
+  a NUL ends the name, and what follows it in that read is padding and ignored;
 * any byte a client sends after its name is a protocol violation and drops that client.
 
 A rejected client is closed without a reply, so it never receives an address it could
@@ -49,15 +49,13 @@ class NameRejected(ValueError):
 
 def parse_name(first_read: bytes) -> bytes:
     """Return the pairing name carried by a connection's first read, or raise NameRejected."""
-    head = first_read[:NAME_MAX]
-    nul = head.find(b"\0")
-    if nul >= 0:
-        head = head[:nul]
-    elif len(first_read) > NAME_MAX:
+    nul = first_read.find(b"\0", 0, NAME_MAX + 1)
+    name = first_read if nul < 0 else first_read[:nul]
+    if len(name) > NAME_MAX:
         raise NameRejected("name_too_long", f"name longer than {NAME_MAX} bytes")
-    if not head:
+    if not name:
         raise NameRejected("empty_name", "empty pairing name")
-    return head
+    return name
 
 
 def encode_name(name: str | bytes) -> bytes:
@@ -95,8 +93,8 @@ def wire_ipv4(host: str) -> str | None:
     IPv4-mapped IPv6 addresses (``::ffff:198.51.100.7``, what a dual-stack listener reports)
     become plain IPv4; a native IPv6 address cannot be carried in the 4-byte field.
     """
-    if ":" not in host:
-        return host
+    if ":" not in host:  # the hot path: an AF_INET peer name is already dotted IPv4
+        return host if host.count(".") == 3 else None
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

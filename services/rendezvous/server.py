@@ -45,7 +45,7 @@ _NAMING, _WAITING, _DONE = 0, 1, 2
 class _Client(asyncio.Protocol):
     """One pairing connection; the state machine lives in :class:`_Hub`."""
 
-    __slots__ = ("hub", "transport", "source", "port", "state", "name", "reply", "bucket")
+    __slots__ = ("bucket", "hub", "name", "port", "reply", "source", "state", "transport")
 
     def __init__(self, hub: _Hub) -> None:
         self.hub = hub
@@ -86,10 +86,12 @@ class _Hub:
         self.waiting: dict[bytes, _Client] = {}
         self.per_source: dict[str, int] = {}
         self.open = 0
-        granularity = min(1.0, settings.name_timeout / 8)
-        self.naming: ExpiryBuckets[_Client] = ExpiryBuckets(settings.name_timeout, granularity)
-        self.waiter_deadlines: ExpiryBuckets[_Client] = ExpiryBuckets(settings.waiter_ttl, granularity)
-        self.sweep_interval = granularity
+        # Deadlines are kept within an eighth of their timeout (at most a second late).
+        self.naming: ExpiryBuckets[_Client] = ExpiryBuckets(settings.name_timeout,
+                                                            min(1.0, settings.name_timeout / 8))
+        self.waiter_deadlines: ExpiryBuckets[_Client] = ExpiryBuckets(settings.waiter_ttl,
+                                                                      min(1.0, settings.waiter_ttl / 8))
+        self.sweep_interval = min(self.naming.granularity, self.waiter_deadlines.granularity)
         self._log_rejection = RateLimitedEvent(log, "connection_rejected")
         self._log_timeout = RateLimitedEvent(log, "connection_timed_out", level=logging.INFO)
 

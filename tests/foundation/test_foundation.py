@@ -1,0 +1,105 @@
+"""Settings, logs and the ``cosmic`` command: the pieces every service shares."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from services import envconfig, logs
+from services.cli import COMMANDS, PLANNED, main
+
+
+@dataclass(frozen=True)
+class _Example:
+    port: int = 1
+    ratio: float = 0.5
+    name: str = "x"
+    enabled: bool = False
+
+
+def test_settings_precedence_argument_then_environment_then_default() -> None:
+    environ = {"T_PORT": "7", "T_RATIO": "0.25", "T_ENABLED": "yes"}
+    loaded = envconfig.load(_Example, "T_", environ, port=9)
+    assert loaded == _Example(port=9, ratio=0.25, name="x", enabled=True)
+    assert envconfig.load(_Example, "T_", {}) == _Example()
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(envconfig.SettingsError, match="T_PORT='seven'"):
+        envconfig.load(_Example, "T_", {"T_PORT": "seven"})
+    with pytest.raises(envconfig.SettingsError, match="T_ENABLED"):
+        envconfig.load(_Example, "T_", {"T_ENABLED": "maybe"})
+
+
+def test_unknown_override_is_refused() -> None:
+    with pytest.raises(TypeError, match="colour"):
+        envconfig.load(_Example, "T_", {}, colour="red")
+
+
+def test_json_log_lines_carry_their_context() -> None:
+    stream = io.StringIO()
+    logs.configure("json", "INFO", stream)
+    try:
+        logs.event(logging.getLogger("cosmic.test"), "paired", name="job", rank=3)
+        line = json.loads(stream.getvalue())
+        assert line["event"] == "paired" and line["name"] == "job" and line["rank"] == 3
+        assert line["level"] == "info" and line["logger"] == "cosmic.test"
+    finally:
+        logging.getLogger().handlers.clear()
+
+
+def test_text_log_lines_quote_what_needs_it() -> None:
+    stream = io.StringIO()
+    logs.configure("text", "INFO", stream)
+    try:
+        logs.event(logging.getLogger("cosmic.test"), "said", text="two words", n=1)
+        assert stream.getvalue().rstrip().endswith('said text="two words" n=1')
+    finally:
+        logging.getLogger().handlers.clear()
+
+
+def test_rate_limited_event_counts_what_it_held_back() -> None:
+    stream = io.StringIO()
+    logs.configure("json", "INFO", stream)
+    try:
+        limited = logs.RateLimitedEvent(logging.getLogger("cosmic.test"), "refused", interval=3600)
+        for _ in range(5):
+            limited(reason="full")
+        assert len(stream.getvalue().splitlines()) == 1
+        limited._next = 0.0  # the interval has passed
+        limited(reason="full")
+        assert json.loads(stream.getvalue().splitlines()[1])["suppressed_since_last"] == 4
+    finally:
+        logging.getLogger().handlers.clear()
+
+
+def test_cli_lists_commands_and_refuses_what_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in [*COMMANDS, *PLANNED])
+    assert main(["deploy"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+
+
+def test_rendezvous_subcommand_does_not_import_other_services() -> None:
+    code = ("import sys; from services.cli import main; import services.rendezvous.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'boto3', 'numpy', 'fastapi')]; "
+            "print(bad)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--ranks", "3", "--megabytes", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "result: OK" in result.stdout
+    assert "3 of 3 links done" in result.stdout
+    assert "SIGTERM -> exit code 0" in result.stdout

@@ -1,0 +1,189 @@
+"""Fixtures: a real rendezvous server process on loopback, and raw-protocol clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A rendezvous server started by a test; ``log`` holds what it wrote to stderr."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    health_port: int
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples as ``{'name{labels}': value}``."""
+        _, text = self.get("/metrics")
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+        return samples
+
+    def wait_metric(self, key: str, value: float, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.metrics().get(key) == value:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{key} did not reach {value}: {self.metrics().get(key)}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+
+def _nofile_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with the given options (``name_timeout=0.5`` -> ``--name-timeout 0.5``)."""
+    started: list[ServerProcess] = []
+
+    def start(*, nofile: int | None = None, env: dict[str, str] | None = None, host: str = "127.0.0.1",
+              **options: object) -> ServerProcess:
+        port, health_port = free_port(), free_port()
+        args = [sys.executable, "-m", "services.rendezvous", "--host", host, "--port", str(port),
+                "--health-host", "127.0.0.1", "--health-port", str(health_port)]
+        for key, value in options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        log_path = tmp_path / f"server-{len(started)}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(args, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **(env or {})},
+                                       preexec_fn=_nofile_limit(nofile) if nofile else None)
+        server = ServerProcess(process, "127.0.0.1", port, health_port, log_path)
+        started.append(server)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}:\n{server.log}")
+            try:
+                if server.get("/healthz")[0] == 200:
+                    return server
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError(f"server did not become healthy:\n{server.log}")
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server with short timeouts, so that tests of them run in under a second."""
+    return start_server(name_timeout=0.5, waiter_ttl=2.0)
+
+
+_OPEN_SOCKETS: list[socket.socket] = []
+
+
+def track(sock: socket.socket) -> socket.socket:
+    """Close ``sock`` when the test ends, whatever happens to it before."""
+    _OPEN_SOCKETS.append(sock)
+    return sock
+
+
+@pytest.fixture(autouse=True)
+def _close_tracked_sockets() -> Iterator[None]:
+    yield
+    while _OPEN_SOCKETS:
+        _OPEN_SOCKETS.pop().close()
+
+
+def raw_client(server: ServerProcess, name: bytes | None = None, timeout: float = 5.0) -> socket.socket:
+    """A client that speaks the protocol as the reference client does: the name, no terminator."""
+    sock = track(socket.create_connection((server.host, server.port), timeout=timeout))
+    if name is not None:
+        sock.sendall(name)
+    return sock
+
+
+def read_message(sock: socket.socket) -> tuple[str, int]:
+    data = b""
+    while len(data) < MESSAGE_SIZE:
+        chunk = sock.recv(MESSAGE_SIZE - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} bytes")
+        data += chunk
+    return decode_address(data)
+
+
+def closed_without_reply(sock: socket.socket, within: float = 3.0) -> bool:
+    """True when the server closes ``sock`` within ``within`` seconds having sent nothing."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def silent_for(sock: socket.socket, seconds: float) -> bool:
+    """True when nothing arrives (and no close) on ``sock`` for ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    return False
+
+
+def log_events(server: ServerProcess) -> list[dict[str, object]]:
+    """The server's JSON log lines (for servers started with ``log_format='json'``)."""
+    return [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
