@@ -100,7 +100,10 @@ class _Hub:
         self.metrics.connections_total += 1
         self.open += 1
         peer = client.transport.get_extra_info("peername")
-        client.source, client.port = (peer[0], peer[1]) if peer else ("unknown", 0)
+        if peer is None:  # uvloop: the client reset between the kernel's accept and ours
+            self.reject(client, "gone_before_accept")
+            return
+        client.source, client.port = peer[0], peer[1]
         from_source = self.per_source.get(client.source, 0) + 1
         self.per_source[client.source] = from_source
         if self.open > self.connection_cap:
@@ -143,11 +146,12 @@ class _Hub:
 
     def lost(self, client: _Client) -> None:
         self.open -= 1
-        remaining = self.per_source.get(client.source, 1) - 1
-        if remaining:
-            self.per_source[client.source] = remaining
-        else:
-            self.per_source.pop(client.source, None)
+        if client.source:
+            remaining = self.per_source[client.source] - 1
+            if remaining:
+                self.per_source[client.source] = remaining
+            else:
+                del self.per_source[client.source]
         if client.state == _WAITING:
             if self.waiting.get(client.name) is client:
                 del self.waiting[client.name]
@@ -243,6 +247,7 @@ class RendezvousServer:
         self._server: asyncio.AbstractServer | None = None
         self._health: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._log_accept_failure = RateLimitedEvent(log, "accept_failed", level=logging.ERROR)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -280,10 +285,12 @@ class RendezvousServer:
         # asyncio reports accept() failures (EMFILE/ENFILE) here and retries a second later;
         # count and log them instead of letting them pass as an anonymous traceback.
         message = str(context.get("message", ""))
-        error = context.get("exception")
+        error = repr(context.get("exception"))
         if "accept" in message:
             self.metrics.rejected["accept_failed"] += 1
-        event(log, "loop_error", logging.ERROR, message=message, error=repr(error))
+            self._log_accept_failure(message=message, error=error)
+        else:
+            event(log, "loop_error", logging.ERROR, message=message, error=error)
 
     def render_metrics(self) -> str:
         hub = self._hub
