@@ -63,11 +63,11 @@ SITES = {
     "b": ("198.51.100.2", "203.0.113.129", "203.0.113.130"),
 }
 PAIRINGS = 20
-PAIR_TIMEOUT = 20.0
+PAIR_TIMEOUT = 30.0
 EXCHANGE_BYTES = 4096
 BULK_BYTES = 64 << 20
 #: Seconds the two peers get for everything: 20 pairings, their exchanges and the bulk transfer.
-PEERS_DEADLINE = 80.0
+PEERS_DEADLINE = 95.0
 COMMAND_TIMEOUT = 20.0
 
 
@@ -340,7 +340,7 @@ def kept_ports(records: dict[str, list[dict[str, object]]]) -> str:
 
 
 @pytest.mark.netns
-@pytest.mark.timeout(110)
+@pytest.mark.timeout(130)
 def test_pairing_through_two_nats(nat_lab: Lab, tmp_path: Path) -> None:
     lab = nat_lab
     names = f"nat-{lab.mode}-{lab.tag}"
