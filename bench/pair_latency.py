@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import math
 import multiprocessing as mp
 import os
@@ -40,7 +39,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from _processes import OUT, REPO, children_killed_on_exit, start_ours, stop
+from _harness import OUT, children_killed_on_exit, start_ours, stop, write_report
 
 from services.rendezvous import pair
 
@@ -336,12 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(server.proc)
     print_report(results)
-    report = {"results": results, "cpus": os.cpu_count(),
-              "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS},
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = OUT / "pair_latency.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(REPO)}")
+    write_report("pair_latency",
+                 {"results": results, "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}})
     return 0
 
 

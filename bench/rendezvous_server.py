@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _processes import (
+from _harness import (
     BENCH,
     HOST,
     OUT,
@@ -50,6 +50,7 @@ from _processes import (
     spawn,
     start_ours,
     stop,
+    write_report,
 )
 
 
@@ -348,12 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         print_servers(servers)
         mem = memory(args.waiters)
         print_memory(mem)
-    report = {"seconds": args.seconds, "concurrency": args.concurrency, "cpus": os.cpu_count(),
-              "rows": [asdict(row) for row in rows], "servers": servers, "memory": mem,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = OUT / "rendezvous_server.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(REPO)}")
+    write_report("rendezvous_server", {"seconds": args.seconds, "concurrency": args.concurrency,
+                                       "rows": [asdict(row) for row in rows], "servers": servers, "memory": mem})
     return 0
 
 

@@ -71,20 +71,10 @@ def _payload(size: int, seed: bytes) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise ConnectionError(f"peer closed after {got} of {size} bytes")
-        got += n
-    return bytes(buffer)
-
-
 def _rank_main(rank: int, ranks: int, job: str, port: int, size: int, timeout: float,
                results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     from services.rendezvous import pair
+    from services.rendezvous.netio import recv_exactly
 
     # Every rank walks the links in one global order, so the smallest unfinished link always
     # has both of its ranks waiting for it: no cycle of ranks waiting on each other.
@@ -97,9 +87,9 @@ def _rank_main(rank: int, ranks: int, job: str, port: int, size: int, timeout: f
             mine, theirs = _payload(size, f"{job}{rank}".encode()), _payload(size, f"{job}{peer}".encode())
             if rank == low:
                 link.sendall(mine)
-                intact = _recv_exactly(link, size) == theirs
+                intact = recv_exactly(link, size) == theirs
             else:
-                intact = _recv_exactly(link, size) == theirs
+                intact = recv_exactly(link, size) == theirs
                 link.sendall(mine)
         done = time.perf_counter()
         if rank == low:

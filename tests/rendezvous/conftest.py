@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from services.rendezvous.netio import recv_exactly
 from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,13 +155,7 @@ def raw_client(server: ServerProcess, name: bytes | None = None, timeout: float 
 
 
 def read_message(sock: socket.socket) -> tuple[str, int]:
-    data = b""
-    while len(data) < MESSAGE_SIZE:
-        chunk = sock.recv(MESSAGE_SIZE - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} bytes")
-        data += chunk
-    return decode_address(data)
+    return decode_address(recv_exactly(sock, MESSAGE_SIZE))
 
 
 def closed_without_reply(sock: socket.socket, within: float = 3.0) -> bool:

@@ -30,6 +30,7 @@ import threading
 import time
 
 from services.rendezvous import pair
+from services.rendezvous.netio import recv_exactly
 
 CHUNK = 1 << 20
 
@@ -42,16 +43,6 @@ def pattern(name: str, role: str, size: int) -> bytes:
     """``size`` bytes that only (name, role) produce, so a crossed or corrupted stream shows."""
     block = b"".join(hashlib.sha256(f"{name}/{role}/{n}".encode()).digest() for n in range(32))
     return (block * (size // len(block) + 1))[:size]
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"peer closed after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
 
 
 def exchange(sock: socket.socket, name: str, role: str, other: str, size: int) -> bool:

@@ -1,12 +1,14 @@
-"""Child processes of the benchmarks: start servers on free loopback ports, always stop them.
+"""What every benchmark needs: child servers on free loopback ports, always stopped, and a report.
 
 Shared by ``rendezvous_server.py`` and ``pair_latency.py`` so that both start our server the same
-way and neither can leave a server running after it exits.
+way, neither can leave a server running after it exits, and both write results the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -112,3 +114,11 @@ def children_killed_on_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+
+
+def write_report(name: str, report: dict[str, object]) -> None:
+    """Write ``bench/out/<name>.json`` with the machine and time added, and say where."""
+    report = {**report, "cpus": os.cpu_count(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(REPO)}")
