@@ -1,4 +1,5 @@
-"""Exceptions of the rendezvous service.
+"""Exceptions of the rendezvous service: pairing (``RendezvousError``) and the communicator
+(``CommError``, below).
 
 ::
 
@@ -47,3 +48,40 @@ class PeerGone(RendezvousError):
 
 class InvalidName(RendezvousError, ValueError):
     """The pairing name is empty, longer than 100 bytes, or contains a NUL byte."""
+
+
+class CommError(Exception):
+    """A communicator operation failed. ``rank`` is the rank that raised it.
+
+    ::
+
+        CommError
+        ├── CollectiveTimeout    a peer did not answer (or never arrived) within the deadline
+        ├── CollectiveMismatch   a peer sent a frame of another operation (ranks called
+        │                        different collectives, or in a different order)
+        └── RankFailed           a peer rank died, or aborted because another one did
+    """
+
+    def __init__(self, message: str, *, rank: int) -> None:
+        super().__init__(f"rank {rank}: {message}")
+        self.rank = rank
+
+
+class CollectiveTimeout(CommError, TimeoutError):
+    """The deadline passed; ``peers`` are the ranks still awaited."""
+
+    def __init__(self, message: str, *, rank: int, peers: list[int]) -> None:
+        super().__init__(message, rank=rank)
+        self.peers = peers
+
+
+class CollectiveMismatch(CommError):
+    """A frame from another operation arrived where this one expected its own."""
+
+
+class RankFailed(CommError):
+    """``failed_rank`` is gone (its link closed or reset) or reported a failure of its own."""
+
+    def __init__(self, message: str, *, rank: int, failed_rank: int) -> None:
+        super().__init__(message, rank=rank)
+        self.failed_rank = failed_rank
