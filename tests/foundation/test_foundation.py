@@ -101,5 +101,5 @@ def test_demo_runs_end_to_end() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "result: OK" in result.stdout
-    assert "3 of 3 links done" in result.stdout
+    assert "3 of 3 ranks reported" in result.stdout
     assert "SIGTERM -> exit code 0" in result.stdout
