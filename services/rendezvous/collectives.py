@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from services.rendezvous.frames import Op
-from services.rendezvous.reduction import Reducer, combine_into, resolve
+from services.rendezvous.reduction import Reducer, combine_into, combine_received, resolve
 from services.rendezvous.transfer import Items
 
 if TYPE_CHECKING:
@@ -71,10 +71,10 @@ def bcast(comm: Communicator, obj: Any, root: int, deadline: float, op: Op = Op.
 
 
 def reduce(comm: Communicator, x: Any, root: int, op: str | Reducer, deadline: float) -> Any:
-    combine = resolve(op)
+    resolve(op)  # refuse an unknown operator before any message moves
     n = comm.world_size
     vrank = (comm.rank - root) % n
-    mask = 1
+    mine, mask = x, 1
     while mask < n:
         if vrank & mask:
             comm._exchange(Op.REDUCE, {(vrank - mask + root) % n: x}, [], deadline)
@@ -82,9 +82,9 @@ def reduce(comm: Communicator, x: Any, root: int, op: str | Reducer, deadline: f
         child = vrank + mask
         if child < n:
             source = (child + root) % n
-            x = combine(x, comm._exchange(Op.REDUCE, {}, [source], deadline)[source])
+            x = combine_received(op, comm._exchange(Op.REDUCE, {}, [source], deadline)[source], x, False)
         mask <<= 1
-    return x
+    return _copy(x) if x is mine else x  # the result never aliases the caller's input
 
 
 def gather(comm: Communicator, obj: Any, root: int, deadline: float, op: Op = Op.GATHER) -> list[Any] | None:
@@ -142,10 +142,11 @@ def allreduce(comm: Communicator, x: Any, op: str | Reducer, deadline: float) ->
     if (comm.world_size > 2 and numpy is not None and isinstance(x, numpy.ndarray)
             and x.nbytes >= RING_MIN_BYTES and x.size >= comm.world_size):
         return _ring_allreduce(comm, x, op, deadline)
-    return _recursive_doubling(comm, x, resolve(op), deadline)
+    resolve(op)
+    return _recursive_doubling(comm, x, op, deadline)
 
 
-def _recursive_doubling(comm: Communicator, x: Any, combine: Reducer, deadline: float) -> Any:
+def _recursive_doubling(comm: Communicator, x: Any, op: str | Reducer, deadline: float) -> Any:
     n, r = comm.world_size, comm.rank
     power = 1 << (n.bit_length() - 1)
     extra = n - power
@@ -154,7 +155,7 @@ def _recursive_doubling(comm: Communicator, x: Any, combine: Reducer, deadline: 
         if r % 2 == 0:
             comm._exchange(Op.ALLREDUCE, {r + 1: x}, [], deadline)
             return comm._exchange(Op.ALLREDUCE, {}, [r + 1], deadline)[r + 1]
-        x = combine(comm._exchange(Op.ALLREDUCE, {}, [r - 1], deadline)[r - 1], x)
+        x = combine_received(op, comm._exchange(Op.ALLREDUCE, {}, [r - 1], deadline)[r - 1], x, True)
         vrank = r // 2
     else:
         vrank = r - extra
@@ -163,7 +164,7 @@ def _recursive_doubling(comm: Communicator, x: Any, combine: Reducer, deadline: 
         vpeer = vrank ^ mask
         peer = vpeer * 2 + 1 if vpeer < extra else vpeer + extra
         theirs = comm._exchange(Op.ALLREDUCE, {peer: x}, [peer], deadline)[peer]
-        x = combine(theirs, x) if peer < r else combine(x, theirs)
+        x = combine_received(op, theirs, x, peer < r)
         mask <<= 1
     if r < 2 * extra:
         comm._exchange(Op.ALLREDUCE, {r - 1: x}, [], deadline)
@@ -189,7 +190,7 @@ def _ring_allreduce(comm: Communicator, x: Any, op: str | Reducer, deadline: flo
 
 
 def scan(comm: Communicator, x: Any, op: str | Reducer, deadline: float) -> Any:
-    combine = resolve(op)
+    resolve(op)
     n, r, distance = comm.world_size, comm.rank, 1
     x = _copy(x)
     while distance < n:
@@ -197,7 +198,7 @@ def scan(comm: Communicator, x: Any, op: str | Reducer, deadline: float) -> Any:
         receives = [r - distance] if r >= distance else []
         got = comm._exchange(Op.SCAN, sends, receives, deadline)
         if receives:
-            x = combine(got[r - distance], x)
+            x = combine_received(op, got[r - distance], x, True)
         distance *= 2
     return x
 

@@ -27,7 +27,7 @@ from typing import Any
 from services.logs import event
 from services.rendezvous import collectives
 from services.rendezvous.client import pair_async
-from services.rendezvous.errors import CollectiveTimeout, CommError, RankFailed, RendezvousError
+from services.rendezvous.errors import CollectiveTimeout, CommError, PeerGone, RankFailed, RendezvousError
 from services.rendezvous.frames import Op
 from services.rendezvous.protocol import DEFAULT_PORT
 from services.rendezvous.reduction import Reducer
@@ -199,7 +199,9 @@ class Communicator:
                 raise CollectiveTimeout(f"ranks {waiting} did not come to link with this rank at the rendezvous "
                                         f"server {self.host}:{self.port} in time (never started, died, or stuck "
                                         "waiting on another rank)", rank=self.rank, peers=waiting)
-            raise RankFailed(f"cannot link to rank {peer}: {error}", rank=self.rank, failed_rank=peer)
+            if isinstance(error, PeerGone):  # the server stopped waiting for that rank
+                raise RankFailed(f"rank {peer} never came to link: {error}", rank=self.rank, failed_rank=peer)
+            raise CommError(f"cannot use the rendezvous server {self.host}:{self.port}: {error}", rank=self.rank)
 
     def _run(self, op: Op, body: Any, count: bool = True) -> Any:
         if self._closed:

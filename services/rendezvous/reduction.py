@@ -39,6 +39,24 @@ def resolve(op: str | Reducer) -> Reducer:
     return combine
 
 
+def combine_received(op: str | Reducer, received: Any, mine: Any, received_first: bool) -> Any:
+    """``op`` of a value just received (which the caller owns) and this rank's value.
+
+    For named operators on arrays of one dtype and shape the result is written into ``received``,
+    saving a fresh array per step (a 4 MiB allocation costs ~1,000 page faults). Named operators
+    give the same result in either order, so ``received_first`` matters only for callables.
+    """
+    if isinstance(op, str):
+        numpy = sys.modules.get("numpy")
+        if (numpy is not None and isinstance(received, numpy.ndarray) and isinstance(mine, numpy.ndarray)
+                and received.shape == mine.shape and received.dtype == mine.dtype and received.ndim
+                and received.flags.writeable):
+            getattr(numpy, _NUMPY[op])(received, mine, out=received)
+            return received
+    combine = resolve(op)
+    return combine(received, mine) if received_first else combine(mine, received)
+
+
 def combine_into(op: str | Reducer, target: Any, other: Any) -> None:
     """``target[...] = op(target, other)`` for a numpy array, in place when the op allows it."""
     import numpy
