@@ -24,6 +24,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) bench/rendezvous_server.py
 	$(PY) bench/pair_latency.py
+	$(PY) bench/collectives.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
