@@ -32,6 +32,9 @@ HEADER = struct.Struct("!2sBBBxHQQ")
 HEADER_SIZE = HEADER.size
 #: Largest metadata block accepted (a dtype and a shape need far less).
 MAX_METADATA = 4096
+#: Largest payload accepted in one frame: above any Lambda's memory (10 GiB), so a corrupt or
+#: hostile length is refused before anything is allocated for it.
+MAX_PAYLOAD = 16 << 30
 
 
 class Kind(IntEnum):

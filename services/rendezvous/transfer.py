@@ -19,7 +19,16 @@ from typing import Any
 
 from services.rendezvous import values
 from services.rendezvous.errors import CollectiveMismatch, CollectiveTimeout, RankFailed
-from services.rendezvous.frames import HEADER_SIZE, MAX_METADATA, FrameError, Kind, Op, pack_header, unpack_header
+from services.rendezvous.frames import (
+    HEADER_SIZE,
+    MAX_METADATA,
+    MAX_PAYLOAD,
+    FrameError,
+    Kind,
+    Op,
+    pack_header,
+    unpack_header,
+)
 
 #: At most this many buffers per sendmsg() call (Linux's IOV_MAX is 1024).
 _IOV_BATCH = 512
@@ -115,8 +124,9 @@ class _Incoming:
                 raise CollectiveMismatch(
                     f"rank {self.peer} sent {op.name.lower()} #{seq} while this rank runs "
                     f"{self.op.name.lower()} #{self.seq}: ranks called different collectives", rank=self.rank)
-            if self.meta_size > MAX_METADATA:
-                raise CollectiveMismatch(f"rank {self.peer} sent {self.meta_size} bytes of metadata", rank=self.rank)
+            if self.meta_size > MAX_METADATA or self.payload_size > MAX_PAYLOAD:
+                raise CollectiveMismatch(f"rank {self.peer} announced an oversized frame ({self.meta_size} bytes "
+                                         f"of metadata, {self.payload_size} of payload)", rank=self.rank)
             self._expect("meta", bytearray(self.meta_size))
         elif self.stage == "meta":
             metadata = bytes(self.target)

@@ -44,7 +44,7 @@ def _array_metadata(dtype: str, shape: tuple[int, ...]) -> bytes:
 
 
 def _parse_array_metadata(metadata: bytes) -> tuple[str, tuple[int, ...]]:
-    dtype, _, dims = metadata.decode("ascii").partition("|")
+    dtype, _, dims = metadata.decode("ascii").rpartition("|")  # dtypes like "|u1" contain the separator
     return dtype, tuple(int(d) for d in dims.split(",")) if dims else ()
 
 
