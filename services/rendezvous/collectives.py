@@ -8,7 +8,7 @@ Chosen for the message size, as MPI libraries do:
 * allreduce: recursive doubling for small values (log2 n rounds; ranks beyond the largest power
   of two fold into a partner first, so any n works), and for arrays of at least
   ``RING_MIN_BYTES`` a ring reduce-scatter then allgather, which sends 2(n-1)/n of the array per
-  rank instead of log2 n whole copies;
+  rank instead of log2 n whole copies, and receives straight into the result;
 * allgather: gather to rank 0, then bcast; scan: Hillis-Steele (log2 n rounds).
 
 Every step is one :func:`~services.rendezvous.transfer.exchange`, so a rank sends and receives
@@ -27,7 +27,8 @@ from services.rendezvous.transfer import Items
 if TYPE_CHECKING:
     from services.rendezvous.comm import Communicator
 
-#: Arrays at least this large (bytes) are allreduced around a ring when world size > 2.
+#: Arrays at least this large (bytes) are allreduced around a ring (at 2 ranks too: each rank
+#: then moves and adds half the array instead of all of it).
 RING_MIN_BYTES = 256 * 1024
 
 
@@ -139,7 +140,7 @@ def allreduce(comm: Communicator, x: Any, op: str | Reducer, deadline: float) ->
     if comm.world_size == 1:
         return _copy(x)
     numpy = sys.modules.get("numpy")
-    if (comm.world_size > 2 and numpy is not None and isinstance(x, numpy.ndarray)
+    if (numpy is not None and isinstance(x, numpy.ndarray)
             and x.nbytes >= RING_MIN_BYTES and x.size >= comm.world_size):
         return _ring_allreduce(comm, x, op, deadline)
     resolve(op)
@@ -179,13 +180,15 @@ def _ring_allreduce(comm: Communicator, x: Any, op: str | Reducer, deadline: flo
     flat = numpy.array(x, copy=True).reshape(-1)
     bounds = numpy.linspace(0, flat.size, n + 1).astype(int)
     chunk = [flat[bounds[i]:bounds[i + 1]] for i in range(n)]
+    scratch = numpy.empty(max(c.size for c in chunk), dtype=flat.dtype)
     for step in range(n - 1):  # reduce-scatter: chunk (r+1) % n ends complete on rank r
         out, into = (r - step) % n, (r - step - 1) % n
-        got = comm._exchange(Op.ALLREDUCE, {right: chunk[out]}, [left], deadline)[left]
-        combine_into(op, chunk[into], got)
-    for step in range(n - 1):  # allgather the complete chunks around the ring
+        landing = scratch[:chunk[into].size]
+        comm._exchange(Op.ALLREDUCE, {right: chunk[out]}, [left], deadline, into={left: landing})
+        combine_into(op, chunk[into], landing)
+    for step in range(n - 1):  # allgather: complete chunks land straight in the result
         out, into = (r - step + 1) % n, (r - step) % n
-        chunk[into][...] = comm._exchange(Op.ALLREDUCE, {right: chunk[out]}, [left], deadline)[left]
+        comm._exchange(Op.ALLREDUCE, {right: chunk[out]}, [left], deadline, into={left: chunk[into]})
     return flat.reshape(numpy.shape(x))
 
 

@@ -171,9 +171,10 @@ class Communicator:
         """Number of collectives started; frames carry it so that mismatches are caught."""
         return self._seq
 
-    def _exchange(self, op: Op, sends: dict[int, Any], receives: list[int], deadline: float) -> dict[int, Any]:
+    def _exchange(self, op: Op, sends: dict[int, Any], receives: list[int], deadline: float,
+                  into: dict[int, Any] | None = None) -> dict[int, Any]:
         self._ensure_links([*sends, *receives], deadline)
-        return exchange(self._links, self.rank, op, self._seq, sends, receives, deadline)
+        return exchange(self._links, self.rank, op, self._seq, sends, receives, deadline, into)
 
     def _ensure_links(self, peers: Iterable[int], deadline: float) -> None:
         missing = sorted({p for p in peers if p != self.rank and p not in self._links})

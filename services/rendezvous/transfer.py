@@ -83,8 +83,8 @@ class _Outgoing:
 class _Incoming:
     """One message being read from one peer, frame by frame."""
 
-    def __init__(self, peer: int, rank: int, op: Op, seq: int) -> None:
-        self.peer, self.rank, self.op, self.seq = peer, rank, op, seq
+    def __init__(self, peer: int, rank: int, op: Op, seq: int, into: Any = None) -> None:
+        self.peer, self.rank, self.op, self.seq, self.into = peer, rank, op, seq, into
         self.header = bytearray(HEADER_SIZE)
         self.target = memoryview(self.header)
         self.got = 0
@@ -135,7 +135,7 @@ class _Incoming:
                 self._finish_frame(None)
                 return
             try:
-                self.holder, target = values.allocate(self.kind, metadata, self.payload_size)
+                self.holder, target = values.allocate(self.kind, metadata, self.payload_size, self.into)
             except (ValueError, ImportError) as exc:
                 raise CollectiveMismatch(f"unusable frame from rank {self.peer}: {exc}", rank=self.rank) from None
             self.stage, self.target, self.got = "payload", target, 0
@@ -171,15 +171,17 @@ class _Incoming:
 
 
 def exchange(links: Mapping[int, socket.socket], rank: int, op: Op, seq: int, sends: Mapping[int, Any],
-             receives: list[int], deadline: float) -> dict[int, Any]:
+             receives: list[int], deadline: float, into: Mapping[int, Any] | None = None) -> dict[int, Any]:
     """Send ``sends[peer]`` to each peer and read one message from each of ``receives``, at once.
+
+    ``into[peer]``, when given, is an array that peer's array is received into (no allocation).
 
     Returns ``{peer: value}`` for the receives. Raises CollectiveTimeout naming the peers still
     pending at ``deadline`` (a ``time.monotonic()`` instant), RankFailed when a link dies, and
     CollectiveMismatch when a peer sends a frame of another operation.
     """
     outgoing = {peer: _Outgoing(frames(value, op, seq)) for peer, value in sends.items()}
-    incoming = {peer: _Incoming(peer, rank, op, seq) for peer in receives}
+    incoming = {peer: _Incoming(peer, rank, op, seq, (into or {}).get(peer)) for peer in receives}
     with selectors.DefaultSelector() as selector:
         for peer in {*outgoing, *incoming}:
             events = (selectors.EVENT_WRITE if peer in outgoing else 0) | (

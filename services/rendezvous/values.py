@@ -72,11 +72,18 @@ def _raw(array: Any) -> memoryview:
     return memoryview(array.reshape(-1).view("u1")) if array.size else memoryview(b"")
 
 
-def allocate(kind: Kind, metadata: bytes, size: int) -> tuple[Any, memoryview]:
-    """A fresh buffer for an incoming payload, and the writable bytes to receive it into.
+def allocate(kind: Kind, metadata: bytes, size: int, into: Any = None) -> tuple[Any, memoryview]:
+    """A buffer for an incoming payload, and the writable bytes to receive it into.
 
-    Returns ``(holder, target)``: for arrays the holder is the array itself, received in place.
+    Returns ``(holder, target)``: for arrays the holder is the array itself, received in place:
+    ``into`` (a C-contiguous array of the announced dtype and shape) when the caller has one,
+    else a fresh array.
     """
+    if kind is Kind.ARRAY and into is not None:
+        dtype, shape = _parse_array_metadata(metadata)
+        if into.dtype.str != dtype or into.shape != shape or not into.flags.c_contiguous:
+            raise ValueError(f"array {dtype}{list(shape)} does not fit the buffer {into.dtype.str}{list(into.shape)}")
+        return into, _raw(into)
     if kind is Kind.ARRAY:
         import numpy
 
