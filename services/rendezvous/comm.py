@@ -20,9 +20,9 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from services.logs import event
 from services.rendezvous import collectives
@@ -34,6 +34,7 @@ from services.rendezvous.reduction import Reducer
 from services.rendezvous.transfer import abort_frame, exchange
 
 log = logging.getLogger("cosmic.rendezvous.comm")
+T = TypeVar("T")
 
 #: Default deadline of one operation, seconds; Lambda invocations of one job may start tens of
 #: seconds apart, and the first operation also waits for them.
@@ -204,7 +205,7 @@ class Communicator:
                 raise RankFailed(f"rank {peer} never came to link: {error}", rank=self.rank, failed_rank=peer)
             raise CommError(f"cannot use the rendezvous server {self.host}:{self.port}: {error}", rank=self.rank)
 
-    def _run(self, op: Op, body: Any, count: bool = True) -> Any:
+    def _run(self, op: Op, body: Callable[[float], T], count: bool = True) -> T:
         if self._closed:
             raise CommError("communicator is closed", rank=self.rank)
         if self._failure is not None:
