@@ -1,0 +1,274 @@
+"""One warm sandbox: a ``python -m awslambdaric <handler>`` process and the Runtime API it polls.
+
+Each sandbox has its own Runtime API listener on loopback (``AWS_LAMBDA_RUNTIME_API``), so
+there is never a question of which process took which invocation. The runtime interface client
+long-polls ``/next``; :meth:`Sandbox.invoke` hands it one invocation and waits for its
+``/response`` or ``/error``, the function timeout, or the process's death, and measures what
+Lambda's REPORT line reports (duration, peak RSS of the process during the invocation).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import math
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.logs import event
+from services.worker.runtime.config import RuntimeSettings
+
+log = logging.getLogger("cosmic.worker.runtime")
+_RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
+_ACCOUNT = "000000000000"
+
+
+@dataclass
+class Invocation:
+    payload: bytes
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    client_context: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What one invocation produced, shaped as Lambda's Invoke API reports it."""
+
+    body: bytes
+    function_error: str | None
+    log: str
+    duration_ms: float
+    max_memory_mb: int
+    init_ms: float | None
+
+
+class _RuntimeApi(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        super().__init__(("127.0.0.1", 0), _RuntimeApiHandler)
+        self.sandbox = sandbox
+
+
+class _RuntimeApiHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _RuntimeApi
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", (headers or {}).get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path != "/2018-06-01/runtime/invocation/next":
+            self._reply(404, b'{"errorMessage":"unknown path"}')
+            return
+        invocation, deadline_ms, arn = self.server.sandbox._next()
+        headers = {  # awslambdaric's native client crashes without any of these
+            "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": arn,
+            "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0",
+            "Content-Type": "application/json",
+        }
+        if invocation.client_context:
+            headers["Lambda-Runtime-Client-Context"] = invocation.client_context
+        self._reply(200, invocation.payload, headers)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        match = _RESULT.match(self.path)
+        if match:
+            self.server.sandbox._complete(match["id"], body, match["kind"] == "error")
+            self._reply(202, b'{"status":"OK"}')
+        elif self.path == "/2018-06-01/runtime/init/error":
+            self.server.sandbox._init_failed(body)
+            self._reply(202, b'{"status":"OK"}')
+        else:
+            self._reply(404, b'{"errorMessage":"unknown path"}')
+
+
+class Sandbox:
+    """A warm execution environment taking one invocation at a time."""
+
+    def __init__(self, index: int, settings: RuntimeSettings) -> None:
+        self.index, self.settings = index, settings
+        self.function_arn = f"arn:aws:lambda:{_region()}:{_ACCOUNT}:function:{settings.worker_function}"
+        self._api = _RuntimeApi(self)
+        threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
+        self._work: queue.Queue[tuple[Invocation, int]] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._current: Invocation | None = None
+        self._result: tuple[bytes, bool] | None = None
+        self._log_lines: list[str] = []
+        self.ready = threading.Event()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._spawned_at = 0.0
+        self._init_ms: float | None = None
+        self._init_error: bytes | None = None
+        self._warm = False  # has served an invocation since its (re)start
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start (or restart) the process; :attr:`ready` is set when it first asks for work."""
+        self.ready.clear()
+        self._init_ms = None
+        self._init_error = None
+        env = {**os.environ,
+               "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self._api.server_address[1]}",
+               "AWS_LAMBDA_FUNCTION_NAME": self.settings.worker_function,
+               "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+               "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.worker_memory_mb),
+               "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker_function}",
+               "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
+               "AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(),
+               "COSMIC_THREADS": str(self.settings.threads_per_sandbox),
+               "PYTHONUNBUFFERED": "1"}
+        self._spawned_at = time.monotonic()
+        self.process = subprocess.Popen([sys.executable, "-m", "awslambdaric", self.settings.worker_handler],
+                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        process = self.process
+        threading.Thread(target=self._pump_output, args=(process,), daemon=True).start()
+        threading.Thread(target=self._watch, args=(process,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._api.shutdown()
+        self._api.server_close()
+
+    def _pump_output(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self._log_lines.append(line)
+            event(log, "sandbox_output", logging.DEBUG, sandbox=self.index, line=line)
+
+    def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        code = process.wait()
+        with self._lock:
+            current = self._current if process is self.process else None
+        if current is not None and not self._done.is_set():
+            message = f"RequestId: {current.request_id} Error: Runtime exited with error: exit status {code}"
+            self._finish(json.dumps({"errorType": "Runtime.ExitError", "errorMessage": message}).encode(), True)
+
+    # -- Runtime API callbacks -----------------------------------------------------------
+    def _next(self) -> tuple[Invocation, int, str]:
+        if self._init_ms is None:
+            self._init_ms = (time.monotonic() - self._spawned_at) * 1e3
+        self.ready.set()
+        invocation, deadline_ms = self._work.get()
+        return invocation, deadline_ms, self.function_arn
+
+    def _complete(self, request_id: str, body: bytes, is_error: bool) -> None:
+        with self._lock:
+            current = self._current
+        if current is not None and current.request_id == request_id:
+            self._finish(body, is_error)
+
+    def _init_failed(self, body: bytes) -> None:
+        self._init_error = body
+        event(log, "sandbox_init_failed", logging.ERROR, sandbox=self.index, error=body.decode("utf-8", "replace"))
+
+    def _finish(self, body: bytes, is_error: bool) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._result = (body, is_error)
+            self._done.set()
+
+    # -- invoking ------------------------------------------------------------------------
+    def invoke(self, invocation: Invocation) -> Outcome:
+        """Run one invocation to its end; a timeout or crash restarts the sandbox (cold again)."""
+        timeout = self.settings.worker_timeout
+        with self._lock:
+            self._current, self._result = invocation, None
+            self._log_lines = [f"START RequestId: {invocation.request_id} Version: $LATEST"]
+            self._done.clear()
+        init_ms = None if self._warm else self._init_ms
+        self._warm = True
+        _reset_peak_rss(self.process)
+        started = time.monotonic()
+        self._work.put((invocation, int((time.time() + timeout) * 1000)))
+        finished = self._done.wait(timeout)
+        duration_ms = (time.monotonic() - started) * 1e3
+        peak_mb = _peak_rss_mb(self.process)
+        if not finished:
+            self._finish(json.dumps({"errorMessage": f"{_timestamp()} {invocation.request_id} Task timed out "
+                                                     f"after {timeout:.2f} seconds"}).encode(), True)
+        assert self._result is not None
+        body, is_error = self._result
+        with self._lock:
+            self._current = None
+            lines = [*self._log_lines, f"END RequestId: {invocation.request_id}"]
+        report = (f"REPORT RequestId: {invocation.request_id}\tDuration: {duration_ms:.2f} ms\t"
+                  f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.settings.worker_memory_mb} MB\t"
+                  f"Max Memory Used: {peak_mb} MB")
+        if init_ms is not None:
+            report += f"\tInit Duration: {init_ms:.2f} ms"
+        lines.append(report)
+        if not finished or (self.process is not None and self.process.poll() is not None):
+            self._restart()
+        return Outcome(body, "Unhandled" if is_error else None, "\n".join(lines) + "\n", duration_ms, peak_mb,
+                       init_ms)
+
+    def _restart(self) -> None:
+        event(log, "sandbox_replaced", logging.WARNING, sandbox=self.index)
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        while not self._work.empty():
+            self._work.get_nowait()
+        self._warm = False
+        self.start()
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000Z"
+
+
+def _reset_peak_rss(process: subprocess.Popen[bytes] | None) -> None:
+    """Reset the process's peak RSS (VmHWM), so that REPORT shows this invocation's peak."""
+    if process is not None:
+        try:
+            with open(f"/proc/{process.pid}/clear_refs", "w") as clear:
+                clear.write("5")
+        except OSError:
+            pass  # not Linux, or the process is gone: the peak then spans the sandbox's life
+
+
+def _peak_rss_mb(process: subprocess.Popen[bytes] | None) -> int:
+    if process is None:
+        return 0
+    try:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return math.ceil(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return 0
