@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/rendezvous_server.py
 	$(PY) bench/pair_latency.py
 	$(PY) bench/collectives.py
+	$(PY) bench/lambda_runtime.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -21,6 +21,8 @@ def dispatch(event: dict[str, Any], context: Any) -> Any:
         return {"slept": event["seconds"]}
     if action == "exit":
         os._exit(int(event.get("code", 3)))
+    if action == "big":
+        return "x" * int(event["bytes"])
     if action == "touch":
         with open(event["path"], "w") as marker:
             marker.write(context.aws_request_id)

@@ -148,6 +148,12 @@ def test_bad_requests(runtime: str) -> None:
         lam.invoke(FunctionName="cosmic-worker", Payload=json.dumps({"blob": "x" * (7 << 20)}))
 
 
+def test_response_over_six_megabytes_is_refused_as_lambda_does(runtime: str) -> None:
+    response, body = invoke(runtime, {"action": "big", "bytes": 7 << 20})
+    assert response["FunctionError"] == "Unhandled" and body["errorType"] == "Function.ResponseSizeTooLarge"
+    assert invoke(runtime, {"action": "big", "bytes": 5 << 20})[1] == "x" * (5 << 20)
+
+
 def test_bad_setting_is_a_clear_error() -> None:
     result = subprocess.run([sys.executable, "-m", "services.worker"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COSMIC_SANDBOXES": "0"}, cwd=REPO)

@@ -89,6 +89,7 @@ class InvokeApi(http.server.ThreadingHTTPServer):
 
 class _InvokeHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     server: InvokeApi
 
     def log_message(self, format: str, *args: Any) -> None:

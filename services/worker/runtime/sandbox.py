@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.logs import event
-from services.worker.runtime.config import RuntimeSettings
+from services.worker.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 
 log = logging.getLogger("cosmic.worker.runtime")
 _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
@@ -61,6 +61,7 @@ class _RuntimeApi(http.server.ThreadingHTTPServer):
 
 class _RuntimeApiHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     server: _RuntimeApi
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -218,6 +219,11 @@ class Sandbox:
                                                      f"after {timeout:.2f} seconds"}).encode(), True)
         assert self._result is not None
         body, is_error = self._result
+        if len(body) > MAX_SYNC_PAYLOAD:  # as Lambda refuses a synchronous response over 6 MB
+            body, is_error = json.dumps({
+                "errorType": "Function.ResponseSizeTooLarge",
+                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({MAX_SYNC_PAYLOAD} "
+                                "bytes)."}).encode(), True
         with self._lock:
             self._current = None
             lines = [*self._log_lines, f"END RequestId: {invocation.request_id}"]
