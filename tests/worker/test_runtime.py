@@ -68,6 +68,15 @@ def test_request_response_under_every_name(runtime: str, name: str) -> None:
     assert int(body["threads"]) >= 1, "each sandbox is told its share of the cores"
 
 
+def test_standard_endpoint_variable_is_enough(runtime: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 reads AWS_ENDPOINT_URL_LAMBDA itself: no endpoint in the code, as the coordinator will do."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", runtime)
+    lam = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local",
+                       config=Config(retries={"max_attempts": 0}))
+    response = lam.invoke(FunctionName="cosmic-worker", Payload=b'{"value": "env"}')
+    assert json.loads(response["Payload"].read())["value"] == "env"
+
+
 def test_event_invocation_runs_later(runtime: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     response = client(runtime).invoke(FunctionName="cosmic-worker", InvocationType="Event",

@@ -163,7 +163,7 @@ class Sandbox:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._lock:
                 self._log_lines.append(line)
-            event(log, "sandbox_output", logging.DEBUG, sandbox=self.index, line=line)
+            event(log, "sandbox_output", sandbox=self.index, line=line)  # what CloudWatch would hold
 
     def _watch(self, process: subprocess.Popen[bytes]) -> None:
         code = process.wait()
