@@ -21,6 +21,7 @@ from typing import Any
 
 from services.logs import event
 from services.worker.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.worker.runtime.httpjson import JsonHandler
 from services.worker.runtime.sandbox import Invocation, Outcome, Sandbox
 
 log = logging.getLogger("cosmic.worker.runtime")
@@ -87,26 +88,12 @@ class InvokeApi(http.server.ThreadingHTTPServer):
         self.names = {settings.worker_function, "function"}
 
 
-class _InvokeHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+class _InvokeHandler(JsonHandler):
     server: InvokeApi
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        headers.setdefault("Content-Type", "application/json")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _error(self, status: int, kind: str, message: str, **extra: str) -> None:
         body = json.dumps({"Type": "User", "message": message, **extra}).encode()
-        self._send(status, body, {"x-amzn-ErrorType": kind})
+        self.respond(status, body, {"x-amzn-ErrorType": kind})
 
     def do_POST(self) -> None:
         match = _INVOKE.match(self.path)
@@ -132,10 +119,10 @@ class _InvokeHandler(http.server.BaseHTTPRequestHandler):
             return
         invocation = Invocation(payload or b"{}", client_context=_client_context(self.headers))
         if kind == "DryRun":
-            self._send(204, b"", {"x-amzn-RequestId": invocation.request_id})
+            self.respond(204, b"", {"x-amzn-RequestId": invocation.request_id})
         elif kind == "Event":
             threading.Thread(target=_run_event, args=(self.server.pool, invocation), daemon=True).start()
-            self._send(202, b"", {"x-amzn-RequestId": invocation.request_id})
+            self.respond(202, b"", {"x-amzn-RequestId": invocation.request_id})
         elif kind == "RequestResponse":
             self._invoke(invocation)
         else:
@@ -156,7 +143,7 @@ class _InvokeHandler(http.server.BaseHTTPRequestHandler):
             headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
         event(log, "invoked", logging.DEBUG, request_id=invocation.request_id, sandbox=sandbox.index,
               ms=round(outcome.duration_ms, 2), error=outcome.function_error or "")
-        self._send(200, outcome.body, headers)
+        self.respond(200, outcome.body, headers)
 
 
 def _client_context(headers: Any) -> str | None:

@@ -22,10 +22,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.logs import event
 from services.worker.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.worker.runtime.httpjson import JsonHandler
 
 log = logging.getLogger("cosmic.worker.runtime")
 _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
@@ -59,26 +59,12 @@ class _RuntimeApi(http.server.ThreadingHTTPServer):
         self.sandbox = sandbox
 
 
-class _RuntimeApiHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+class _RuntimeApiHandler(JsonHandler):
     server: _RuntimeApi
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", (headers or {}).get("Content-Type", "application/json"))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         if self.path != "/2018-06-01/runtime/invocation/next":
-            self._reply(404, b'{"errorMessage":"unknown path"}')
+            self.respond(404, b'{"errorMessage":"unknown path"}')
             return
         invocation, deadline_ms, arn = self.server.sandbox._next()
         headers = {  # awslambdaric's native client crashes without any of these
@@ -90,19 +76,19 @@ class _RuntimeApiHandler(http.server.BaseHTTPRequestHandler):
         }
         if invocation.client_context:
             headers["Lambda-Runtime-Client-Context"] = invocation.client_context
-        self._reply(200, invocation.payload, headers)
+        self.respond(200, invocation.payload, headers)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         match = _RESULT.match(self.path)
         if match:
             self.server.sandbox._complete(match["id"], body, match["kind"] == "error")
-            self._reply(202, b'{"status":"OK"}')
+            self.respond(202, b'{"status":"OK"}')
         elif self.path == "/2018-06-01/runtime/init/error":
             self.server.sandbox._init_failed(body)
-            self._reply(202, b'{"status":"OK"}')
+            self.respond(202, b'{"status":"OK"}')
         else:
-            self._reply(404, b'{"errorMessage":"unknown path"}')
+            self.respond(404, b'{"errorMessage":"unknown path"}')
 
 
 class Sandbox:
