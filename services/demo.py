@@ -26,7 +26,6 @@ import urllib.request
 from typing import Any
 
 NOT_BUILT = [
-    ("local Lambda runtime serving the Invoke API", "issue #4"),
     ("inference worker (redshift model on S3 partitions)", "issue #5"),
     ("coordinator (POST /jobs, plan, fan out, cost report)", "issue #6"),
     ("containers, compose and AWS deployment", "issue #7"),
