@@ -1,0 +1,242 @@
+"""The worker's event and response: the one contract between the coordinator and the workers.
+
+Both services import this module, so it imports neither torch nor boto3 (standard library only).
+Every field is documented here and nowhere else. ``SCHEMA_VERSION`` changes when a field changes
+meaning; a worker refuses events of a version it does not know, before doing any work.
+
+An event arrives either in this form (``{"version": 1, ...}``) or as the legacy Step Functions
+Map item (``{"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", ..., "RANK", "DATA_PATH", ...}``), which
+:func:`parse_event` converts. Bad events raise :class:`EventError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+MODES = ("native", "script", "selftest")
+MAX_BATCH_SIZE = 65_536
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
+LEGACY_KEYS = {"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", "S3_OBJECT_TYPE", "WORLD_SIZE", "RANK", "DATA_BUCKET",
+               "DATA_PREFIX", "DATA_PATH", "RESULT_PATH", "BATCH_SIZE"}
+
+
+class EventError(ValueError):
+    """An event the worker cannot run; ``field`` names the offending field."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"bad worker event: {field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the model's weights are. ``sha256`` (hex), when known, is checked after download."""
+
+    bucket: str
+    key: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """What one worker invocation must do.
+
+    Attributes:
+        job_id: the coordinator's job id; names the job in logs and results.
+        rank: this worker's rank, ``0 <= rank < world_size``.
+        world_size: how many workers the job has.
+        data_bucket: the bucket holding the partitions.
+        partitions: the partition keys this rank infers, in order (may be empty for a rank with
+            nothing to do).
+        result_bucket: where results go.
+        result_path: the prefix results go under: ``{result_path}/{rank}.json`` and
+            ``{result_path}/predictions/{rank}.npy``. A retried rank overwrites only these.
+        batch_size: samples per forward pass.
+        attempt: 1 for the first try; retries count up (a retry skips the collective).
+        mode: ``native`` (our inference), ``script`` (the legacy executor: run ``script`` from
+            the model folder) or ``selftest`` (check S3 access and, with a rendezvous endpoint,
+            pair with the partner rank).
+        model_bucket, model_prefix: the legacy model folder (``S3_BUCKET``/``S3_OBJECT_NAME``),
+            where the checkpoint is looked for when ``checkpoint`` is not given, and which
+            ``script`` mode downloads.
+        script: the legacy script's path (``script`` mode only).
+        checkpoint: an explicit checkpoint location, which wins over the model folder.
+        rendezvous: ``host:port`` of the rendezvous server, for the collective summary.
+        comm_name: the job's secret communicator name (required with ``rendezvous``).
+        cancel_key: the S3 key (in ``result_bucket``) of the job's cancel marker, checked
+            between partitions.
+        collective_timeout_s: the deadline of the collective summary; it is best effort.
+    """
+
+    job_id: str
+    rank: int
+    world_size: int
+    data_bucket: str
+    partitions: tuple[str, ...]
+    result_bucket: str
+    result_path: str
+    batch_size: int = 512
+    attempt: int = 1
+    mode: str = "native"
+    model_bucket: str | None = None
+    model_prefix: str | None = None
+    script: str | None = None
+    checkpoint: Checkpoint | None = None
+    rendezvous: str | None = None
+    comm_name: str | None = None
+    cancel_key: str | None = None
+    collective_timeout_s: float = 60.0
+    version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-able data, in the versioned form."""
+        data = dataclasses.asdict(self)
+        data["partitions"] = list(self.partitions)
+        return data
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What a worker answers, so that the caller need not read S3 to know how the rank went.
+
+    Attributes:
+        job_id, rank, attempt: echo the event.
+        status: ``succeeded`` or ``cancelled`` (failures are Lambda function errors instead).
+        result_keys: every S3 key the rank wrote.
+        num_samples: samples inferred.
+        partitions_done: partition keys finished (all of them unless cancelled).
+        timings_s: seconds spent per phase (``download``, ``load``, ``infer``, ``upload``).
+        peak_rss_mb: the process's peak resident memory.
+        cold_start: whether this invocation loaded the model.
+        collective: ``done``, ``skipped`` or ``failed: <reason>``.
+    """
+
+    job_id: str
+    rank: int
+    attempt: int
+    status: str
+    result_keys: list[str] = field(default_factory=list)
+    num_samples: int = 0
+    partitions_done: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    cold_start: bool = False
+    collective: str = "skipped"
+    version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_event(raw: Any) -> WorkerEvent:
+    """A validated event from either form; raises EventError naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise EventError("event", f"must be a JSON object, got {type(raw).__name__}")
+    if "version" not in raw and LEGACY_KEYS & raw.keys():
+        raw = _from_legacy(raw)
+    version = raw.get("version")
+    if version != SCHEMA_VERSION:
+        raise EventError("version", f"this worker reads version {SCHEMA_VERSION}, got {version!r}")
+    known = {f.name for f in dataclasses.fields(WorkerEvent)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise EventError(unknown[0], "unknown field")
+    for name in ("job_id", "rank", "world_size", "data_bucket", "partitions", "result_bucket", "result_path"):
+        if name not in raw:
+            raise EventError(name, "required")
+    values = dict(raw)
+    values["partitions"] = tuple(_strings("partitions", raw["partitions"]))
+    if raw.get("checkpoint") is not None:
+        values["checkpoint"] = _checkpoint(raw["checkpoint"])
+    event = WorkerEvent(**values)
+    _validate(event)
+    return event
+
+
+def _validate(event: WorkerEvent) -> None:
+    _text("job_id", event.job_id)
+    for name in ("rank", "world_size", "batch_size", "attempt"):
+        if not isinstance(getattr(event, name), int) or isinstance(getattr(event, name), bool):
+            raise EventError(name, "must be an integer")
+    if event.world_size < 1:
+        raise EventError("world_size", "must be at least 1")
+    if not 0 <= event.rank < event.world_size:
+        raise EventError("rank", f"must be within 0..{event.world_size - 1}")
+    if not 1 <= event.batch_size <= MAX_BATCH_SIZE:
+        raise EventError("batch_size", f"must be within 1..{MAX_BATCH_SIZE}")
+    if event.attempt < 1:
+        raise EventError("attempt", "must be at least 1")
+    if event.mode not in MODES:
+        raise EventError("mode", f"must be one of {', '.join(MODES)}")
+    for name in ("data_bucket", "result_bucket", "model_bucket"):
+        bucket = getattr(event, name)
+        if bucket is not None and not _BUCKET.match(str(bucket)):
+            raise EventError(name, f"{bucket!r} is not an S3 bucket name")
+    _key("result_path", event.result_path)
+    for key in event.partitions:
+        _key("partitions", key)
+    if event.mode == "script" and not (event.script and event.model_bucket and event.model_prefix):
+        raise EventError("script", "script mode needs script, model_bucket and model_prefix")
+    if event.rendezvous is not None:
+        match = _HOST_PORT.match(event.rendezvous)
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise EventError("rendezvous", f"must be host:port, got {event.rendezvous!r}")
+        if not event.comm_name:
+            raise EventError("comm_name", "required with rendezvous (the job's secret)")
+    if not isinstance(event.collective_timeout_s, int | float) or not 0 < event.collective_timeout_s <= 900:
+        raise EventError("collective_timeout_s", "must be within (0, 900] seconds")
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise EventError(name, "must be a non-empty string")
+    return value
+
+
+def _key(name: str, value: Any) -> None:
+    key = _text(name, value)
+    if key.startswith("/") or ".." in key.split("/") or len(key.encode()) > 1024:
+        raise EventError(name, f"{key!r} is not a safe S3 key (no leading /, no .., at most 1024 bytes)")
+
+
+def _strings(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise EventError(name, "must be a string or a list of strings")
+    return list(value)
+
+
+def _checkpoint(value: Any) -> Checkpoint:
+    if not isinstance(value, dict) or not {"bucket", "key"} <= value.keys():
+        raise EventError("checkpoint", "must be {bucket, key[, sha256]}")
+    sha = value.get("sha256")
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
+        raise EventError("checkpoint", "sha256 must be 64 lowercase hex digits")
+    return Checkpoint(_text("checkpoint.bucket", value["bucket"]), _text("checkpoint.key", value["key"]), sha)
+
+
+def _from_legacy(item: dict[str, Any]) -> dict[str, Any]:
+    """The versioned form of a legacy Map item (always ``native`` mode: every legacy item names a
+    script, so its presence decides nothing)."""
+    try:
+        prefix = str(item.get("DATA_PREFIX", "")).strip("/")
+        paths = _strings("DATA_PATH", item.get("DATA_PATH", []))
+        partitions = [p if "/" in p or not prefix else f"{prefix}/{p}" for p in paths]
+        data_bucket = item.get("DATA_BUCKET") or item["S3_BUCKET"]
+        return {"version": SCHEMA_VERSION, "job_id": f"legacy-{item.get('RESULT_PATH', 'job')}",
+                "rank": int(item["RANK"]), "world_size": int(item.get("WORLD_SIZE", 1)),
+                "data_bucket": data_bucket, "partitions": partitions, "result_bucket": data_bucket,
+                "result_path": str(item["RESULT_PATH"]).strip("/"), "batch_size": int(item.get("BATCH_SIZE", 512)),
+                "model_bucket": item.get("S3_BUCKET"), "model_prefix": item.get("S3_OBJECT_NAME"),
+                "script": item.get("SCRIPT")}
+    except KeyError as missing:
+        raise EventError(str(missing.args[0]), "required in a legacy Map item") from None
+    except (TypeError, ValueError) as exc:
+        raise EventError("legacy item", str(exc)) from None
