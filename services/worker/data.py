@@ -1,0 +1,95 @@
+"""Partitions: the legacy ``{i}.pt`` TensorDataset files, and ``.npz`` with the same arrays.
+
+A legacy partition is ``torch.save(TensorDataset(images, magnitudes, redshifts))``: images
+float32 ``[n, 5, 32, 32]`` (SDSS u, g, r, i, z; no normalisation), magnitudes float64
+``[n, 5]``, redshifts ``[n]``. It is loaded with ``weights_only=True`` and only TensorDataset
+allow-listed, so a partition can never run code; what it holds is checked against those shapes
+before anything uses it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+BANDS, SIDE = 5, 32
+#: Input bytes per sample in the legacy files (image float32 + magnitudes float64).
+BYTES_PER_SAMPLE = BANDS * SIDE * SIDE * 4 + BANDS * 8
+#: Samples per legacy partition size (shared/LEGACY.md).
+SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
+_INDEX = re.compile(r"(?:^|/)(\d+)\.(pt|npz)$")
+
+
+class PartitionError(ValueError):
+    """A partition that is not in a supported format or does not hold the expected arrays."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    images: torch.Tensor  # float32 [n, 5, 32, 32]
+    magnitudes: torch.Tensor  # float64 [n, 5]
+    redshifts: torch.Tensor | None  # [n], when labels are present
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def partition_index(key: str) -> int:
+    """The ``i`` of ``.../{i}.pt``: partitions sort by it, so ``2.pt`` comes before ``10.pt``."""
+    match = _INDEX.search(key)
+    if not match:
+        raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt or {{i}}.npz)")
+    return int(match.group(1))
+
+
+def load_partition(raw: bytes, name: str) -> Partition:
+    """Parse one partition's bytes (``.pt`` or ``.npz``, by ``name``); raises PartitionError."""
+    try:
+        if name.endswith(".npz"):
+            with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+                redshifts = torch.from_numpy(arrays["redshifts"]) if "redshifts" in arrays else None
+                return _checked(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["magnitudes"]),
+                                redshifts, name)
+        with torch.serialization.safe_globals([TensorDataset]):
+            loaded = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except PartitionError:
+        raise
+    except Exception as exc:  # torch and numpy raise many types for a corrupt or hostile file
+        raise PartitionError(f"{name}: cannot be read as a partition ({type(exc).__name__}: {exc})") from None
+    tensors = loaded.tensors if isinstance(loaded, TensorDataset) else None
+    if tensors is None or len(tensors) not in (2, 3):
+        raise PartitionError(f"{name}: expected TensorDataset(images, magnitudes[, redshifts]), got "
+                             f"{type(loaded).__name__}")
+    return _checked(tensors[0], tensors[1], tensors[2] if len(tensors) == 3 else None, name)
+
+
+def _checked(images: torch.Tensor, magnitudes: torch.Tensor, redshifts: torch.Tensor | None, name: str) -> Partition:
+    count = images.shape[0] if images.ndim else 0
+    if tuple(images.shape[1:]) != (BANDS, SIDE, SIDE):
+        raise PartitionError(f"{name}: images must be [n, {BANDS}, {SIDE}, {SIDE}], got {list(images.shape)}")
+    if tuple(magnitudes.shape) != (count, BANDS):
+        raise PartitionError(f"{name}: magnitudes must be [{count}, {BANDS}], got {list(magnitudes.shape)}")
+    if redshifts is not None and tuple(redshifts.reshape(-1).shape) != (count,):
+        raise PartitionError(f"{name}: redshifts must hold {count} values, got {list(redshifts.shape)}")
+    return Partition(images.float(), magnitudes.double(), None if redshifts is None else redshifts.reshape(-1))
+
+
+def save_partition(partition: Partition, path: Path) -> None:
+    """Write ``partition`` in the legacy form (``.pt``) or as ``.npz``, by ``path``'s suffix."""
+    if path.suffix == ".npz":
+        arrays = {"images": partition.images.numpy(), "magnitudes": partition.magnitudes.numpy()}
+        if partition.redshifts is not None:
+            arrays["redshifts"] = partition.redshifts.numpy()
+        with open(path, "wb") as out:
+            np.savez(out, **arrays)
+        return
+    tensors = [partition.images, partition.magnitudes]
+    if partition.redshifts is not None:
+        tensors.append(partition.redshifts)
+    torch.save(TensorDataset(*tensors), path)

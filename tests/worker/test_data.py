@@ -1,0 +1,83 @@
+"""Partition files: the legacy TensorDataset form, .npz, safe loading, shape checks."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from services.worker.data import (  # noqa: E402
+    BYTES_PER_SAMPLE,
+    Partition,
+    PartitionError,
+    load_partition,
+    partition_index,
+    save_partition,
+)
+
+
+def sample(n: int = 6, labels: bool = True) -> Partition:
+    generator = torch.Generator().manual_seed(n)
+    return Partition(torch.rand(n, 5, 32, 32, generator=generator), torch.rand(n, 5, dtype=torch.float64),
+                     torch.rand(n, generator=generator) if labels else None)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_round_trip(tmp_path: Path, suffix: str, labels: bool) -> None:
+    original = sample(labels=labels)
+    path = tmp_path / f"3{suffix}"
+    save_partition(original, path)
+    loaded = load_partition(path.read_bytes(), path.name)
+    assert len(loaded) == 6 and torch.equal(loaded.images, original.images)
+    assert torch.equal(loaded.magnitudes, original.magnitudes) and loaded.magnitudes.dtype == torch.float64
+    assert (loaded.redshifts is None) == (not labels)
+
+
+def test_legacy_bytes_per_sample() -> None:
+    assert BYTES_PER_SAMPLE == 20_520  # shared/LEGACY.md
+
+
+def test_numeric_order_of_partition_names() -> None:
+    keys = ["100MB/10.pt", "100MB/2.pt", "100MB/1.pt"]
+    assert sorted(keys, key=partition_index) == ["100MB/1.pt", "100MB/2.pt", "100MB/10.pt"]
+    with pytest.raises(PartitionError):
+        partition_index("100MB/readme.txt")
+
+
+class Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_never_run() -> None:
+    buffer = io.BytesIO()
+    torch.save({"x": Exploit()}, buffer)
+    with pytest.raises(PartitionError, match="cannot be read"):
+        load_partition(buffer.getvalue(), "1.pt")
+
+
+@pytest.mark.parametrize(("tensors", "message"), [
+    ((torch.zeros(2, 3, 32, 32), torch.zeros(2, 5)), "images must be"),
+    ((torch.zeros(2, 5, 32, 32), torch.zeros(3, 5)), "magnitudes must be"),
+    ((torch.zeros(2, 5, 32, 32), torch.zeros(2, 5), torch.zeros(5)), "redshifts must hold"),
+])
+def test_wrong_shapes_are_refused(tensors: tuple[object, ...], message: str) -> None:
+    dataset = TensorDataset(torch.zeros(1))
+    dataset.tensors = tensors  # TensorDataset itself refuses mismatched lengths; a file need not
+    buffer = io.BytesIO()
+    torch.save(dataset, buffer)
+    with pytest.raises(PartitionError, match=message):
+        load_partition(buffer.getvalue(), "1.pt")
+
+
+def test_garbage_is_refused() -> None:
+    with pytest.raises(PartitionError):
+        load_partition(b"definitely not a partition", "1.pt")
+    with pytest.raises(PartitionError):
+        load_partition(b"PK\x03\x04junk", "1.npz")
