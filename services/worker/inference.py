@@ -72,11 +72,8 @@ class Predictor:
 
     def _forward(self, images: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
         model = self.model
-        vit = model.vit
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            patches = vit.patch_embed(images) + vit.pos_embed[:, 1:]
-            cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
-            tokens = vit.blocks(torch.cat([cls, patches], dim=1))
-        image_features = vit.proj(vit.head(vit.fc_norm(tokens[:, 1:].float().mean(dim=1))))
+            tokens = model.vit.encode(images)
+        image_features = model.vit.pool(tokens)
         cnn_features = model.cnn(images.contiguous(memory_format=torch.channels_last))
         return model.head(torch.cat([image_features, cnn_features, model.magnitudes(magnitudes.float())], dim=1))

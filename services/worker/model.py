@@ -100,11 +100,18 @@ class VitBranch(nn.Module):
         self.head = nn.Linear(WIDTH, WIDTH)
         self.proj = nn.Sequential(nn.Linear(WIDTH, BRANCH_OUT), nn.ReLU(), nn.Linear(BRANCH_OUT, BRANCH_OUT))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The transformer's tokens (class token first): the costly part, where precision matters."""
         patches = self.patch_embed(images) + self.pos_embed[:, 1:]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
-        tokens = self.blocks(torch.cat([cls, patches], dim=1))
-        return self.proj(self.head(self.fc_norm(tokens[:, 1:].mean(dim=1))))
+        return self.blocks(torch.cat([cls, patches], dim=1))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens, normalised and projected to the branch's 1096 features."""
+        return self.proj(self.head(self.fc_norm(tokens[:, 1:].float().mean(dim=1))))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encode(images))
 
 
 def conv_block(cin: int, cout: int, kernel: int) -> nn.Sequential:
