@@ -163,6 +163,17 @@ def test_response_over_six_megabytes_is_refused_as_lambda_does(runtime: str) -> 
     assert invoke(runtime, {"action": "big", "bytes": 5 << 20})[1] == "x" * (5 << 20)
 
 
+def test_handler_that_cannot_be_imported_fails_the_start_at_once() -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "services.worker", "--port", str(free_port()), "--sandboxes", "1",
+                             "--handler", "tests.worker.no_such_module.handler"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert "failed to initialise: Runtime.ImportModuleError" in result.stderr
+    assert time.monotonic() - started < 20, "not after the 60 s init timeout"
+
+
 def test_bad_setting_is_a_clear_error() -> None:
     result = subprocess.run([sys.executable, "-m", "services.worker"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COSMIC_SANDBOXES": "0"}, cwd=REPO)

@@ -22,7 +22,7 @@ from typing import Any
 from services.logs import event
 from services.worker.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.worker.runtime.httpjson import JsonHandler
-from services.worker.runtime.sandbox import Invocation, Outcome, Sandbox
+from services.worker.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
 
 log = logging.getLogger("cosmic.worker.runtime")
 _INVOKE = re.compile(r"^/2015-03-31/functions/(?P<name>[^/?]+)/invocations(?:\?.*)?$")
@@ -44,9 +44,7 @@ class Pool:
             sandbox.start()
         deadline = time.monotonic() + self.settings.worker_init_timeout
         for sandbox in self.sandboxes:
-            if not sandbox.ready.wait(max(deadline - time.monotonic(), 0)):
-                raise RuntimeError(f"sandbox {sandbox.index} did not start within "
-                                   f"{self.settings.worker_init_timeout:g} s (handler {self.settings.worker_handler})")
+            sandbox.wait_ready(max(deadline - time.monotonic(), 0))
 
     def acquire(self) -> Sandbox | None:
         """An idle sandbox, or None when every one is busy (the concurrency limit)."""
@@ -59,8 +57,7 @@ class Pool:
 
     def invoke(self, sandbox: Sandbox, invocation: Invocation) -> Outcome:
         try:
-            if not sandbox.ready.wait(self.settings.worker_init_timeout):
-                raise RuntimeError(f"sandbox {sandbox.index} is not ready")
+            sandbox.wait_ready(self.settings.worker_init_timeout)
             return sandbox.invoke(invocation)
         finally:
             self.release(sandbox)
@@ -134,7 +131,12 @@ class _InvokeHandler(JsonHandler):
             self._error(429, "TooManyRequestsException", "Rate Exceeded.",
                         Reason="ReservedFunctionConcurrentInvocationLimitExceeded")
             return
-        outcome = self.server.pool.invoke(sandbox, invocation)
+        try:
+            outcome = self.server.pool.invoke(sandbox, invocation)
+        except SandboxError as failed:  # Lambda answers an init failure as the function's error
+            self.respond(200, failed.body, {"x-amzn-RequestId": invocation.request_id,
+                                            "X-Amz-Function-Error": "Unhandled"})
+            return
         headers = {"x-amzn-RequestId": invocation.request_id, "X-Amz-Executed-Version": "$LATEST"}
         if outcome.function_error:
             headers["X-Amz-Function-Error"] = outcome.function_error
@@ -157,7 +159,11 @@ def _run_event(pool: Pool, invocation: Invocation) -> None:
     while time.monotonic() < deadline:
         sandbox = pool.acquire()
         if sandbox is not None:
-            outcome = pool.invoke(sandbox, invocation)
+            try:
+                outcome = pool.invoke(sandbox, invocation)
+            except SandboxError as failed:
+                event(log, "event_failed", logging.ERROR, request_id=invocation.request_id, error=str(failed))
+                return
             event(log, "event_invoked", request_id=invocation.request_id, error=outcome.function_error or "")
             return
         time.sleep(pause)

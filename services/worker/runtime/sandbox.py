@@ -32,6 +32,14 @@ _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>re
 _ACCOUNT = "000000000000"
 
 
+class SandboxError(RuntimeError):
+    """A sandbox that cannot take invocations; ``body`` is the error as Lambda would return it."""
+
+    def __init__(self, message: str, body: bytes) -> None:
+        super().__init__(message)
+        self.body = body
+
+
 @dataclass
 class Invocation:
     payload: bytes
@@ -106,6 +114,7 @@ class Sandbox:
         self._result: tuple[bytes, bool] | None = None
         self._log_lines: list[str] = []
         self.ready = threading.Event()
+        self._settled = threading.Event()  # ready, or its initialisation failed
         self.process: subprocess.Popen[bytes] | None = None
         self._spawned_at = 0.0
         self._init_ms: float | None = None
@@ -116,6 +125,7 @@ class Sandbox:
     def start(self) -> None:
         """Start (or restart) the process; :attr:`ready` is set when it first asks for work."""
         self.ready.clear()
+        self._settled.clear()
         self._init_ms = None
         self._init_error = None
         env = {**os.environ,
@@ -164,6 +174,7 @@ class Sandbox:
         if self._init_ms is None:
             self._init_ms = (time.monotonic() - self._spawned_at) * 1e3
         self.ready.set()
+        self._settled.set()
         invocation, deadline_ms = self._work.get()
         return invocation, deadline_ms, self.function_arn
 
@@ -175,7 +186,24 @@ class Sandbox:
 
     def _init_failed(self, body: bytes) -> None:
         self._init_error = body
+        self._settled.set()
         event(log, "sandbox_init_failed", logging.ERROR, sandbox=self.index, error=body.decode("utf-8", "replace"))
+
+    def wait_ready(self, timeout: float) -> None:
+        """Return once the sandbox takes work; raise SandboxError at once if its handler failed
+        to initialise (an import error, say), or when ``timeout`` passes first."""
+        if not self._settled.wait(timeout):
+            message = (f"sandbox {self.index} did not start within {timeout:g} s "
+                       f"(handler {self.settings.worker_handler})")
+            raise SandboxError(message, json.dumps({"errorType": "Runtime.InitTimeout",
+                                                    "errorMessage": message}).encode())
+        if not self.ready.is_set() and self._init_error is not None:
+            try:
+                reason = json.loads(self._init_error)
+                summary = f"{reason.get('errorType')}: {reason.get('errorMessage')}"
+            except (ValueError, AttributeError):
+                summary = self._init_error.decode("utf-8", "replace")
+            raise SandboxError(f"sandbox {self.index} failed to initialise: {summary}", self._init_error)
 
     def _finish(self, body: bytes, is_error: bool) -> None:
         with self._lock:
