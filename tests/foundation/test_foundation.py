@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -42,41 +43,42 @@ def test_unknown_override_is_refused() -> None:
         envconfig.load(_Example, "T_", {}, colour="red")
 
 
-def test_json_log_lines_carry_their_context() -> None:
-    stream = io.StringIO()
-    logs.configure("json", "INFO", stream)
-    try:
-        logs.event(logging.getLogger("cosmic.test"), "paired", name="job", rank=3)
-        line = json.loads(stream.getvalue())
-        assert line["event"] == "paired" and line["name"] == "job" and line["rank"] == 3
-        assert line["level"] == "info" and line["logger"] == "cosmic.test"
-    finally:
-        logging.getLogger().handlers.clear()
+@pytest.fixture
+def captured_logs() -> Iterator[Callable[[str], io.StringIO]]:
+    """Configure the logs in a format, into a string; restores the root logger afterwards."""
+
+    def capture(fmt: str) -> io.StringIO:
+        stream = io.StringIO()
+        logs.configure(fmt, "INFO", stream)
+        return stream
+
+    yield capture
+    logging.getLogger().handlers.clear()
 
 
-def test_text_log_lines_quote_what_needs_it() -> None:
-    stream = io.StringIO()
-    logs.configure("text", "INFO", stream)
-    try:
-        logs.event(logging.getLogger("cosmic.test"), "said", text="two words", n=1)
-        assert stream.getvalue().rstrip().endswith('said text="two words" n=1')
-    finally:
-        logging.getLogger().handlers.clear()
+def test_json_log_lines_carry_their_context(captured_logs: Callable[[str], io.StringIO]) -> None:
+    stream = captured_logs("json")
+    logs.event(logging.getLogger("cosmic.test"), "paired", name="job", rank=3)
+    line = json.loads(stream.getvalue())
+    assert line["event"] == "paired" and line["name"] == "job" and line["rank"] == 3
+    assert line["level"] == "info" and line["logger"] == "cosmic.test"
 
 
-def test_rate_limited_event_counts_what_it_held_back() -> None:
-    stream = io.StringIO()
-    logs.configure("json", "INFO", stream)
-    try:
-        limited = logs.RateLimitedEvent(logging.getLogger("cosmic.test"), "refused", interval=3600)
-        for _ in range(5):
-            limited(reason="full")
-        assert len(stream.getvalue().splitlines()) == 1
-        limited._next = 0.0  # the interval has passed
+def test_text_log_lines_quote_what_needs_it(captured_logs: Callable[[str], io.StringIO]) -> None:
+    stream = captured_logs("text")
+    logs.event(logging.getLogger("cosmic.test"), "said", text="two words", n=1)
+    assert stream.getvalue().rstrip().endswith('said text="two words" n=1')
+
+
+def test_rate_limited_event_counts_what_it_held_back(captured_logs: Callable[[str], io.StringIO]) -> None:
+    stream = captured_logs("json")
+    limited = logs.RateLimitedEvent(logging.getLogger("cosmic.test"), "refused", interval=3600)
+    for _ in range(5):
         limited(reason="full")
-        assert json.loads(stream.getvalue().splitlines()[1])["suppressed_since_last"] == 4
-    finally:
-        logging.getLogger().handlers.clear()
+    assert len(stream.getvalue().splitlines()) == 1
+    limited._next = 0.0  # the interval has passed
+    limited(reason="full")
+    assert json.loads(stream.getvalue().splitlines()[1])["suppressed_since_last"] == 4
 
 
 def test_cli_lists_commands_and_refuses_what_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
