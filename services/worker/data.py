@@ -1,10 +1,11 @@
-"""Partitions: the legacy ``{i}.pt`` TensorDataset files, and ``.npz`` with the same arrays.
+"""Partitions: the legacy ``{i}.pt`` TensorDataset files, and ``.npz`` or ``.safetensors`` with the same arrays.
 
 A legacy partition is ``torch.save(TensorDataset(images, magnitudes, redshifts))``: images
 float32 ``[n, 5, 32, 32]`` (SDSS u, g, r, i, z; no normalisation), magnitudes float64
 ``[n, 5]``, redshifts ``[n]``. It is loaded with ``weights_only=True`` and only TensorDataset
 allow-listed, so a partition can never run code; what it holds is checked against those shapes
-before anything uses it.
+before anything uses it. The ``.npz`` and ``.safetensors`` forms hold the arrays by name
+(``images``, ``magnitudes``, optional ``redshifts``) and cannot carry code at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch.utils.data import TensorDataset
 
@@ -23,7 +25,9 @@ BANDS, SIDE = 5, 32
 BYTES_PER_SAMPLE = BANDS * SIDE * SIDE * 4 + BANDS * 8
 #: Samples per legacy partition size (shared/LEGACY.md).
 SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
-_INDEX = re.compile(r"(?:^|/)(\d+)\.(pt|npz)$")
+#: The file forms a partition may take, by suffix.
+SUFFIXES = (".pt", ".npz", ".safetensors")
+_INDEX = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
 
 
 class PartitionError(ValueError):
@@ -44,18 +48,18 @@ def partition_index(key: str) -> int:
     """The ``i`` of ``.../{i}.pt``: partitions sort by it, so ``2.pt`` comes before ``10.pt``."""
     match = _INDEX.search(key)
     if not match:
-        raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt or {{i}}.npz)")
+        raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt, {{i}}.npz or {{i}}.safetensors)")
     return int(match.group(1))
 
 
 def load_partition(raw: bytes, name: str) -> Partition:
-    """Parse one partition's bytes (``.pt`` or ``.npz``, by ``name``); raises PartitionError."""
+    """Parse one partition's bytes (``.pt``, ``.npz`` or ``.safetensors``, by ``name``); raises PartitionError."""
     try:
         if name.endswith(".npz"):
             with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
-                redshifts = torch.from_numpy(arrays["redshifts"]) if "redshifts" in arrays else None
-                return _checked(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["magnitudes"]),
-                                redshifts, name)
+                return _named({key: torch.from_numpy(arrays[key]) for key in arrays.files}, name)
+        if name.endswith(".safetensors"):
+            return _named(safetensors.torch.load(raw), name)
         with torch.serialization.safe_globals([TensorDataset]):
             loaded = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except PartitionError:
@@ -67,6 +71,13 @@ def load_partition(raw: bytes, name: str) -> Partition:
         raise PartitionError(f"{name}: expected TensorDataset(images, magnitudes[, redshifts]), got "
                              f"{type(loaded).__name__}")
     return _checked(tensors[0], tensors[1], tensors[2] if len(tensors) == 3 else None, name)
+
+
+def _named(arrays: dict[str, torch.Tensor], name: str) -> Partition:
+    missing = {"images", "magnitudes"} - arrays.keys()
+    if missing:
+        raise PartitionError(f"{name}: missing arrays {', '.join(sorted(missing))} (has {', '.join(sorted(arrays))})")
+    return _checked(arrays["images"], arrays["magnitudes"], arrays.get("redshifts"), name)
 
 
 def _checked(images: torch.Tensor, magnitudes: torch.Tensor, redshifts: torch.Tensor | None, name: str) -> Partition:
@@ -81,13 +92,16 @@ def _checked(images: torch.Tensor, magnitudes: torch.Tensor, redshifts: torch.Te
 
 
 def save_partition(partition: Partition, path: Path) -> None:
-    """Write ``partition`` in the legacy form (``.pt``) or as ``.npz``, by ``path``'s suffix."""
+    """Write ``partition`` in the legacy form (``.pt``), as ``.npz`` or ``.safetensors``, by ``path``'s suffix."""
+    arrays = {"images": partition.images, "magnitudes": partition.magnitudes}
+    if partition.redshifts is not None:
+        arrays["redshifts"] = partition.redshifts
     if path.suffix == ".npz":
-        arrays = {"images": partition.images.numpy(), "magnitudes": partition.magnitudes.numpy()}
-        if partition.redshifts is not None:
-            arrays["redshifts"] = partition.redshifts.numpy()
         with open(path, "wb") as out:
-            np.savez(out, **arrays)
+            np.savez(out, **{key: value.numpy() for key, value in arrays.items()})
+        return
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file({key: value.contiguous() for key, value in arrays.items()}, str(path))
         return
     tensors = [partition.images, partition.magnitudes]
     if partition.redshifts is not None:

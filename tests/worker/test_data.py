@@ -27,7 +27,7 @@ def sample(n: int = 6, labels: bool = True) -> Partition:
                      torch.rand(n, generator=generator) if labels else None)
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+@pytest.mark.parametrize("suffix", [".pt", ".npz", ".safetensors"])
 @pytest.mark.parametrize("labels", [True, False])
 def test_round_trip(tmp_path: Path, suffix: str, labels: bool) -> None:
     original = sample(labels=labels)
@@ -46,6 +46,7 @@ def test_legacy_bytes_per_sample() -> None:
 def test_numeric_order_of_partition_names() -> None:
     keys = ["100MB/10.pt", "100MB/2.pt", "100MB/1.pt"]
     assert sorted(keys, key=partition_index) == ["100MB/1.pt", "100MB/2.pt", "100MB/10.pt"]
+    assert partition_index("25MB/7.safetensors") == 7 and partition_index("7.npz") == 7
     with pytest.raises(PartitionError):
         partition_index("100MB/readme.txt")
 
@@ -81,3 +82,14 @@ def test_garbage_is_refused() -> None:
         load_partition(b"definitely not a partition", "1.pt")
     with pytest.raises(PartitionError):
         load_partition(b"PK\x03\x04junk", "1.npz")
+    with pytest.raises(PartitionError):
+        load_partition(b"\x08\x00\x00\x00\x00\x00\x00\x00{}junk", "1.safetensors")
+
+
+def test_named_forms_need_both_arrays(tmp_path: Path) -> None:
+    import safetensors.torch
+
+    path = tmp_path / "4.safetensors"
+    safetensors.torch.save_file({"images": torch.zeros(2, 5, 32, 32)}, str(path))
+    with pytest.raises(PartitionError, match="missing arrays magnitudes"):
+        load_partition(path.read_bytes(), path.name)
