@@ -47,6 +47,9 @@ def _text_value(value: Any) -> str:
     return text
 
 
+_CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
     """Send every log line to ``stream`` (stderr) in the chosen format; idempotent."""
     fmt = (fmt or os.environ.get("COSMIC_LOG_FORMAT") or "text").lower()
@@ -60,6 +63,8 @@ def configure(fmt: str | None = None, level: str | None = None, stream: Any = No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_name)
+    for chatty in _CHATTY_LIBRARIES:  # their INFO lines (endpoint discovery, connection pools) are noise here
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, /, **fields: Any) -> None:

@@ -1,0 +1,72 @@
+"""A real S3 API server on loopback (moto's server) as a child process: the S3 of the embedded stack.
+
+Used where there is neither AWS nor Docker (this machine's kind): the code under test still talks
+to S3 through boto3 over HTTP, only the endpoint differs. Needs the ``moto[server]`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+
+class S3ServerError(RuntimeError):
+    """The server did not start (missing package, port taken, crashed)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class S3Server:
+    """Start with :meth:`start`; ``endpoint`` is the URL for ``AWS_ENDPOINT_URL_S3``."""
+
+    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+        self.port = port or _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._log: IO[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> S3Server:
+        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115 (closed in stop)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MOTO_PORT": str(self.port)})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise S3ServerError(f"moto's S3 server exited with status {self._process.returncode} "
+                                    f"(is moto[server] installed? log: {self._log_path})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise S3ServerError(f"moto's S3 server did not listen on port {self.port} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
