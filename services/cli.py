@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("services.demo", "run the main job end to end on this machine"),
     "rendezvous": ("services.rendezvous.cli", "run the TCPunch-compatible rendezvous server"),
     "worker": ("services.worker.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
+    "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
 }
 
 #: Subcommands of the plan that are not built yet, and the issue that builds each.
@@ -26,7 +27,6 @@ PLANNED: dict[str, str] = {
     "status": "a job's progress (issue #6)",
     "report": "a job's cost and duration report (issue #6)",
     "sweep": "jobs over world sizes and partition sizes (issue #6)",
-    "convert-checkpoint": "converting legacy checkpoints (issue #5)",
     "deploy": "deploying to AWS (issue #7)",
 }
 
