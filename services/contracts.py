@@ -115,6 +115,8 @@ class WorkerResult:
         peak_rss_mb: the process's peak resident memory.
         cold_start: whether this invocation loaded the model.
         collective: ``done``, ``skipped`` or ``failed: <reason>``.
+        checks: what the mode found beyond the above (``selftest``: the S3 round trip and the
+            pairing, with the addresses each side saw; ``script``: the exit code and output tail).
     """
 
     job_id: str
@@ -128,10 +130,27 @@ class WorkerResult:
     peak_rss_mb: float = 0.0
     cold_start: bool = False
     collective: str = "skipped"
+    checks: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# -- where a rank's results live (the worker writes them, the coordinator reads them) -----------
+def result_key(result_path: str, rank: int) -> str:
+    """The rank's result document, with every legacy key: ``{result_path}/{rank}.json``."""
+    return f"{result_path}/{rank}.json"
+
+
+def predictions_key(result_path: str, rank: int) -> str:
+    """The rank's predicted redshifts (float32 ``.npy``, in partition order)."""
+    return f"{result_path}/predictions/{rank}.npy"
+
+
+def collective_summary_key(result_path: str) -> str:
+    """Rank 0's summary of the job, computed over the communicator."""
+    return f"{result_path}/summary_collective.json"
 
 
 def parse_event(raw: Any) -> WorkerEvent:

@@ -1,0 +1,84 @@
+"""``native`` mode: our inference over the rank's partitions, results and predictions to S3.
+
+The order of work is what makes a warm invocation mostly inference: the first partition starts
+downloading before the model is looked up (a cold start overlaps the two), each next partition
+downloads while the current one is inferred, and the cancel marker is checked between
+partitions. Results are written under the rank's own keys only, so a retried rank overwrites
+its own objects and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from services.contracts import WorkerEvent, WorkerResult, predictions_key, result_key
+from services.logs import event as log_event
+from services.worker.accuracy import redshift_metrics
+from services.worker.collective import summarise
+from services.worker.feed import PartitionFeed
+from services.worker.model_cache import ModelCache, locate_checkpoint
+from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
+from services.worker.s3store import S3Store
+
+log = logging.getLogger("cosmic.worker.native")
+
+
+def cancelled(store: S3Store, job: WorkerEvent) -> bool:
+    """Whether the job's cancel marker exists (no marker key: never cancelled)."""
+    return job.cancel_key is not None and store.etag(job.result_bucket, job.cancel_key) is not None
+
+
+def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: int,
+               runtime: dict[str, Any]) -> WorkerResult:
+    tally = RankTally()
+    predictions: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    status = "succeeded"
+    with PartitionFeed(store, job.data_bucket, list(job.partitions), ahead=prefetch) as feed:
+        loaded = models.get(locate_checkpoint(store, job))
+        tally.load_s = loaded.load_s
+        for fetched in feed:
+            if cancelled(store, job):
+                status = "cancelled"
+                log_event(log, "cancelled", rank=job.rank, before=fetched.key, done=len(tally.partitions_done))
+                break
+            started = time.perf_counter()
+            part = fetched.partition
+            predictions.append(loaded.predictor.predict(part.images, part.magnitudes, job.batch_size))
+            infer_s = time.perf_counter() - started
+            if part.redshifts is not None:
+                truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
+            tally.add_partition(fetched.key, len(part), job.batch_size, fetched.download_s, fetched.parse_s, infer_s)
+            log_event(log, "partition_done", rank=job.rank, key=fetched.key, samples=len(part),
+                      infer_s=round(infer_s, 3), samples_per_s=round(len(part) / infer_s, 1) if infer_s else None)
+        tally.download_wait_s = feed.waited_s
+    predicted = np.concatenate(predictions) if predictions else np.empty(0, dtype=np.float32)
+    labelled = len(truths) == len(predictions) and bool(predictions)
+    true = np.concatenate(truths) if labelled else None
+    accuracy = redshift_metrics(predicted, true) if true is not None and true.size else None
+
+    started = time.perf_counter()
+    buffer = io.BytesIO()
+    np.save(buffer, predicted, allow_pickle=False)
+    store.put(job.result_bucket, predictions_key(job.result_path, job.rank), buffer.getvalue())
+    tally.upload_s = time.perf_counter() - started
+    peak_mb = peak_rss_mb()
+    runtime = {**runtime, "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
+               "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
+    document = rank_document(job, tally, status=status, cold_start=loaded.cold, peak_mb=peak_mb, runtime=runtime,
+                             accuracy=accuracy)
+    started = time.perf_counter()
+    store.put_json(job.result_bucket, result_key(job.result_path, job.rank), document)
+    tally.upload_s += time.perf_counter() - started
+
+    collective = summarise(job, store, predicted, true, tally, peak_mb) if status == "succeeded" else "skipped"
+    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status=status,
+                        result_keys=[predictions_key(job.result_path, job.rank), result_key(job.result_path, job.rank)],
+                        num_samples=tally.num_samples, partitions_done=tally.partitions_done,
+                        timings_s=tally.timings(), peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
+                        collective=collective, checks={"accuracy": accuracy} if accuracy else {})

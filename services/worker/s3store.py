@@ -1,0 +1,99 @@
+"""The worker's S3 access through boto3: listings without the 1,000-key cap, bytes in and out.
+
+Endpoints come from the standard variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so
+the same code talks to AWS, LocalStack under compose, and moto's server on loopback. Off AWS the
+endpoint is a bare host, so path-style addressing is used there (no bucket subdomains).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+class StoreError(RuntimeError):
+    """An S3 call that failed for a reason the caller should report (not found, denied, ...)."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    data: bytes
+    etag: str
+
+
+def _config() -> Config:
+    custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    return Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=8, tcp_keepalive=True,
+                  connect_timeout=10, read_timeout=120,
+                  s3={"addressing_style": "path" if custom_endpoint else "auto"})
+
+
+class S3Store:
+    """One boto3 S3 client, kept for the life of the sandbox (warm invocations reuse its connections)."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        self.client = client or boto3.client("s3", config=_config())
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, following continuation tokens (no 1,000-key cap)."""
+        return (key for key, _, _ in self.objects(bucket, prefix))
+
+    def objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, str, int]]:
+        """``(key, etag, size)`` of every object under ``prefix``, across every page of the listing."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["ETag"].strip('"'), int(item["Size"])
+        except ClientError as exc:
+            raise StoreError(f"cannot list s3://{bucket}/{prefix}: {_reason(exc)}") from None
+
+    def get(self, bucket: str, key: str) -> Blob:
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            return Blob(response["Body"].read(), response["ETag"].strip('"'))
+        except ClientError as exc:
+            raise StoreError(f"cannot read s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def etag(self, bucket: str, key: str) -> str | None:
+        """The object's ETag, or None when it does not exist."""
+        try:
+            return str(self.client.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StoreError(f"cannot check s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def download(self, bucket: str, key: str, path: str) -> None:
+        """Stream an object to a file (multipart, parallel ranges for large checkpoints)."""
+        try:
+            self.client.download_file(bucket, key, path)
+        except ClientError as exc:
+            raise StoreError(f"cannot download s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        except ClientError as exc:
+            raise StoreError(f"cannot write s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def put_json(self, bucket: str, key: str, document: Any) -> None:
+        self.put(bucket, key, json.dumps(document, indent=2).encode() + b"\n", "application/json")
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise StoreError(f"cannot delete s3://{bucket}/{key}: {_reason(exc)}") from None
+
+
+def _reason(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
