@@ -148,6 +148,26 @@ def predictions_key(result_path: str, rank: int) -> str:
     return f"{result_path}/predictions/{rank}.npy"
 
 
+#: The file forms a partition may take, by suffix (see services/worker/data.py).
+PARTITION_SUFFIXES = (".pt", ".npz", ".safetensors")
+_PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
+
+
+def partition_number(key: str) -> int | None:
+    """The ``i`` of ``.../{i}.pt`` (or ``.npz``, ``.safetensors``), None for any other key.
+
+    Partitions sort by it, so ``2.pt`` comes before ``10.pt`` (the legacy planner sorted names
+    as strings and, with ``file_limit`` 11, picked ``1, 10, 100..108``).
+    """
+    match = _PARTITION.search(key)
+    return int(match.group(1)) if match else None
+
+
+def labels_key(result_path: str, rank: int) -> str:
+    """The true redshifts of the rank's samples (float32 ``.npy``, same order), when partitions carry them."""
+    return f"{result_path}/labels/{rank}.npy"
+
+
 def collective_summary_key(result_path: str) -> str:
     """Rank 0's summary of the job, computed over the communicator."""
     return f"{result_path}/summary_collective.json"

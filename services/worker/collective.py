@@ -22,7 +22,7 @@ from services.contracts import WorkerEvent, collective_summary_key
 from services.logs import event as log_event
 from services.worker.accuracy import OUTLIER_THRESHOLD
 from services.worker.rankreport import RankTally
-from services.worker.s3store import S3Store, StoreError
+from services.s3store import S3Store, StoreError
 
 log = logging.getLogger("cosmic.worker.collective")
 #: The allreduced vector, in this order.

@@ -11,7 +11,6 @@ before anything uses it. The ``.npz`` and ``.safetensors`` forms hold the arrays
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +19,13 @@ import safetensors.torch
 import torch
 from torch.utils.data import TensorDataset
 
+from services.contracts import partition_number
+
 BANDS, SIDE = 5, 32
 #: Input bytes per sample in the legacy files (image float32 + magnitudes float64).
 BYTES_PER_SAMPLE = BANDS * SIDE * SIDE * 4 + BANDS * 8
 #: Samples per legacy partition size (shared/LEGACY.md).
 SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
-#: The file forms a partition may take, by suffix.
-SUFFIXES = (".pt", ".npz", ".safetensors")
-_INDEX = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
 
 
 class PartitionError(ValueError):
@@ -46,10 +44,10 @@ class Partition:
 
 def partition_index(key: str) -> int:
     """The ``i`` of ``.../{i}.pt``: partitions sort by it, so ``2.pt`` comes before ``10.pt``."""
-    match = _INDEX.search(key)
-    if not match:
+    number = partition_number(key)
+    if number is None:
         raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt, {{i}}.npz or {{i}}.safetensors)")
-    return int(match.group(1))
+    return number
 
 
 def load_partition(raw: bytes, name: str) -> Partition:

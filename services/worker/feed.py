@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from services.worker.data import Partition, load_partition
-from services.worker.s3store import S3Store
+from services.s3store import S3Store
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.contracts import WorkerEvent, WorkerResult, result_key
 from services.logs import event as log_event
-from services.worker.s3store import S3Store
+from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.worker.script")
 TAIL_BYTES = 2000

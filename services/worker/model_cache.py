@@ -18,7 +18,7 @@ from services.contracts import Checkpoint, WorkerEvent
 from services.logs import event as log_event
 from services.worker.checkpoints import CheckpointError, build_model, choose_checkpoint, load_state_dict
 from services.worker.inference import Predictor
-from services.worker.s3store import S3Store
+from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.worker.model")
 #: Where users keep the fine-tuned checkpoint today, inside the model folder.

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from services.contracts import WorkerEvent, WorkerResult, predictions_key, result_key
+from services.contracts import WorkerEvent, WorkerResult, labels_key, predictions_key, result_key
 from services.logs import event as log_event
 from services.worker.accuracy import redshift_metrics
 from services.worker.collective import summarise
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint
 from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
-from services.worker.s3store import S3Store
+from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.worker.native")
 
@@ -63,9 +63,11 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     accuracy = redshift_metrics(predicted, true) if true is not None and true.size else None
 
     started = time.perf_counter()
-    buffer = io.BytesIO()
-    np.save(buffer, predicted, allow_pickle=False)
-    store.put(job.result_bucket, predictions_key(job.result_path, job.rank), buffer.getvalue())
+    written = [predictions_key(job.result_path, job.rank)]
+    store.put(job.result_bucket, written[0], _npy(predicted))
+    if true is not None:  # the coordinator's accuracy over all ranks needs them, and must not import torch
+        written.append(labels_key(job.result_path, job.rank))
+        store.put(job.result_bucket, written[-1], _npy(true))
     tally.upload_s = time.perf_counter() - started
     peak_mb = peak_rss_mb()
     runtime = {**runtime, "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
@@ -78,7 +80,13 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
 
     collective = summarise(job, store, predicted, true, tally, peak_mb) if status == "succeeded" else "skipped"
     return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status=status,
-                        result_keys=[predictions_key(job.result_path, job.rank), result_key(job.result_path, job.rank)],
+                        result_keys=[*written, result_key(job.result_path, job.rank)],
                         num_samples=tally.num_samples, partitions_done=tally.partitions_done,
                         timings_s=tally.timings(), peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
                         collective=collective, checks={"accuracy": accuracy} if accuracy else {})
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

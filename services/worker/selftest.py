@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from services.contracts import WorkerEvent, WorkerResult
-from services.worker.s3store import S3Store
+from services.s3store import S3Store
 
 
 def check_s3(job: WorkerEvent, store: S3Store) -> dict[str, Any]:

@@ -21,7 +21,7 @@ pytest.importorskip("moto")
 from services.s3server import S3Server  # noqa: E402
 from services.worker.data import save_partition  # noqa: E402
 from services.worker.model import RedshiftModel  # noqa: E402
-from services.worker.s3store import S3Store  # noqa: E402
+from services.s3store import S3Store  # noqa: E402
 from services.worker.synthetic import partition  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 from services.worker.feed import PartitionFeed
-from services.worker.s3store import Blob, S3Store
+from services.s3store import Blob, S3Store
 from tests.worker.conftest import World, partition_bytes
 
 

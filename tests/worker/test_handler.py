@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from services.contracts import EventError, collective_summary_key, predictions_key, result_key  # noqa: E402
+from services.contracts import (  # noqa: E402
+    EventError,
+    collective_summary_key,
+    labels_key,
+    predictions_key,
+    result_key,
+)
 from services.worker import handler as handler_module  # noqa: E402
 from services.worker.accuracy import redshift_metrics  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
@@ -50,7 +56,8 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     response = invoke(event)
     assert response["status"] == "succeeded" and response["num_samples"] == 96
     assert response["partitions_done"] == world.partitions and response["cold_start"] is True
-    assert response["result_keys"] == [predictions_key(event["result_path"], 0), result_key(event["result_path"], 0)]
+    assert response["result_keys"] == [predictions_key(event["result_path"], 0), labels_key(event["result_path"], 0),
+                                       result_key(event["result_path"], 0)]
     assert world.keys(event["result_path"]) == sorted(response["result_keys"])
     document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
     assert list(document)[: len(LEGACY_KEYS)] == LEGACY_KEYS
@@ -128,6 +135,7 @@ def test_npz_and_unlabelled_partitions(world: World, invoke) -> None:
     world.store.put(world.bucket, "npz/1.npz", partition_bytes(5, suffix=".npz", labels=False))
     response = invoke(world.event(partitions=["npz/1.npz"]))
     assert response["num_samples"] == 48 and "accuracy" not in response["checks"]
+    assert not any("/labels/" in key for key in response["result_keys"])
 
 
 def test_cancel_marker_stops_between_partitions(world: World, invoke) -> None:
@@ -147,7 +155,7 @@ def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     invoke({**event, "attempt": 2})
     assert world.keys(event["result_path"]) == before == sorted(
         [result_key(event["result_path"], 0), result_key(event["result_path"], 1),
-         predictions_key(event["result_path"], 1)])
+         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1)])
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
 
 

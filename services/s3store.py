@@ -1,4 +1,4 @@
-"""The worker's S3 access through boto3: listings without the 1,000-key cap, bytes in and out.
+"""S3 through boto3, shared by the worker and the coordinator: listings without the 1,000-key cap, bytes in and out.
 
 Endpoints come from the standard variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so
 the same code talks to AWS, LocalStack under compose, and moto's server on loopback. Off AWS the
@@ -83,6 +83,43 @@ class S3Store:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
         except ClientError as exc:
             raise StoreError(f"cannot write s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def put_new(self, bucket: str, key: str, data: bytes, content_type: str = "application/json") -> bool:
+        """Create ``key`` only if it does not exist (a conditional write); False when it already did.
+
+        What makes a lock or an idempotency record safe against two writers at once.
+        """
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise StoreError(f"cannot create s3://{bucket}/{key}: {_reason(exc)}") from None
+
+    def get_json(self, bucket: str, key: str) -> Any | None:
+        """The JSON document at ``key``, or None when there is none; a malformed one is a StoreError."""
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StoreError(f"cannot read s3://{bucket}/{key}: {_reason(exc)}") from None
+        try:
+            return json.loads(response["Body"].read())
+        except ValueError as exc:
+            raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from None
+
+    def folders(self, bucket: str, prefix: str = "") -> list[str]:
+        """The "folders" (common prefixes) directly under ``prefix``, for error messages that suggest."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        found: list[str] = []
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                found += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
+        except ClientError as exc:
+            raise StoreError(f"cannot list s3://{bucket}/{prefix}: {_reason(exc)}") from None
+        return found
 
     def put_json(self, bucket: str, key: str, document: Any) -> None:
         self.put(bucket, key, json.dumps(document, indent=2).encode() + b"\n", "application/json")

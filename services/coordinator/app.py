@@ -1,0 +1,122 @@
+"""The coordinator's HTTP API (FastAPI): ``POST /jobs`` and everything to follow a job to its report.
+
+Errors say what to fix: a payload problem is a 422 naming the field (pydantic's for shapes,
+planning's for what only S3 can tell: no partitions under the prefix, ``file_limit`` above what
+exists), a second active job on one result path a 409, an unknown job a 404. With a token
+configured every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services import __version__
+from services.coordinator import summary as summaries
+from services.coordinator.payload import JobRequest
+from services.coordinator.planning import PlanError
+from services.coordinator.service import Coordinator, JobConflict, JobNotFound
+from services.s3store import StoreError
+
+log = logging.getLogger("cosmic.coordinator.api")
+_bearer = HTTPBearer(auto_error=False)
+_MEDIA = {"json": "application/json", "md": "text/markdown; charset=utf-8", "csv": "text/csv; charset=utf-8"}
+
+
+def create_app(coordinator: Coordinator) -> FastAPI:
+    settings = coordinator.settings
+    app = FastAPI(title="Cosmic Rendezvous coordinator", version=__version__,
+                  description="Data-parallel redshift inference over S3 partitions, fanned out to Lambda workers.")
+
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if not settings.api_token:
+            return
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
+                                                          settings.api_token.encode()):
+            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <COSMIC_API_TOKEN>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorised)]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse({"detail": f"the body must be at most {settings.max_body_bytes} bytes"}, 413)
+        return await call_next(request)
+
+    @app.exception_handler(PlanError)
+    async def plan_error(_: Request, exc: PlanError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": exc.reason, "type": "plan_error"}]}, 422)
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 409)
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": f"no such job or object: {exc}"}, 404)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        missing_bucket = "NoSuchBucket" in str(exc)
+        return JSONResponse({"detail": str(exc)}, 422 if missing_bucket else 502)
+
+    @app.post("/jobs", status_code=202, dependencies=guarded)
+    def submit(payload: JobRequest, response: Response,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
+        """Start a job from the legacy payload (plus optional fields); answers at once with its id."""
+        job_id, created = coordinator.submit(payload, idempotency_key)
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return {"job_id": job_id, "url": f"/jobs/{job_id}", "created": created}
+
+    @app.get("/jobs", dependencies=guarded)
+    def list_jobs(limit: int = 100) -> list[dict[str, Any]]:
+        return coordinator.list_jobs(max(1, min(limit, 1000)))
+
+    @app.get("/jobs/{job_id}", dependencies=guarded)
+    def status(job_id: str) -> dict[str, Any]:
+        return coordinator.status(job_id)
+
+    @app.delete("/jobs/{job_id}", status_code=202, dependencies=guarded)
+    def cancel(job_id: str) -> dict[str, Any]:
+        """Stop scheduling and write the cancel marker (running invocations finish their partition)."""
+        return coordinator.cancel(job_id)
+
+    @app.post("/jobs/{job_id}/retry", status_code=202, dependencies=guarded)
+    def retry(job_id: str) -> dict[str, Any]:
+        """Re-run only the failed ranks of a failed job."""
+        return coordinator.retry(job_id)
+
+    @app.get("/jobs/{job_id}/report", dependencies=guarded)
+    def report(job_id: str, format: Literal["json", "md", "csv"] = "json") -> Response:
+        document = coordinator.summary(job_id)
+        if format == "json":
+            return JSONResponse(document)
+        return PlainTextResponse(summaries.render_report(document, format), media_type=_MEDIA[format])
+
+    @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded)
+    def plot(job_id: str, name: str) -> Response:
+        return Response(coordinator.plot(job_id, name), media_type="image/png")
+
+    @app.get("/metrics", dependencies=guarded)
+    def metrics() -> PlainTextResponse:
+        stats = coordinator.stats
+        lines = ["# TYPE cosmic_invocations_total counter", f"cosmic_invocations_total {stats.invocations}",
+                 "# TYPE cosmic_function_errors_total counter", f"cosmic_function_errors_total {stats.function_errors}",
+                 "# TYPE cosmic_invoke_throttles_total counter", f"cosmic_invoke_throttles_total {stats.throttles}",
+                 "# TYPE cosmic_invoke_transport_errors_total counter",
+                 f"cosmic_invoke_transport_errors_total {stats.transport_errors}",
+                 "# TYPE cosmic_jobs_running gauge", f"cosmic_jobs_running {coordinator.running_jobs()}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

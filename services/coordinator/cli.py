@@ -1,0 +1,53 @@
+"""``cosmic serve`` and ``python -m services.coordinator``: the coordinator's API under uvicorn.
+
+On start it resumes every job a previous coordinator left running (their state is in S3). With
+``--embedded`` it first starts (or reattaches to) the local stack: S3 server, Lambda runtime,
+rendezvous server, and points itself at them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from services import envconfig, logs
+from services.coordinator import config
+from services.logs import event
+
+log = logging.getLogger("cosmic.coordinator.cli")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="env COSMIC_COORDINATOR_HOST; default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="env COSMIC_COORDINATOR_PORT; default 8000")
+    parser.add_argument("--embedded", action="store_true",
+                        help="start (or reattach to) the local S3 server, Lambda runtime and rendezvous server")
+    parser.add_argument("--sandboxes", type=int, default=None, help="embedded: worker sandboxes (default 4)")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None)
+    parser.add_argument("--log-level", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_format, args.log_level)
+    if args.embedded:
+        from services.coordinator.embedded import ensure_stack  # lazily: it spawns processes
+
+        stack = ensure_stack(sandboxes=args.sandboxes)
+        stack.export()
+    try:
+        settings = config.load(coordinator_host=args.host, coordinator_port=args.port)
+    except envconfig.SettingsError as exc:
+        print(f"cosmic serve: {exc}")
+        return 2
+    import uvicorn
+
+    from services.coordinator.app import create_app
+    from services.coordinator.service import Coordinator
+
+    coordinator = Coordinator(settings)
+    resumed = coordinator.resume()
+    event(log, "coordinator_start", host=settings.coordinator_host, port=settings.coordinator_port,
+          resumed=len(resumed), token=bool(settings.api_token))
+    uvicorn.run(create_app(coordinator), host=settings.coordinator_host, port=settings.coordinator_port,
+                log_level="warning", timeout_graceful_shutdown=5)
+    return 0

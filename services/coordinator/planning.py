@@ -1,0 +1,120 @@
+"""Planning: which partitions a job has, and which rank infers which, as one worker event per rank.
+
+Fixes what the legacy planner got wrong: the listing follows every page (it stopped at 1,000
+keys), partitions sort by number (it sorted names as strings, so ``file_limit: 11`` picked
+``1, 10, 100..108``), and each job gets its own unguessable communicator name (it used the
+fixed ``"fmi_pair"``, so two jobs on one rendezvous server cross-paired).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import secrets
+from dataclasses import dataclass
+
+from services.contracts import Checkpoint, WorkerEvent, partition_number
+from services.coordinator.payload import JobRequest
+from services.s3store import S3Store
+
+
+class PlanError(ValueError):
+    """A request that cannot be planned; ``field`` names the payload field to fix (a 422)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Partition:
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job runs: its partitions (first K in numeric order) and one event per rank."""
+
+    partitions: tuple[Partition, ...]
+    events: tuple[WorkerEvent, ...]
+    assignment: str
+    comm_name: str | None
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(p.size for p in self.partitions)
+
+
+def list_partitions(store: S3Store, bucket: str, prefix: str) -> list[Partition]:
+    """Every partition directly under ``prefix``, in numeric order, across every page of the listing."""
+    folder = prefix.strip("/") + "/"
+    found = [(number, Partition(key, size)) for key, _, size in store.objects(bucket, folder)
+             if "/" not in key[len(folder):] and (number := partition_number(key)) is not None]
+    found.sort(key=lambda item: (item[0], item[1].key))
+    return [partition for _, partition in found]
+
+
+def choose_partitions(store: S3Store, request: JobRequest) -> list[Partition]:
+    """The first ``file_limit`` partitions, or a PlanError that says what exists instead."""
+    available = list_partitions(store, request.data_bucket, request.data_prefix)
+    if not available:
+        folders = [f.rstrip("/") for f in store.folders(request.data_bucket)][:20]
+        hint = f"prefixes that exist: {', '.join(folders)}" if folders else "the bucket has no prefixes"
+        raise PlanError("data_prefix", f"no partitions ({{i}}.pt) under s3://{request.data_bucket}/"
+                                       f"{request.data_prefix}/; {hint}")
+    if request.partitions_wanted > len(available):
+        raise PlanError("file_limit", f"{request.partitions_wanted} partitions asked for, but "
+                                      f"s3://{request.data_bucket}/{request.data_prefix}/ holds {len(available)}")
+    return available[: request.partitions_wanted]
+
+
+def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]:
+    """Partitions per rank: contiguous runs (``ceil(left / ranks left)`` each, as the legacy planner
+    did), or ``wrap``: rank r gets partition ``r % K`` (the legacy runs with world_size > K)."""
+    if assignment == "wrap":
+        return [[keys[rank % len(keys)]] for rank in range(world_size)]
+    runs, start = [], 0
+    for rank in range(world_size):
+        count = math.ceil((len(keys) - start) / (world_size - rank))
+        runs.append(keys[start:start + count])
+        start += count
+    return runs
+
+
+def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, function_timeout_s: float,
+         max_world_size: int, rendezvous: str | None, cancel_key: str) -> Plan:
+    """The events of a job whose partitions are known; raises PlanError for impossible requests."""
+    count = len(partitions)
+    world_size = request.world_size or count
+    if world_size > max_world_size:
+        raise PlanError("world_size", f"at most {max_world_size} (this coordinator's COSMIC_MAX_WORLD_SIZE)")
+    assignment = request.assignment or ("wrap" if world_size > count else "contiguous")
+    if assignment == "contiguous" and world_size > count:
+        raise PlanError("assignment", f"contiguous runs of {count} partitions leave ranks of world_size "
+                                      f"{world_size} idle; use 'wrap' or a smaller world_size")
+    communicator = request.communicator if request.communicator is not None else bool(rendezvous)
+    if communicator and not rendezvous:
+        raise PlanError("communicator", "no rendezvous server is configured (COSMIC_RENDEZVOUS_ENDPOINT)")
+    concurrency = request.max_concurrency or world_size
+    if communicator and concurrency < world_size:
+        raise PlanError("max_concurrency", f"the communicator needs all {world_size} ranks at once, "
+                                           f"max_concurrency is {concurrency}; raise it or set communicator false")
+    comm_name = secrets.token_hex(16) if communicator else None
+    checkpoint = (Checkpoint(request.checkpoint.bucket, request.checkpoint.key, request.checkpoint.sha256)
+                  if request.checkpoint else None)
+    events = tuple(
+        WorkerEvent(job_id=job_id, rank=rank, world_size=world_size, data_bucket=request.data_bucket,
+                    partitions=tuple(keys), result_bucket=request.data_bucket, result_path=request.result_path,
+                    batch_size=request.batch_size, mode=request.mode, model_bucket=request.bucket,
+                    model_prefix=request.S3_object_name, script=request.script if request.mode == "script" else None,
+                    checkpoint=checkpoint, rendezvous=rendezvous if communicator else None, comm_name=comm_name,
+                    cancel_key=cancel_key, collective_timeout_s=min(120.0, function_timeout_s / 4))
+        for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
+    return Plan(tuple(partitions), events, assignment, comm_name)
+
+
+def partition_label(prefix: str) -> str:
+    """The size label of a prefix (``.../25MB`` -> ``25MB``), as the seed table names rows."""
+    return posixpath.basename(prefix.rstrip("/"))

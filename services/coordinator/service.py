@@ -1,0 +1,290 @@
+"""The coordinator's work behind the API: submit, track, cancel, retry, resume, summarise, report.
+
+Everything a job is lives in S3 (:mod:`.state`); this object only holds the running job threads
+and the clients, so a restarted coordinator calls :meth:`Coordinator.resume` and carries on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
+from services.coordinator import plots, summary
+from services.coordinator.config import CoordinatorSettings
+from services.coordinator.invoker import Invoker, InvokeStats
+from services.coordinator.payload import JobRequest
+from services.coordinator.planning import PlanError, choose_partitions, partition_label, plan
+from services.coordinator.pricing import load_prices
+from services.coordinator.runner import JobRunner
+from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
+from services.logs import event as log_event
+from services.s3store import S3Store, StoreError
+
+log = logging.getLogger("cosmic.coordinator")
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(RuntimeError):
+    """A second active job on the same result path (a 409), or an action the job's state forbids."""
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings, store: S3Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or S3Store()
+        self.jobs = JobStore(self.store, settings.state_bucket)
+        self.prices = load_prices()
+        self.stats = InvokeStats()
+        self._runners: dict[str, JobRunner] = {}
+        self._invokers: dict[str, Invoker] = {}
+        self._lock = threading.Lock()
+
+    # -- submit -----------------------------------------------------------------------------
+    def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool]:
+        """Plan and start a job; returns ``(job_id, created)``. Raises PlanError (422) or JobConflict (409)."""
+        bucket = self.jobs.bucket_for(request.bucket)
+        if idempotency:
+            existing = self.jobs.lookup_idempotent(bucket, idempotency)
+            if existing is not None:
+                return existing, False
+        partitions = choose_partitions(self.store, request)
+        job_id = new_job_id()
+        rendezvous = self.settings.rendezvous_endpoint or None
+        job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker_timeout,
+                        max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
+                        cancel_key=cancel_key(job_id))
+        concurrency = min(request.max_concurrency or len(job_plan.events), self.settings.max_concurrency_limit)
+        if job_plan.comm_name and concurrency < len(job_plan.events):
+            raise PlanError("world_size", f"the communicator needs all ranks at once; this coordinator runs at most "
+                                          f"{self.settings.max_concurrency_limit} (COSMIC_MAX_CONCURRENCY_LIMIT)")
+        holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
+        if holder is not None:
+            raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}")
+        if idempotency:
+            winner = self.jobs.idempotent_job(bucket, idempotency, job_id)
+            if winner != job_id:  # another request with the same key won the race
+                self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
+                return winner, False
+        now = time.time()
+        manifest = {
+            "version": 1, "job_id": job_id, "state": "queued", "submitted_at": now, "request": request.model_dump(),
+            "function": request.function or self.settings.worker_function, "max_concurrency": concurrency,
+            "max_attempts": request.max_attempts or self.settings.max_attempts, "rendezvous": rendezvous,
+            "communicator": job_plan.comm_name is not None, "assignment": job_plan.assignment,
+            "partitions": [[p.key, p.size] for p in job_plan.partitions], "input_bytes": job_plan.input_bytes,
+            "partition_label": partition_label(request.data_prefix), "world_size": len(job_plan.events),
+            "events": [event.to_dict() for event in job_plan.events], "idempotency_key": idempotency,
+            "error": None,
+        }
+        self.jobs.save_manifest(bucket, manifest)
+        log_event(log, "job_submitted", job_id=job_id, world_size=len(job_plan.events),
+                  partitions=len(job_plan.partitions), function=manifest["function"], communicator=bool(rendezvous))
+        self._start(bucket, manifest)
+        return job_id, True
+
+    def _start(self, bucket: str, manifest: dict[str, Any]) -> None:
+        runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest["function"]), self._finish,
+                           self.settings.job_deadline_s)
+        with self._lock:
+            self._runners[manifest["job_id"]] = runner
+        runner.start()
+
+    def _invoker(self, function: str) -> Invoker:
+        with self._lock:
+            if function not in self._invokers:
+                self._invokers[function] = Invoker(function, self.settings.worker_timeout,
+                                                   self.settings.max_concurrency_limit,
+                                                   retries=self.settings.invoke_retries, stats=self.stats)
+            return self._invokers[function]
+
+    # -- resume, cancel, retry ----------------------------------------------------------------
+    def resume(self) -> list[str]:
+        """Restart every job a previous coordinator left running; returns their ids."""
+        resumed = []
+        for bucket, job_id in self.jobs.active_job_ids():
+            found = self.jobs.manifest(job_id)
+            if found is None or found[1].get("state") in TERMINAL or job_id in self._runners:
+                continue
+            log_event(log, "job_resumed", job_id=job_id)
+            self._start(bucket, found[1])
+            resumed.append(job_id)
+        return resumed
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        _bucket, manifest = self._manifest(job_id)
+        if manifest["state"] in TERMINAL:
+            raise JobConflict(f"job {job_id} is already {manifest['state']}")
+        request = manifest["request"]
+        self.store.put(request["data_bucket"], cancel_key(job_id), b"cancelled\n", "text/plain")  # workers see it
+        runner = self._runners.get(job_id)
+        if runner is not None:
+            runner.cancel()
+            runner.manifest["cancel_requested"] = True
+        log_event(log, "job_cancel_requested", job_id=job_id)
+        return self.status(job_id)
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Re-run only the failed ranks of a finished job (their attempt numbers continue)."""
+        bucket, manifest = self._manifest(job_id)
+        if manifest["state"] != "failed":
+            raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest['state']}")
+        request = manifest["request"]
+        holder = self.jobs.take_result_path(bucket, job_id, request["data_bucket"], request["result_path"])
+        if holder is not None:
+            raise JobConflict(f"job {holder} is now writing to the same result path")
+        manifest.update(state="queued", error=None, summary_error=None, retried_at=time.time())
+        self.jobs.save_manifest(bucket, manifest)
+        self._start(bucket, manifest)
+        return self.status(job_id)
+
+    # -- reading --------------------------------------------------------------------------------
+    def running_jobs(self) -> int:
+        with self._lock:
+            return sum(1 for runner in self._runners.values() if runner.thread.is_alive())
+
+    def _manifest(self, job_id: str) -> tuple[str, dict[str, Any]]:
+        runner = self._runners.get(job_id)
+        if runner is not None:
+            return runner.bucket, runner.manifest
+        found = self.jobs.manifest(job_id)
+        if found is None:
+            raise JobNotFound(job_id)
+        return found
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        bucket, manifest = self._manifest(job_id)
+        runner = self._runners.get(job_id)
+        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest["world_size"])
+        counts: dict[str, int] = {}
+        for record in ranks.values():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        request = manifest["request"]
+        return {
+            "job_id": job_id, "state": manifest["state"], "submitted_at": manifest["submitted_at"],
+            "finished_at": manifest.get("finished_at"), "world_size": manifest["world_size"],
+            "partitions": len(manifest["partitions"]), "function": manifest["function"],
+            "communicator": manifest["communicator"], "result": f"s3://{request['data_bucket']}/{request['result_path']}",
+            "ranks_by_state": counts, "error": manifest.get("error"), "failed_ranks": manifest.get("failed_ranks", {}),
+            "summary_key": manifest.get("summary_key"),
+            "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
+                {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
+                 "error": a.error, "duration_ms": a.report.get("duration_ms"),
+                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
+                for r in ranks.values()],
+        }
+
+    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        listed = []
+        for _, job_id in self.jobs.job_ids()[:limit]:
+            try:
+                _, manifest = self._manifest(job_id)
+            except JobNotFound:
+                continue
+            listed.append({"job_id": job_id, "state": manifest["state"], "submitted_at": manifest["submitted_at"],
+                           "world_size": manifest["world_size"], "result_path": manifest["request"]["result_path"]})
+        return listed
+
+    def summary(self, job_id: str) -> dict[str, Any]:
+        _bucket, manifest = self._manifest(job_id)
+        if manifest["state"] not in TERMINAL:
+            raise JobConflict(f"job {job_id} is {manifest['state']}: its report comes when it ends")
+        request = manifest["request"]
+        document = self.store.get_json(request["data_bucket"], f"{request['result_path']}/summary.json")
+        if document is None or document.get("job_id") != job_id:
+            raise JobNotFound(f"{job_id} has no summary ({manifest.get('summary_error') or 'not written'})")
+        return document
+
+    def plot(self, job_id: str, name: str) -> bytes:
+        if name not in plots.PLOTS:
+            raise JobNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}")
+        bucket, manifest = self._manifest(job_id)
+        document = self.summary(job_id)
+        if name == "predicted_vs_true":
+            predictions, labels = self._arrays(manifest)
+            if predictions is None or labels is None:
+                raise JobNotFound(f"job {job_id} has no labelled predictions to plot")
+            return plots.predicted_vs_true(predictions, labels)
+        if name == "duration_cost":
+            return plots.duration_and_cost_vs_world_size([summary.seed_table_row(document)])
+        ranks = self.jobs.ranks(bucket, job_id, manifest["world_size"])
+        return plots.rank_timeline(_invocations(ranks, default_memory=0), manifest["submitted_at"])
+
+    # -- finishing ------------------------------------------------------------------------------
+    def _arrays(self, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        request = manifest["request"]
+        predictions, labels = [], []
+        for rank in range(manifest["world_size"]):
+            predicted = self._npy(request["data_bucket"], predictions_key(request["result_path"], rank))
+            if predicted is None:
+                continue
+            predictions.append(predicted)
+            labels.append(self._npy(request["data_bucket"], labels_key(request["result_path"], rank)))
+        if not predictions:
+            return None, None
+        if any(label is None for label in labels):
+            return np.concatenate(predictions), None
+        return np.concatenate(predictions), np.concatenate(labels)  # type: ignore[arg-type]
+
+    def _npy(self, bucket: str, key: str) -> np.ndarray | None:
+        try:
+            raw = self.store.get(bucket, key).data
+        except StoreError:
+            return None
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+
+    def _finish(self, bucket: str, manifest: dict[str, Any], ranks: dict[int, RankRecord]) -> None:
+        """Write ``combined_data.json`` and ``summary.json`` beside the results."""
+        request = manifest["request"]
+        data_bucket, result_path = request["data_bucket"], request["result_path"]
+        documents = []
+        for rank, record in sorted(ranks.items()):
+            if record.state == "succeeded":
+                document = self.store.get_json(data_bucket, result_key(result_path, rank))
+                if isinstance(document, dict):
+                    documents.append(document)
+        predictions, labels = self._arrays(manifest)
+        collective = (self.store.get_json(data_bucket, collective_summary_key(result_path))
+                      if manifest["communicator"] else None)
+        if isinstance(collective, dict) and collective.get("job_id") != manifest["job_id"]:
+            collective = None  # an older job's summary at the same path
+        invocations = _invocations(ranks, default_memory=0)
+        facts = summary.JobFacts(
+            job_id=manifest["job_id"], function=manifest["function"],
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            world_size=manifest["world_size"], partition_label=manifest["partition_label"],
+            partitions=len(manifest["partitions"]), input_bytes=manifest["input_bytes"],
+            submitted_at=manifest["submitted_at"], finished_at=time.time(), result_path=result_path,
+            s3_gets=sum(len(e["partitions"]) for e in manifest["events"]) + 2 * manifest["world_size"],
+            s3_puts=4 * manifest["world_size"])
+        document = summary.summarize(facts, invocations, documents, predictions, labels, collective, self.prices)
+        self.store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
+        self.store.put_json(data_bucket, f"{result_path}/summary.json", document)
+        manifest["summary_key"] = f"s3://{data_bucket}/{result_path}/summary.json"
+
+
+def _invocations(ranks: dict[int, RankRecord], default_memory: float) -> list[summary.Invocation]:
+    """The attempts Lambda reported on (an attempt lost in transport has no REPORT and bills nothing we know)."""
+    found = []
+    for record in ranks.values():
+        for attempt in record.attempts:
+            report = attempt.report or {}
+            if report.get("duration_ms") is None or attempt.state == "running":
+                continue
+            found.append(summary.Invocation(
+                rank=record.rank, attempt=attempt.attempt, state=attempt.state, started_at=attempt.started_at,
+                ended_at=attempt.ended_at or attempt.started_at, duration_ms=float(report["duration_ms"] or 0),
+                billed_duration_ms=float(report.get("billed_duration_ms") or 0),
+                memory_size_mb=float(report.get("memory_size_mb") or default_memory or 128),
+                max_memory_used_mb=float(report.get("max_memory_used_mb") or 0), error=attempt.error,
+                init_duration_ms=report.get("init_duration_ms")))
+    return found

@@ -1,0 +1,211 @@
+"""Job state in S3: the manifest, one record per rank, the locks. S3 holds the truth, not memory.
+
+Layout in the state bucket (``COSMIC_STATE_BUCKET``, else the payload's ``bucket``)::
+
+    jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state
+    jobs/{job_id}/ranks/{rank}.json every attempt of the rank, with its REPORT figures
+    jobs/active/{hash}.json         one per result path of a running job: a second job gets a 409
+    jobs/idempotency/{hash}.json    Idempotency-Key -> job id, so a retried POST finds its job
+
+Each rank record is its own object, written when an attempt starts and ends, so a coordinator
+killed at any moment restarts knowing which ranks finished. The cancel marker the workers check
+lives in the result bucket (``jobs/{job_id}/cancel``), beside the data they can read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.s3store import S3Store
+
+MANIFEST_VERSION = 1
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+RANK_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+def new_job_id() -> str:
+    """Sortable by creation time, unguessable: ``j20261125t044500-3f9a1c2e7b``."""
+    return time.strftime("j%Y%m%dt%H%M%S", time.gmtime()) + "-" + secrets.token_hex(5)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest.json"
+
+
+def rank_key(job_id: str, rank: int) -> str:
+    return f"jobs/{job_id}/ranks/{rank}.json"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"jobs/{job_id}/cancel"
+
+
+def active_key(result_bucket: str, result_path: str) -> str:
+    return f"jobs/active/{_digest(result_bucket + '/' + result_path)}.json"
+
+
+def idempotency_key(key: str) -> str:
+    return f"jobs/idempotency/{_digest(key)}.json"
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    started_at: float
+    ended_at: float | None = None
+    state: str = "running"
+    error: str | None = None
+    #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms.
+    report: dict[str, float | None] = field(default_factory=dict)
+    #: The worker's answer (WorkerResult) when it succeeded.
+    response: dict[str, Any] | None = None
+
+
+@dataclass
+class RankRecord:
+    rank: int
+    state: str = "pending"
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankRecord:
+        return cls(rank=int(data["rank"]), state=str(data["state"]),
+                   attempts=[Attempt(**attempt) for attempt in data.get("attempts", [])])
+
+
+class JobStore:
+    """Reads and writes job documents; knows which bucket holds which job."""
+
+    def __init__(self, store: S3Store, state_bucket: str = "") -> None:
+        self.store = store
+        self.state_bucket = state_bucket
+        self._buckets: dict[str, str] = {}  # job id -> state bucket, learned as jobs are made or found
+        self._lock = threading.Lock()
+
+    # -- where ------------------------------------------------------------------------------
+    def bucket_for(self, payload_bucket: str) -> str:
+        return self.state_bucket or payload_bucket
+
+    def remember(self, job_id: str, bucket: str) -> None:
+        with self._lock:
+            self._buckets[job_id] = bucket
+
+    def candidate_buckets(self) -> list[str]:
+        """Where jobs may be: the configured state bucket, else every bucket jobs were seen in or that exists."""
+        if self.state_bucket:
+            return [self.state_bucket]
+        with self._lock:
+            known = list(dict.fromkeys(self._buckets.values()))
+        try:
+            listed = [b["Name"] for b in self.store.client.list_buckets().get("Buckets", [])]
+        except Exception:  # no s3:ListAllMyBuckets: the known ones must do
+            listed = []
+        return list(dict.fromkeys(known + listed))
+
+    def locate(self, job_id: str) -> str | None:
+        with self._lock:
+            bucket = self._buckets.get(job_id)
+        if bucket is not None:
+            return bucket
+        for candidate in self.candidate_buckets():
+            if self.store.etag(candidate, manifest_key(job_id)) is not None:
+                self.remember(job_id, candidate)
+                return candidate
+        return None
+
+    # -- documents --------------------------------------------------------------------------
+    def save_manifest(self, bucket: str, manifest: dict[str, Any]) -> None:
+        manifest["updated_at"] = time.time()
+        self.store.put_json(bucket, manifest_key(manifest["job_id"]), manifest)
+        self.remember(manifest["job_id"], bucket)
+
+    def manifest(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        bucket = self.locate(job_id)
+        if bucket is None:
+            return None
+        document = self.store.get_json(bucket, manifest_key(job_id))
+        return (bucket, document) if document is not None else None
+
+    def save_rank(self, bucket: str, job_id: str, record: RankRecord) -> None:
+        self.store.put_json(bucket, rank_key(job_id, record.rank), record.to_dict())
+
+    def ranks(self, bucket: str, job_id: str, world_size: int) -> dict[int, RankRecord]:
+        """Every rank's record; ranks never written yet are pending."""
+        found: dict[int, RankRecord] = {}
+        prefix = f"jobs/{job_id}/ranks/"
+        for key in self.store.keys(bucket, prefix):
+            document = self.store.get_json(bucket, key)
+            if document is not None:
+                record = RankRecord.from_dict(document)
+                found[record.rank] = record
+        return {rank: found.get(rank, RankRecord(rank)) for rank in range(world_size)}
+
+    def job_ids(self) -> list[tuple[str, str]]:
+        """``(bucket, job_id)`` of every job in the candidate buckets, newest first."""
+        found: list[tuple[str, str]] = []
+        for bucket in self.candidate_buckets():
+            for folder in self.store.folders(bucket, "jobs/"):
+                job_id = folder[len("jobs/"):].rstrip("/")
+                if job_id not in ("active", "idempotency"):
+                    found.append((bucket, job_id))
+                    self.remember(job_id, bucket)
+        return sorted(found, key=lambda item: item[1], reverse=True)
+
+    def active_job_ids(self) -> list[tuple[str, str]]:
+        """``(bucket, job_id)`` of the jobs holding a result-path lock: the ones to resume after a restart."""
+        found = []
+        for bucket in self.candidate_buckets():
+            for key in self.store.keys(bucket, "jobs/active/"):
+                lock = self.store.get_json(bucket, key)
+                if isinstance(lock, dict) and "job_id" in lock:
+                    found.append((bucket, str(lock["job_id"])))
+                    self.remember(str(lock["job_id"]), bucket)
+        return found
+
+    # -- locks ------------------------------------------------------------------------------
+    def take_result_path(self, bucket: str, job_id: str, result_bucket: str, result_path: str) -> str | None:
+        """Claim the result path for ``job_id``; returns the id of the active job holding it, else None."""
+        key = active_key(result_bucket, result_path)
+        body = json.dumps({"job_id": job_id, "result": f"s3://{result_bucket}/{result_path}"}).encode()
+        for _ in range(3):
+            if self.store.put_new(bucket, key, body):
+                return None
+            holder = self.store.get_json(bucket, key) or {}
+            holder_id = str(holder.get("job_id", ""))
+            found = self.manifest(holder_id) if holder_id else None
+            if found is not None and found[1].get("state") not in TERMINAL:
+                return holder_id
+            self.store.delete(bucket, key)  # a lock left by a finished or vanished job
+        return "unknown"
+
+    def release_result_path(self, bucket: str, job_id: str, result_bucket: str, result_path: str) -> None:
+        key = active_key(result_bucket, result_path)
+        holder = self.store.get_json(bucket, key)
+        if isinstance(holder, dict) and holder.get("job_id") == job_id:
+            self.store.delete(bucket, key)
+
+    def idempotent_job(self, bucket: str, key: str, job_id: str) -> str:
+        """Record ``key -> job_id`` unless the key already names a job; returns the job the key names."""
+        record = idempotency_key(key)
+        if self.store.put_new(bucket, record, json.dumps({"job_id": job_id}).encode()):
+            return job_id
+        existing = self.store.get_json(bucket, record) or {}
+        return str(existing.get("job_id", job_id))
+
+    def lookup_idempotent(self, bucket: str, key: str) -> str | None:
+        existing = self.store.get_json(bucket, idempotency_key(key))
+        return str(existing["job_id"]) if isinstance(existing, dict) and "job_id" in existing else None
