@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from services.contracts import result_key
 from services.coordinator.invoker import Invoker
 from services.coordinator.state import TERMINAL, Attempt, JobStore, RankRecord
 from services.logs import event as log_event
@@ -57,6 +58,9 @@ class JobRunner:
     def _schedule(self) -> None:
         events = self.manifest["events"]
         self.ranks = self.jobs.ranks(self.bucket, self.job_id, len(events))
+        for record in self.ranks.values():
+            if record.state == "running":  # a previous coordinator stopped while this attempt ran
+                self._settle_interrupted(record, events[record.rank])
         todo = [rank for rank, record in self.ranks.items() if record.state != "succeeded"]
         self.manifest["state"] = "running"
         self.manifest.setdefault("started_at", time.time())
@@ -95,6 +99,22 @@ class JobRunner:
         self.jobs.release_result_path(self.bucket, self.job_id, request["data_bucket"], request["result_path"])
         log_event(log, "job_done", job_id=self.job_id, state=state,
                   seconds=round(self.manifest["finished_at"] - self.manifest["submitted_at"], 3))
+
+    def _settle_interrupted(self, record: RankRecord, event: dict[str, Any]) -> None:
+        """An attempt left ``running``: if its results are in S3, it succeeded; otherwise it is lost."""
+        attempt = record.attempts[-1]
+        document = self.jobs.store.get_json(event["result_bucket"], result_key(event["result_path"], record.rank))
+        finished = (isinstance(document, dict) and document.get("job_id") == self.job_id
+                    and document.get("attempt") == attempt.attempt and document.get("status") == "succeeded")
+        attempt.ended_at = time.time()
+        if finished:
+            attempt.state = "succeeded"
+            attempt.response = {"recovered_from": result_key(event["result_path"], record.rank)}
+        else:
+            attempt.state, attempt.error = "lost", "the coordinator stopped while this attempt ran"
+        self._save(record, "succeeded" if finished else "pending")
+        log_event(log, "attempt_settled", job_id=self.job_id, rank=record.rank, attempt=attempt.attempt,
+                  state=attempt.state)
 
     # -- one rank ---------------------------------------------------------------------------
     def _run_rank(self, rank: int, event: dict[str, Any]) -> None:

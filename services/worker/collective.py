@@ -20,9 +20,9 @@ import numpy as np
 
 from services.contracts import WorkerEvent, collective_summary_key
 from services.logs import event as log_event
+from services.s3store import S3Store, StoreError
 from services.worker.accuracy import OUTLIER_THRESHOLD
 from services.worker.rankreport import RankTally
-from services.s3store import S3Store, StoreError
 
 log = logging.getLogger("cosmic.worker.collective")
 #: The allreduced vector, in this order.

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.worker.data import Partition, load_partition
 from services.s3store import S3Store
+from services.worker.data import Partition, load_partition
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from typing import Any  # noqa: E402
 from services import logs  # noqa: E402
 from services.contracts import parse_event  # noqa: E402
 from services.logs import event as log_event  # noqa: E402
+from services.s3store import S3Store  # noqa: E402
 from services.worker import settings as worker_settings  # noqa: E402
 from services.worker.legacy_script import run_script  # noqa: E402
 from services.worker.model_cache import ModelCache  # noqa: E402
 from services.worker.native import run_native  # noqa: E402
-from services.s3store import S3Store  # noqa: E402
 from services.worker.selftest import run_selftest  # noqa: E402
 
 #: Seconds the imports (torch above all) took in this sandbox: part of every cold start.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from services.contracts import Checkpoint, WorkerEvent
 from services.logs import event as log_event
+from services.s3store import S3Store
 from services.worker.checkpoints import CheckpointError, build_model, choose_checkpoint, load_state_dict
 from services.worker.inference import Predictor
-from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.worker.model")
 #: Where users keep the fine-tuned checkpoint today, inside the model folder.

@@ -18,12 +18,12 @@ import numpy as np
 
 from services.contracts import WorkerEvent, WorkerResult, labels_key, predictions_key, result_key
 from services.logs import event as log_event
+from services.s3store import S3Store
 from services.worker.accuracy import redshift_metrics
 from services.worker.collective import summarise
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint
 from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
-from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.worker.native")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,31 +17,12 @@ torch = pytest.importorskip("torch")
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-from services.s3server import S3Server  # noqa: E402
+from services.s3store import S3Store  # noqa: E402
 from services.worker.data import save_partition  # noqa: E402
 from services.worker.model import RedshiftModel  # noqa: E402
-from services.s3store import S3Store  # noqa: E402
 from services.worker.synthetic import partition  # noqa: E402
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_REGION": "us-east-1"}
 SAMPLES = 48  # per tiny partition: enough for batch edges, small enough for a fast CPU forward
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server as a child process; the standard variables point boto3 at it for the session."""
-    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL_S3"]}
-    with S3Server(log_path=tmp_path_factory.mktemp("s3") / "moto.log") as server:
-        os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL_S3=server.endpoint)
-        try:
-            yield server.endpoint
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

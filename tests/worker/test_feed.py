@@ -8,8 +8,8 @@ import time
 import pytest
 
 pytest.importorskip("torch")
-from services.worker.feed import PartitionFeed
 from services.s3store import Blob, S3Store
+from services.worker.feed import PartitionFeed
 from tests.worker.conftest import World, partition_bytes
 
 

@@ -1,0 +1,194 @@
+"""The coordinator against real servers on loopback: moto's S3, the local Lambda runtime running the
+real worker handler, the rendezvous server; the coordinator itself as a child process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fastapi")
+pytest.importorskip("awslambdaric")
+
+from services.s3store import S3Store  # noqa: E402
+from tests.rendezvous.conftest import REPO, free_port  # noqa: E402
+
+PARTITIONS = 6
+SANDBOXES = 4
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not ready within {timeout} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class Stack:
+    """Endpoints of the servers a coordinator needs, and the seeded bucket."""
+
+    s3: str
+    lambda_endpoint: str
+    rendezvous: str
+    bucket: str
+    store: S3Store
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL_LAMBDA": self.lambda_endpoint,
+                "COSMIC_RENDEZVOUS_ENDPOINT": self.rendezvous, "COSMIC_STATE_BUCKET": self.bucket,
+                "COSMIC_WORKER_TIMEOUT": "120", **extra}
+
+    def payload(self, **fields: Any) -> dict[str, Any]:
+        """The users' legacy payload, pointed at the seeded bucket."""
+        return {"bucket": self.bucket, "file_limit": "3", "batch_size": 32, "object_type": "folder",
+                "S3_object_name": "Anomaly Detection", "script": "/tmp/Anomaly Detection/Inference/inference.py",
+                "result_path": f"results/{secrets.token_hex(4)}", "data_bucket": self.bucket, "data_prefix": "tiny",
+                **fields}
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(self.store.keys(self.bucket, prefix))
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="session")
+def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from services.worker.model import RedshiftModel
+    from tests.worker.conftest import partition_bytes
+
+    folder = tmp_path_factory.mktemp("coordinator-stack")
+    store = S3Store()
+    bucket = "cosmic-coord-" + secrets.token_hex(4)
+    store.client.create_bucket(Bucket=bucket)
+    for index in range(1, PARTITIONS + 1):
+        store.put(bucket, f"tiny/{index}.pt", partition_bytes(index))
+    torch.manual_seed(5)
+    buffer = io.BytesIO()
+    torch.save(RedshiftModel().state_dict(), buffer)
+    store.put(bucket, "Anomaly Detection/Fine_Tune_Model/tiny.pt", buffer.getvalue())
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}
+    runtime_port, rendezvous_port, health_port = free_port(), free_port(), free_port()
+    runtime_log, rendezvous_log = folder / "runtime.log", folder / "rendezvous.log"
+    processes = [
+        _start([sys.executable, "-m", "services.worker", "--port", str(runtime_port), "--sandboxes", str(SANDBOXES),
+                "--timeout", "120", "--handler", "tests.coordinator.flaky_handler.handler"], runtime_log, env),
+        _start([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port", str(rendezvous_port),
+                "--health-host", "127.0.0.1", "--health-port", str(health_port)], rendezvous_log, env),
+    ]
+    try:
+        _wait_for(lambda: "listening" in runtime_log.read_text(), "runtime", 60, runtime_log)
+        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{health_port}/healthz"), "rendezvous", 15, rendezvous_log)
+        yield Stack(s3_endpoint, f"http://127.0.0.1:{runtime_port}", f"127.0.0.1:{rendezvous_port}", bucket, store,
+                    processes)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@dataclass
+class Api:
+    """A coordinator child process and a small JSON client for it."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    token: str = ""
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, content, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as error:
+            status, content, kind = error.code, error.read(), error.headers.get("Content-Type", "")
+        return status, (json.loads(content) if "json" in kind else content)
+
+    def submit(self, payload: dict[str, Any], **headers: str) -> str:
+        status, body = self.call("POST", "/jobs", payload, headers=headers)
+        assert status == 202, body
+        return str(body["job_id"])
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.call("GET", f"/jobs/{job_id}")
+            assert status == 200, body
+            if body["state"] in TERMINAL:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not finish within {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def start_coordinator(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    started: list[Api] = []
+
+    def start(token: str = "", **env: str) -> Api:
+        port = free_port()
+        log = tmp_path / f"coordinator-{len(started)}.log"
+        extra = {"COSMIC_API_TOKEN": token, **env}
+        process = _start([sys.executable, "-m", "services.coordinator", "--port", str(port)], log, stack.env(**extra))
+        api = Api(f"http://127.0.0.1:{port}", process, log, token)
+        started.append(api)
+        _wait_for(lambda: _http_ok(api.url + "/healthz") or process.poll() is not None, "coordinator", 30, log)
+        assert process.poll() is None, log.read_text()
+        return api
+
+    yield start
+    for api in started:
+        if api.process.poll() is None:
+            api.process.send_signal(signal.SIGTERM)
+            try:
+                api.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                api.process.kill()
+
+
+@pytest.fixture
+def api(start_coordinator: Callable[..., Api]) -> Api:
+    return start_coordinator()

@@ -1,0 +1,191 @@
+"""The coordinator end to end through its HTTP API: real S3, real runtime and worker, real rendezvous."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
+from tests.rendezvous.conftest import REPO
+
+
+def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:
+    payload = stack.payload()
+    job_id = api.submit(payload)
+    final = api.wait(job_id)
+    assert final["state"] == "succeeded" and final["ranks_by_state"] == {"succeeded": 3}, final
+    assert final["communicator"] is True and final["world_size"] == 3
+    status, report = api.call("GET", f"/jobs/{job_id}/report")
+    assert status == 200 and report["samples"] == 3 * 48 and report["world_size"] == 3
+    assert report["collective"]["status"] == "agreed", report["collective"]
+    assert report["cost"]["total"] > report["legacy_cost"]["total"] > 0
+    combined = json.loads(stack.store.get(stack.bucket, f"{payload['result_path']}/combined_data.json").data)
+    assert [doc["rank"] for doc in combined] == [0, 1, 2]
+    assert combined[0]["data_path"] == ["tiny/1.pt"], "contiguous runs in numeric order"
+    for fmt, marker in (("md", "| Partition | World Size |"), ("csv", "Partition,World Size")):
+        status, text = api.call("GET", f"/jobs/{job_id}/report?format={fmt}")
+        assert status == 200 and marker in text.decode(), text[:300]
+    for name in ("predicted_vs_true", "duration_cost", "timeline"):
+        status, png = api.call("GET", f"/jobs/{job_id}/plots/{name}.png")
+        assert status == 200 and png.startswith(b"\x89PNG"), name
+    status, listed = api.call("GET", "/jobs")
+    assert status == 200 and job_id in [job["job_id"] for job in listed]
+
+
+def detail_of(body: Any) -> str:
+    return json.dumps(body["detail"])
+
+
+def test_bad_payloads_are_422_naming_the_field(api: Api, stack: Stack) -> None:
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"file_limit": "eleven"}, "file_limit", "whole number"),
+        ({"file_limit": 0}, "file_limit", "at least 1"),
+        ({"bucket": "Not_A_Bucket"}, "bucket", "bucket name"),
+        ({"result_path": "../escape"}, "result_path", ".."),
+        ({"data_prefix": "nothing-here"}, "data_prefix", "prefixes that exist: Anomaly Detection"),
+        ({"file_limit": "99"}, "file_limit", f"holds {PARTITIONS}"),
+        ({"world_size": 3, "max_concurrency": 2}, "max_concurrency", "all 3 ranks at once"),
+        ({"world_size": 5, "assignment": "contiguous"}, "assignment", "idle"),
+        ({"world_size": 100_000}, "world_size", "at most"),
+        ({"mode": "script", "script": None}, "script", "needs the 'script' field"),
+        ({"unknown_field": 1}, "unknown_field", "Extra inputs"),
+        ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
+    ]
+    for change, field_name, reason in cases:
+        status, body = api.call("POST", "/jobs", stack.payload(**change))
+        assert status == 422, (change, body)
+        assert field_name in detail_of(body) and reason in detail_of(body), (change, body)
+    payload = stack.payload()
+    del payload["data_prefix"]
+    status, body = api.call("POST", "/jobs", payload)
+    assert status == 422 and "data_prefix" in detail_of(body)
+    status, body = api.call("POST", "/jobs", raw=b"x" * 100_000)
+    assert status == 413, body
+    assert api.call("GET", "/jobs/j-nope")[0] == 404
+
+
+def test_second_active_job_on_a_result_path_is_409_and_idempotency_key_returns_the_same_job(
+        api: Api, stack: Stack) -> None:
+    payload = stack.payload(world_size=3)
+    first = api.submit(payload, **{"Idempotency-Key": "retry-me"})
+    status, again = api.call("POST", "/jobs", payload, headers={"Idempotency-Key": "retry-me"})
+    assert status == 202 and again["job_id"] == first and again["created"] is False
+    status, body = api.call("POST", "/jobs", payload)
+    assert status == 409 and first in body["detail"]
+    assert api.wait(first)["state"] == "succeeded"
+    assert api.submit(payload), "a finished job frees its result path"
+
+
+def test_auth_when_a_token_is_configured(start_coordinator, stack: Stack) -> None:
+    api = start_coordinator(token="s3cret")
+    api.token = ""
+    assert api.call("GET", "/jobs")[0] == 401
+    assert api.call("GET", "/jobs", headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert api.call("GET", "/healthz")[0] == 200
+    api.token = "s3cret"
+    assert api.call("GET", "/jobs")[0] == 200
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(stack: Stack) -> None:
+    done = subprocess.run([sys.executable, "-m", "services.coordinator", "--host", "0.0.0.0", "--port", "0"],
+                          cwd=REPO, env=stack.env(COSMIC_API_TOKEN=""), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "COSMIC_API_TOKEN" in done.stdout + done.stderr
+
+
+def test_a_rank_that_fails_its_first_attempt_is_reinvoked(api: Api, stack: Stack) -> None:
+    job_id = api.submit(stack.payload(result_path="results/flaky-1", world_size=3))
+    final = api.wait(job_id)
+    assert final["state"] == "succeeded", final
+    rank1 = final["ranks"][1]
+    assert [a["state"] for a in rank1["attempts"]] == ["failed", "succeeded"]
+    assert "transient failure injected" in rank1["attempts"][0]["error"]
+    status, report = api.call("GET", f"/jobs/{job_id}/report")
+    assert status == 200 and report["invocations"]["attempts"] == 4 and report["failed_ranks"] == []
+
+
+def test_throttled_runtime_is_retried_with_backoff(api: Api, stack: Stack) -> None:
+    world = SANDBOXES + 2  # more ranks at once than the runtime has sandboxes: it answers 429 to the rest
+    job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=world, communicator=False,
+                                      max_concurrency=world))
+    final = api.wait(job_id, timeout=180)
+    assert final["state"] == "succeeded", final
+    status, metrics = api.call("GET", "/metrics")
+    assert status == 200
+    throttles = float(next(line.split()[1] for line in metrics.decode().splitlines()
+                           if line.startswith("cosmic_invoke_throttles_total")))
+    assert throttles > 0
+
+
+def test_two_jobs_at_once_on_one_bucket_keep_to_their_own_objects(api: Api, stack: Stack) -> None:
+    first, second = stack.payload(world_size=2, communicator=False), stack.payload(world_size=2, communicator=False)
+    jobs = [api.submit(first), api.submit(second)]
+    assert [api.wait(job)["state"] for job in jobs] == ["succeeded", "succeeded"]
+    for payload in (first, second):
+        keys = stack.keys(payload["result_path"] + "/")
+        assert len([k for k in keys if k.endswith(("/0.json", "/1.json"))]) == 2
+        assert all(k.startswith(payload["result_path"] + "/") for k in keys)
+        assert f"{payload['result_path']}/summary.json" in keys
+
+
+def test_cancel_stops_scheduling(api: Api, stack: Stack) -> None:
+    job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False,
+                                      max_concurrency=1))
+    deadline = time.monotonic() + 60
+    while api.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status, _ = api.call("DELETE", f"/jobs/{job_id}")
+    assert status == 202
+    final = api.wait(job_id)
+    assert final["state"] == "cancelled", final
+    assert final["ranks_by_state"].get("cancelled", 0) >= 1 and final["ranks_by_state"].get("succeeded", 0) < 6
+    assert stack.store.etag(stack.bucket, f"jobs/{job_id}/cancel") is not None
+    assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
+
+
+def test_retry_reruns_only_the_failed_ranks(api: Api, stack: Stack) -> None:
+    good = stack.store.get(stack.bucket, "tiny/2.pt").data
+    stack.store.put(stack.bucket, "broken/1.pt", good)
+    stack.store.put(stack.bucket, "broken/2.pt", b"corrupt")
+    job_id = api.submit(stack.payload(data_prefix="broken", file_limit="2", world_size=2, max_attempts=1,
+                                      communicator=False))
+    failed = api.wait(job_id)
+    assert failed["state"] == "failed" and list(failed["failed_ranks"]) == ["1"]
+    assert "broken/2.pt" in failed["failed_ranks"]["1"]
+    stack.store.put(stack.bucket, "broken/2.pt", good)
+    status, _ = api.call("POST", f"/jobs/{job_id}/retry")
+    assert status == 202
+    final = api.wait(job_id)
+    assert final["state"] == "succeeded", final
+    assert [len(rank["attempts"]) for rank in final["ranks"]] == [1, 2]
+
+
+def test_kill_9_mid_job_then_restart_finishes_without_rerunning(start_coordinator, stack: Stack) -> None:
+    api = start_coordinator()
+    payload = stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False, max_concurrency=1)
+    job_id = api.submit(payload)
+    deadline = time.monotonic() + 60
+    while api.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    api.process.send_signal(signal.SIGKILL)
+    api.process.wait()
+    done_before = {int(key.rsplit("/", 1)[1].split(".")[0]) for key in stack.keys(f"jobs/{job_id}/ranks/")
+                   if json.loads(stack.store.get(stack.bucket, key).data)["state"] == "succeeded"}
+    assert 2 <= len(done_before) < PARTITIONS
+    restarted = start_coordinator()
+    final = restarted.wait(job_id, timeout=120)
+    assert final["state"] == "succeeded", final
+    for rank in final["ranks"]:
+        if rank["rank"] in done_before:
+            assert len(rank["attempts"]) == 1, f"rank {rank['rank']} finished before the kill and ran again"
+        assert rank["attempts"][-1]["state"] == "succeeded"
+        assert {a["state"] for a in rank["attempts"][:-1]} <= {"lost"}, "only an interrupted attempt precedes"
+    depth = payload["result_path"].count("/") + 1
+    results = [k for k in stack.keys(payload["result_path"] + "/")
+               if k.count("/") == depth and k.rsplit("/", 1)[1][0].isdigit()]
+    assert sorted(results) == sorted(f"{payload['result_path']}/{rank}.json" for rank in range(PARTITIONS))
