@@ -12,6 +12,7 @@ Map item (``{"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", ..., "RANK", "DATA_PATH", 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +172,22 @@ def labels_key(result_path: str, rank: int) -> str:
 def collective_summary_key(result_path: str) -> str:
     """Rank 0's summary of the job, computed over the communicator."""
     return f"{result_path}/summary_collective.json"
+
+
+def legacy_item(event: WorkerEvent) -> dict[str, Any]:
+    """The legacy Step Functions Map item for ``event`` (what :func:`parse_event` converts back).
+
+    Only what the legacy item can say survives: job id, checkpoint, rendezvous and cancel marker
+    do not, which is why the coordinator sends versioned events and only the Step Functions path
+    (its users' own state machine) sends these.
+    """
+    prefix = posixpath.dirname(event.partitions[0]) if event.partitions else ""
+    return {"S3_BUCKET": event.model_bucket, "S3_OBJECT_NAME": event.model_prefix, "SCRIPT": event.script or "",
+            "S3_OBJECT_TYPE": "folder", "WORLD_SIZE": str(event.world_size), "RANK": str(event.rank),
+            "DATA_BUCKET": event.data_bucket, "DATA_PREFIX": prefix,
+            "DATA_PATH": [posixpath.basename(key) if posixpath.dirname(key) == prefix else key
+                          for key in event.partitions],
+            "RESULT_PATH": event.result_path, "BATCH_SIZE": str(event.batch_size)}
 
 
 def parse_event(raw: Any) -> WorkerEvent:

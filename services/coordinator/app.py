@@ -71,9 +71,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     def submit(payload: JobRequest, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
         """Start a job from the legacy payload (plus optional fields); answers at once with its id."""
-        job_id, created = coordinator.submit(payload, idempotency_key)
+        job_id, created, warnings = coordinator.submit(payload, idempotency_key)
         response.headers["Location"] = f"/jobs/{job_id}"
-        return {"job_id": job_id, "url": f"/jobs/{job_id}", "created": created}
+        return {"job_id": job_id, "url": f"/jobs/{job_id}", "created": created, "warnings": warnings}
 
     @app.get("/jobs", dependencies=guarded)
     def list_jobs(limit: int = 100) -> list[dict[str, Any]]:

@@ -86,6 +86,15 @@ class Invoker:
             retries={"total_max_attempts": 1}, read_timeout=function_timeout_s + READ_MARGIN_S, connect_timeout=10,
             max_pool_connections=max(1, pool_size), tcp_keepalive=True))
 
+    def concurrency_headroom(self) -> int | None:
+        """The account's unreserved concurrent executions (AWS), or None where the API has no such call."""
+        try:
+            limits = self.client.get_account_settings().get("AccountLimit", {})
+        except (ClientError, BotoCoreError):
+            return None  # the local runtime and LocalStack need no preflight
+        value = limits.get("UnreservedConcurrentExecutions")
+        return int(value) if value is not None else None
+
     def invoke(self, payload: dict[str, Any]) -> Outcome:
         body = json.dumps(payload).encode()
         throttles = 0

@@ -6,17 +6,12 @@ and the clients, so a restarted coordinator calls :meth:`Coordinator.resume` and
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import threading
 import time
 from typing import Any
 
-import numpy as np
-
-from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
-from services.coordinator import plots, summary
+from services.coordinator import finish, plots, summary
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.payload import JobRequest
@@ -25,7 +20,7 @@ from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
 from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
 from services.logs import event as log_event
-from services.s3store import S3Store, StoreError
+from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.coordinator")
 
@@ -50,13 +45,13 @@ class Coordinator:
         self._lock = threading.Lock()
 
     # -- submit -----------------------------------------------------------------------------
-    def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool]:
-        """Plan and start a job; returns ``(job_id, created)``. Raises PlanError (422) or JobConflict (409)."""
+    def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool, list[str]]:
+        """Plan and start a job: ``(job_id, created, warnings)``; raises PlanError (422) or JobConflict (409)."""
         bucket = self.jobs.bucket_for(request.bucket)
         if idempotency:
             existing = self.jobs.lookup_idempotent(bucket, idempotency)
             if existing is not None:
-                return existing, False
+                return existing, False, []
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
         rendezvous = self.settings.rendezvous_endpoint or None
@@ -74,7 +69,8 @@ class Coordinator:
             winner = self.jobs.idempotent_job(bucket, idempotency, job_id)
             if winner != job_id:  # another request with the same key won the race
                 self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
-                return winner, False
+                return winner, False, []
+        warnings = self._preflight(request.function or self.settings.worker_function, concurrency)
         now = time.time()
         manifest = {
             "version": 1, "job_id": job_id, "state": "queued", "submitted_at": now, "request": request.model_dump(),
@@ -84,13 +80,23 @@ class Coordinator:
             "partitions": [[p.key, p.size] for p in job_plan.partitions], "input_bytes": job_plan.input_bytes,
             "partition_label": partition_label(request.data_prefix), "world_size": len(job_plan.events),
             "events": [event.to_dict() for event in job_plan.events], "idempotency_key": idempotency,
-            "error": None,
+            "error": None, "warnings": warnings,
         }
         self.jobs.save_manifest(bucket, manifest)
         log_event(log, "job_submitted", job_id=job_id, world_size=len(job_plan.events),
                   partitions=len(job_plan.partitions), function=manifest["function"], communicator=bool(rendezvous))
         self._start(bucket, manifest)
-        return job_id, True
+        return job_id, True, warnings
+
+    def _preflight(self, function: str, concurrency: int) -> list[str]:
+        """Warn before a job that cannot all run at once (on AWS: the account's Lambda concurrency)."""
+        headroom = self._invoker(function).concurrency_headroom()
+        if headroom is not None and headroom < concurrency:
+            message = (f"the account allows {headroom} unreserved concurrent Lambda executions, the job wants "
+                       f"{concurrency} at once: the rest will be throttled and retried")
+            log_event(log, "preflight_warning", logging.WARNING, function=function, message=message)
+            return [message]
+        return []
 
     def _start(self, bucket: str, manifest: dict[str, Any]) -> None:
         runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest["function"]), self._finish,
@@ -175,7 +181,7 @@ class Coordinator:
             "partitions": len(manifest["partitions"]), "function": manifest["function"],
             "communicator": manifest["communicator"], "result": f"s3://{request['data_bucket']}/{request['result_path']}",
             "ranks_by_state": counts, "error": manifest.get("error"), "failed_ranks": manifest.get("failed_ranks", {}),
-            "summary_key": manifest.get("summary_key"),
+            "summary_key": manifest.get("summary_key"), "warnings": manifest.get("warnings", []),
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
                  "error": a.error, "duration_ms": a.report.get("duration_ms"),
@@ -210,81 +216,14 @@ class Coordinator:
         bucket, manifest = self._manifest(job_id)
         document = self.summary(job_id)
         if name == "predicted_vs_true":
-            predictions, labels = self._arrays(manifest)
+            predictions, labels = finish.result_arrays(self.store, manifest)
             if predictions is None or labels is None:
                 raise JobNotFound(f"job {job_id} has no labelled predictions to plot")
             return plots.predicted_vs_true(predictions, labels)
         if name == "duration_cost":
             return plots.duration_and_cost_vs_world_size([summary.seed_table_row(document)])
         ranks = self.jobs.ranks(bucket, job_id, manifest["world_size"])
-        return plots.rank_timeline(_invocations(ranks, default_memory=0), manifest["submitted_at"])
-
-    # -- finishing ------------------------------------------------------------------------------
-    def _arrays(self, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        request = manifest["request"]
-        predictions, labels = [], []
-        for rank in range(manifest["world_size"]):
-            predicted = self._npy(request["data_bucket"], predictions_key(request["result_path"], rank))
-            if predicted is None:
-                continue
-            predictions.append(predicted)
-            labels.append(self._npy(request["data_bucket"], labels_key(request["result_path"], rank)))
-        if not predictions:
-            return None, None
-        if any(label is None for label in labels):
-            return np.concatenate(predictions), None
-        return np.concatenate(predictions), np.concatenate(labels)  # type: ignore[arg-type]
-
-    def _npy(self, bucket: str, key: str) -> np.ndarray | None:
-        try:
-            raw = self.store.get(bucket, key).data
-        except StoreError:
-            return None
-        return np.load(io.BytesIO(raw), allow_pickle=False)
+        return plots.rank_timeline(finish.invocations(ranks), manifest["submitted_at"])
 
     def _finish(self, bucket: str, manifest: dict[str, Any], ranks: dict[int, RankRecord]) -> None:
-        """Write ``combined_data.json`` and ``summary.json`` beside the results."""
-        request = manifest["request"]
-        data_bucket, result_path = request["data_bucket"], request["result_path"]
-        documents = []
-        for rank, record in sorted(ranks.items()):
-            if record.state == "succeeded":
-                document = self.store.get_json(data_bucket, result_key(result_path, rank))
-                if isinstance(document, dict):
-                    documents.append(document)
-        predictions, labels = self._arrays(manifest)
-        collective = (self.store.get_json(data_bucket, collective_summary_key(result_path))
-                      if manifest["communicator"] else None)
-        if isinstance(collective, dict) and collective.get("job_id") != manifest["job_id"]:
-            collective = None  # an older job's summary at the same path
-        invocations = _invocations(ranks, default_memory=0)
-        facts = summary.JobFacts(
-            job_id=manifest["job_id"], function=manifest["function"],
-            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            world_size=manifest["world_size"], partition_label=manifest["partition_label"],
-            partitions=len(manifest["partitions"]), input_bytes=manifest["input_bytes"],
-            submitted_at=manifest["submitted_at"], finished_at=time.time(), result_path=result_path,
-            s3_gets=sum(len(e["partitions"]) for e in manifest["events"]) + 2 * manifest["world_size"],
-            s3_puts=4 * manifest["world_size"])
-        document = summary.summarize(facts, invocations, documents, predictions, labels, collective, self.prices)
-        self.store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
-        self.store.put_json(data_bucket, f"{result_path}/summary.json", document)
-        manifest["summary_key"] = f"s3://{data_bucket}/{result_path}/summary.json"
-
-
-def _invocations(ranks: dict[int, RankRecord], default_memory: float) -> list[summary.Invocation]:
-    """The attempts Lambda reported on (an attempt lost in transport has no REPORT and bills nothing we know)."""
-    found = []
-    for record in ranks.values():
-        for attempt in record.attempts:
-            report = attempt.report or {}
-            if report.get("duration_ms") is None or attempt.state == "running":
-                continue
-            found.append(summary.Invocation(
-                rank=record.rank, attempt=attempt.attempt, state=attempt.state, started_at=attempt.started_at,
-                ended_at=attempt.ended_at or attempt.started_at, duration_ms=float(report["duration_ms"] or 0),
-                billed_duration_ms=float(report.get("billed_duration_ms") or 0),
-                memory_size_mb=float(report.get("memory_size_mb") or default_memory or 128),
-                max_memory_used_mb=float(report.get("max_memory_used_mb") or 0), error=attempt.error,
-                init_duration_ms=report.get("init_duration_ms")))
-    return found
+        finish.write_summary(self.store, self.prices, manifest, ranks)

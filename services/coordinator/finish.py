@@ -1,0 +1,94 @@
+"""A finished job's summary: gather the ranks' results from S3 and write ``combined_data.json`` and
+``summary.json`` beside them. Used by the coordinator and by the Step Functions summarize step."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
+from services.coordinator import summary
+from services.coordinator.pricing import Prices
+from services.coordinator.state import RankRecord
+from services.s3store import S3Store, StoreError
+
+
+def _npy(store: S3Store, bucket: str, key: str) -> np.ndarray | None:
+    try:
+        raw = store.get(bucket, key).data
+    except StoreError:
+        return None
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+def result_arrays(store: S3Store, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Every rank's predictions, in rank order, and the labels when every rank has them."""
+    request = manifest["request"]
+    predictions, labels = [], []
+    for rank in range(manifest["world_size"]):
+        predicted = _npy(store, request["data_bucket"], predictions_key(request["result_path"], rank))
+        if predicted is None:
+            continue
+        predictions.append(predicted)
+        labels.append(_npy(store, request["data_bucket"], labels_key(request["result_path"], rank)))
+    if not predictions:
+        return None, None
+    if any(label is None for label in labels):
+        return np.concatenate(predictions), None
+    return np.concatenate(predictions), np.concatenate(labels)  # type: ignore[arg-type]
+
+
+def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
+    """The attempts Lambda reported on (one lost in transport has no REPORT and bills nothing we know)."""
+    found = []
+    for record in ranks.values():
+        for attempt in record.attempts:
+            report = attempt.report or {}
+            if report.get("duration_ms") is None or attempt.state not in summary.STATES:
+                continue
+            found.append(summary.Invocation(
+                rank=record.rank, attempt=attempt.attempt, state=attempt.state, started_at=attempt.started_at,
+                ended_at=attempt.ended_at or attempt.started_at, duration_ms=float(report["duration_ms"] or 0),
+                billed_duration_ms=float(report.get("billed_duration_ms") or 0),
+                memory_size_mb=float(report.get("memory_size_mb") or 128),
+                max_memory_used_mb=float(report.get("max_memory_used_mb") or 0), error=attempt.error,
+                init_duration_ms=report.get("init_duration_ms")))
+    return found
+
+
+def write_summary(store: S3Store, prices: Prices, manifest: dict[str, Any],
+                  ranks: dict[int, RankRecord]) -> dict[str, Any]:
+    """Write ``combined_data.json`` and ``summary.json``; returns the summary."""
+    request = manifest["request"]
+    data_bucket, result_path = request["data_bucket"], request["result_path"]
+    documents = []
+    for rank in range(manifest["world_size"]):
+        record = ranks.get(rank)
+        if record is not None and record.state != "succeeded":
+            continue
+        document = store.get_json(data_bucket, result_key(result_path, rank))
+        if isinstance(document, dict) and document.get("job_id", manifest["job_id"]) == manifest["job_id"]:
+            documents.append(document)
+    predictions, labels = result_arrays(store, manifest)
+    collective = store.get_json(data_bucket, collective_summary_key(result_path)) if manifest["communicator"] else None
+    if isinstance(collective, dict) and collective.get("job_id") != manifest["job_id"]:
+        collective = None  # an older job's summary at the same path
+    events = manifest.get("events", [])
+    facts = summary.JobFacts(
+        job_id=manifest["job_id"], function=manifest["function"],
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        world_size=manifest["world_size"], partition_label=manifest["partition_label"],
+        partitions=len(manifest["partitions"]), input_bytes=manifest["input_bytes"],
+        submitted_at=manifest["submitted_at"], finished_at=time.time(), result_path=result_path,
+        # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
+        s3_gets=sum(len(e["partitions"]) for e in events) + 2 * manifest["world_size"],
+        s3_puts=3 * manifest["world_size"])
+    document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
+    store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
+    store.put_json(data_bucket, f"{result_path}/summary.json", document)
+    manifest["summary_key"] = f"s3://{data_bucket}/{result_path}/summary.json"
+    return document
