@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -35,11 +36,19 @@ def _config() -> Config:
                   s3={"addressing_style": "path" if custom_endpoint else "auto"})
 
 
+def _session() -> boto3.Session:
+    """A session whose responses keep timestamps as text: we never read them, and parsing
+    ``LastModified`` into datetimes was a fifth of the time of listing 10,000 partitions."""
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    return boto3.Session(botocore_session=core)
+
+
 class S3Store:
     """One boto3 S3 client, kept for the life of the sandbox (warm invocations reuse its connections)."""
 
     def __init__(self, client: Any | None = None) -> None:
-        self.client = client or boto3.client("s3", config=_config())
+        self.client = client or _session().client("s3", config=_config())
 
     def keys(self, bucket: str, prefix: str) -> Iterator[str]:
         """Every key under ``prefix``, following continuation tokens (no 1,000-key cap)."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -15,6 +17,10 @@ from services.coordinator import summary
 from services.coordinator.pricing import Prices
 from services.coordinator.state import RankRecord
 from services.s3store import S3Store, StoreError
+
+T = TypeVar("T")
+#: Concurrent S3 reads while gathering results (botocore's pool is sized for it in S3Store).
+READERS = 8
 
 
 def _npy(store: S3Store, bucket: str, key: str) -> np.ndarray | None:
@@ -25,16 +31,24 @@ def _npy(store: S3Store, bucket: str, key: str) -> np.ndarray | None:
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
+def _parallel(function: Callable[[int], T], count: int) -> list[T]:
+    """``function(0..count-1)`` on a pool: thousands of small S3 reads are latency, not work."""
+    with ThreadPoolExecutor(max_workers=READERS) as pool:
+        return list(pool.map(function, range(count)))
+
+
 def result_arrays(store: S3Store, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Every rank's predictions, in rank order, and the labels when every rank has them."""
     request = manifest["request"]
-    predictions, labels = [], []
-    for rank in range(manifest["world_size"]):
-        predicted = _npy(store, request["data_bucket"], predictions_key(request["result_path"], rank))
-        if predicted is None:
-            continue
-        predictions.append(predicted)
-        labels.append(_npy(store, request["data_bucket"], labels_key(request["result_path"], rank)))
+    bucket, path = request["data_bucket"], request["result_path"]
+
+    def read(rank: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        predicted = _npy(store, bucket, predictions_key(path, rank))
+        return predicted, (_npy(store, bucket, labels_key(path, rank)) if predicted is not None else None)
+
+    pairs = [pair for pair in _parallel(read, manifest["world_size"]) if pair[0] is not None]
+    predictions = [predicted for predicted, _ in pairs]
+    labels = [label for _, label in pairs]
     if not predictions:
         return None, None
     if any(label is None for label in labels):
@@ -65,14 +79,14 @@ def write_summary(store: S3Store, prices: Prices, manifest: dict[str, Any],
     """Write ``combined_data.json`` and ``summary.json``; returns the summary."""
     request = manifest["request"]
     data_bucket, result_path = request["data_bucket"], request["result_path"]
-    documents = []
-    for rank in range(manifest["world_size"]):
+    def read(rank: int) -> Any:
         record = ranks.get(rank)
         if record is not None and record.state != "succeeded":
-            continue
-        document = store.get_json(data_bucket, result_key(result_path, rank))
-        if isinstance(document, dict) and document.get("job_id", manifest["job_id"]) == manifest["job_id"]:
-            documents.append(document)
+            return None
+        return store.get_json(data_bucket, result_key(result_path, rank))
+
+    documents = [document for document in _parallel(read, manifest["world_size"])
+                 if isinstance(document, dict) and document.get("job_id", manifest["job_id"]) == manifest["job_id"]]
     predictions, labels = result_arrays(store, manifest)
     collective = store.get_json(data_bucket, collective_summary_key(result_path)) if manifest["communicator"] else None
     if isinstance(collective, dict) and collective.get("job_id") != manifest["job_id"]:

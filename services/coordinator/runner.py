@@ -18,7 +18,7 @@ from typing import Any
 
 from services.contracts import result_key
 from services.coordinator.invoker import Invoker
-from services.coordinator.state import TERMINAL, Attempt, JobStore, RankRecord
+from services.coordinator.state import TERMINAL, Attempt, JobStore, RankJournal, RankRecord
 from services.logs import event as log_event
 
 log = logging.getLogger("cosmic.coordinator.runner")
@@ -28,10 +28,13 @@ class JobRunner:
     """Drives one job from its manifest to a terminal state."""
 
     def __init__(self, jobs: JobStore, bucket: str, manifest: dict[str, Any], invoker: Invoker,
-                 finish: Callable[[str, dict[str, Any], dict[int, RankRecord]], None], deadline_s: float) -> None:
+                 finish: Callable[[str, dict[str, Any], dict[int, RankRecord]], None], deadline_s: float,
+                 resuming: bool = False) -> None:
         self.jobs, self.bucket, self.manifest, self.invoker = jobs, bucket, manifest, invoker
         self.job_id: str = manifest["job_id"]
         self._finish = finish
+        self.resuming = resuming
+        self.journal: RankJournal | None = None
         self.deadline = time.monotonic() + deadline_s
         self.cancelled = threading.Event()
         self.ranks: dict[int, RankRecord] = {}
@@ -58,9 +61,18 @@ class JobRunner:
     def _schedule(self) -> None:
         events = self.manifest["events"]
         self.ranks = self.jobs.ranks(self.bucket, self.job_id, len(events))
-        for record in self.ranks.values():
-            if record.state == "running":  # a previous coordinator stopped while this attempt ran
-                self._settle_interrupted(record, events[record.rank])
+        self.journal = RankJournal(self.jobs, self.bucket, self.job_id)
+        try:
+            if self.resuming:  # a previous coordinator stopped mid-job: trust results in S3 over its journal
+                for record in self.ranks.values():
+                    if record.state != "succeeded":
+                        self._settle_interrupted(record, events[record.rank])
+            self._fan_out(events)
+        finally:
+            self.journal.close()
+        self._complete()
+
+    def _fan_out(self, events: list[dict[str, Any]]) -> None:
         todo = [rank for rank, record in self.ranks.items() if record.state != "succeeded"]
         self.manifest["state"] = "running"
         self.manifest.setdefault("started_at", time.time())
@@ -75,7 +87,6 @@ class JobRunner:
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
-        self._complete()
 
     def _complete(self) -> None:
         states = {record.state for record in self.ranks.values()}
@@ -94,6 +105,7 @@ class JobRunner:
         self.manifest["finished_at"] = time.time()
         self.manifest["failed_ranks"] = {str(r.rank): r.attempts[-1].error for r in self.ranks.values()
                                          if r.state == "failed" and r.attempts}
+        self.jobs.compact(self.bucket, self.job_id, self.ranks)
         self.jobs.save_manifest(self.bucket, self.manifest)
         request = self.manifest["request"]
         self.jobs.release_result_path(self.bucket, self.job_id, request["data_bucket"], request["result_path"])
@@ -101,20 +113,26 @@ class JobRunner:
                   seconds=round(self.manifest["finished_at"] - self.manifest["submitted_at"], 3))
 
     def _settle_interrupted(self, record: RankRecord, event: dict[str, Any]) -> None:
-        """An attempt left ``running``: if its results are in S3, it succeeded; otherwise it is lost."""
-        attempt = record.attempts[-1]
-        document = self.jobs.store.get_json(event["result_bucket"], result_key(event["result_path"], record.rank))
+        """A rank not known finished after a restart: finished if its results for this job are in S3
+        (its last journal entry may not have been flushed), else its interrupted attempt is lost."""
+        key = result_key(event["result_path"], record.rank)
+        document = self.jobs.store.get_json(event["result_bucket"], key)
         finished = (isinstance(document, dict) and document.get("job_id") == self.job_id
-                    and document.get("attempt") == attempt.attempt and document.get("status") == "succeeded")
-        attempt.ended_at = time.time()
+                    and document.get("status") == "succeeded")
         if finished:
-            attempt.state = "succeeded"
-            attempt.response = {"recovered_from": result_key(event["result_path"], record.rank)}
-        else:
+            number = int(document.get("attempt", len(record.attempts) or 1))
+            if not record.attempts or record.attempts[-1].attempt != number:
+                record.attempts.append(Attempt(attempt=number, started_at=time.time()))
+            attempt = record.attempts[-1]
+            attempt.state, attempt.ended_at, attempt.response = "succeeded", time.time(), {"recovered_from": key}
+        elif record.state == "running":
+            attempt = record.attempts[-1]
             attempt.state, attempt.error = "lost", "the coordinator stopped while this attempt ran"
+            attempt.ended_at = time.time()
+        else:
+            return
         self._save(record, "succeeded" if finished else "pending")
-        log_event(log, "attempt_settled", job_id=self.job_id, rank=record.rank, attempt=attempt.attempt,
-                  state=attempt.state)
+        log_event(log, "rank_settled", job_id=self.job_id, rank=record.rank, state=record.state)
 
     # -- one rank ---------------------------------------------------------------------------
     def _run_rank(self, rank: int, event: dict[str, Any]) -> None:
@@ -143,7 +161,8 @@ class JobRunner:
 
     def _save(self, record: RankRecord, state: str) -> None:
         record.state = state
-        self.jobs.save_rank(self.bucket, self.job_id, record)
+        assert self.journal is not None
+        self.journal.record(record)
 
     # -- progress ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

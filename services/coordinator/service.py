@@ -98,9 +98,9 @@ class Coordinator:
             return [message]
         return []
 
-    def _start(self, bucket: str, manifest: dict[str, Any]) -> None:
+    def _start(self, bucket: str, manifest: dict[str, Any], resuming: bool = False) -> None:
         runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest["function"]), self._finish,
-                           self.settings.job_deadline_s)
+                           self.settings.job_deadline_s, resuming=resuming)
         with self._lock:
             self._runners[manifest["job_id"]] = runner
         runner.start()
@@ -122,7 +122,7 @@ class Coordinator:
             if found is None or found[1].get("state") in TERMINAL or job_id in self._runners:
                 continue
             log_event(log, "job_resumed", job_id=job_id)
-            self._start(bucket, found[1])
+            self._start(bucket, found[1], resuming=True)
             resumed.append(job_id)
         return resumed
 
