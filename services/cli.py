@@ -18,15 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rendezvous": ("services.rendezvous.cli", "run the TCPunch-compatible rendezvous server"),
     "worker": ("services.worker.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
     "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
+    "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
+    "submit": ("services.coordinator.cmd_submit", "submit a job to the coordinator and follow it"),
+    "status": ("services.coordinator.cmd_status", "a job's progress, or the list of jobs"),
+    "report": ("services.coordinator.cmd_report", "a job's cost and duration report, and its plots"),
+    "sweep": ("services.coordinator.cmd_sweep", "jobs over world sizes and partition sizes, and their table"),
 }
 
 #: Subcommands of the plan that are not built yet, and the issue that builds each.
 PLANNED: dict[str, str] = {
-    "serve": "the coordinator's HTTP API (issue #6)",
-    "submit": "submitting a job to the coordinator (issue #6)",
-    "status": "a job's progress (issue #6)",
-    "report": "a job's cost and duration report (issue #6)",
-    "sweep": "jobs over world sizes and partition sizes (issue #6)",
     "deploy": "deploying to AWS (issue #7)",
 }
 

@@ -1,158 +1,172 @@
-"""``cosmic demo``: the main job, end to end, on one machine with no Docker and no account.
+"""``cosmic demo``: the main job, end to end, on one machine with no Docker and no AWS account.
 
-What runs today: a real rendezvous server process on loopback and ``--ranks`` worker processes
-that form a :class:`~services.rendezvous.Communicator` through it, as a job's Lambda workers
-will: every pair of ranks gets a punched TCP link, then a barrier, an allreduce of
-``--megabytes`` of float32 per rank (checked), and a gather of each rank's timings to rank 0.
-The server's ``/metrics`` and its clean SIGTERM exit close the run. The inference job itself
-(coordinator, workers, S3) is added by the issues named at the end of the output.
+Every piece is the real one, only the endpoints are local: a fresh embedded stack (moto's S3
+server, the local Lambda runtime, the rendezvous server), seeded with the demo partitions and
+checkpoint; the coordinator as its own process behind its HTTP API (with a random token); and a
+sweep over world sizes through the same client ``cosmic sweep`` uses, each job's ranks linked by
+the communicator to agree on a collective summary. It ends with the seed table users made by
+hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
+
+This process never imports torch: the demo data is made by a child process (see
+:mod:`services.coordinator.embedded`), and the workers run in the runtime's sandboxes.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import queue
 import secrets
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
+from pathlib import Path
 from typing import Any
 
-NOT_BUILT = [
-    ("inference worker (redshift model on S3 partitions)", "issue #5"),
-    ("coordinator (POST /jobs, plan, fan out, cost report)", "issue #6"),
-    ("containers, compose and AWS deployment", "issue #7"),
-]
+#: The partition size the demo data has (the smallest of the legacy study's).
+PARTITION_MB = 25
+COORDINATOR_START_TIMEOUT = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ranks", type=int, default=4, help="worker processes (2..16, default 4)")
-    parser.add_argument("--megabytes", type=float, default=8.0, help="MiB sent each way per link (default 8)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each pairing, seconds")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_healthy(url: str, deadline: float, server: subprocess.Popen[bytes]) -> None:
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"rendezvous server exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"rendezvous server not healthy at {url}")
-
-
-def _rank_main(rank: int, ranks: int, job: str, port: int, size: int, timeout: float,
-               results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    import numpy
-
-    from services.rendezvous import Communicator
-
-    started = time.perf_counter()
-    with Communicator(rank, ranks, job, "127.0.0.1", port, timeout=timeout) as comm:
-        comm.connect_all()
-        linked = time.perf_counter()
-        comm.barrier()
-        mine = numpy.full(size // 4, rank + 1, dtype=numpy.float32)
-        before = time.perf_counter()
-        total = comm.allreduce(mine)
-        after = time.perf_counter()
-        expected = ranks * (ranks + 1) / 2
-        report = comm.gather({"rank": rank, "link_ms": (linked - started) * 1e3,
-                              "allreduce_ms": (after - before) * 1e3,
-                              "intact": bool((total == expected).all())}, root=0)
-    if report is not None:
-        results.put(report)
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4],
+                        help="one job per world size (default 1 2 4)")
+    parser.add_argument("--partitions", type=int, default=4, help="25MB partitions each job reads (default 4)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="reports and plots go here (results/)")
+    parser.add_argument("--sandboxes", type=int, default=None,
+                        help="worker sandboxes: at least the largest world size, as the communicator needs every "
+                             "rank at once (default: 4, or the largest world size)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 2 <= args.ranks <= 16:
-        print("cosmic demo: --ranks must be within 2..16", file=sys.stderr)
+    sandboxes = args.sandboxes or max(4, *args.world_sizes)
+    problem = _check(args, sandboxes)
+    if problem:
+        print(f"cosmic demo: {problem}", file=sys.stderr)
         return 2
-    if not 0 < args.megabytes <= 256:
-        print("cosmic demo: --megabytes must be within (0, 256]", file=sys.stderr)
-        return 2
-    port, health_port = _free_port(), _free_port()
-    log_path = os.path.join(tempfile.mkdtemp(prefix="cosmic-demo-"), "rendezvous.log")
-    print(f"[1/4] starting the rendezvous server on 127.0.0.1:{port} (health :{health_port}, log {log_path})")
-    with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port", str(port),
-             "--health-host", "127.0.0.1", "--health-port", str(health_port)],
-            stdout=log_file, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    from services.coordinator.client import ApiError
+    from services.coordinator.embedded import EmbeddedError  # boto3, not torch
+
     try:
-        _wait_healthy(f"http://127.0.0.1:{health_port}/healthz", time.monotonic() + 15, server)
-        reports = _run_ranks(args, port)
-        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=15)
-    pairings = next(line.split()[1] for line in metrics.splitlines()
-                    if line.startswith("rendezvous_pairings_total "))
-    print(f"[4/4] server: {pairings} pairings counted in /metrics; SIGTERM -> exit code {code}")
-    _print_summary(reports, args.megabytes)
-    links = args.ranks * (args.ranks - 1) // 2
-    ok = (code == 0 and len(reports) == args.ranks and all(r["intact"] for r in reports)
-          and int(pairings) == links)
-    print("\nresult:", "OK" if ok else "FAILED")
-    print("\nnot built yet (the inference job itself):")
-    for what, issue in NOT_BUILT:
-        print(f"  - {what}: {issue}")
+        ok = _demo(args, sandboxes)
+    except (EmbeddedError, ApiError) as exc:
+        print(f"\ncosmic demo: {exc}", file=sys.stderr)
+        ok = False
+    except KeyboardInterrupt:
+        print("\ncosmic demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    print(f"\nresult: {'OK' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
 
 
-def _run_ranks(args: argparse.Namespace, port: int) -> list[dict[str, Any]]:
-    job = secrets.token_hex(16)  # the communicator name: a job's secret
-    links = args.ranks * (args.ranks - 1) // 2
-    print(f"[2/4] {args.ranks} rank processes form a communicator: {links} punched links, a barrier, "
-          f"an allreduce of {args.megabytes:g} MiB per rank")
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=_rank_main, args=(rank, args.ranks, job, port,
-                                                          int(args.megabytes * 1024 * 1024), args.timeout, results))
-                 for rank in range(args.ranks)]
-    for process in processes:
-        process.start()
-    reports: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 3 * args.timeout + 60
-    while not reports and time.monotonic() < deadline:
+def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
+    if min(args.world_sizes) < 1 or args.partitions < 1:
+        return "world sizes and --partitions must be at least 1"
+    if sandboxes < max(args.world_sizes):
+        return (f"--sandboxes {sandboxes} is below the largest world size {max(args.world_sizes)}: "
+                "a job's ranks must all run at once to form the communicator")
+    return None
+
+
+def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
+    from services.coordinator.client import ApiClient
+    from services.coordinator.embedded import ensure_stack, seed, stack_dir
+
+    print(f"[1/5] starting a fresh embedded stack: moto's S3 server, the local Lambda runtime "
+          f"({sandboxes} sandboxes), the rendezvous server (logs in {stack_dir()})", flush=True)
+    stack = ensure_stack(sandboxes=sandboxes, fresh=True)
+    coordinator: subprocess.Popen[bytes] | None = None
+    try:
+        stack.export()
+        print(f"      S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint}, rendezvous {stack.rendezvous_endpoint}")
+        print(f"[2/5] seeding S3 with {args.partitions} partitions of {PARTITION_MB}MB and the demo checkpoint "
+              "(the first run makes them: about a minute, once)", flush=True)
+        seeded = seed(stack, sizes=(f"{PARTITION_MB}MB",), count=args.partitions)
+        print(f"      s3://{seeded.bucket}/{PARTITION_MB}MB/1..{args.partitions}.pt and "
+              f"s3://{seeded.bucket}/{seeded.checkpoint_key}")
+        token = secrets.token_urlsafe(24)
+        coordinator, url = _start_coordinator(token, stack_dir() / "coordinator.log")
+        client = ApiClient(url, token)
+        return _sweep(client, args)
+    finally:
+        if coordinator is not None:
+            _stop(coordinator)
+        stack.stop()
+        print("      stopped the coordinator and the embedded stack")
+
+
+def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m services.coordinator`` on a free port, with the stack's environment; waits for /healthz."""
+    from services.coordinator.client import ApiClient
+    from services.coordinator.embedded import EmbeddedError, free_port, log_tail
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    print(f"[3/5] starting the coordinator at {url} (a random API token; log {log_path})", flush=True)
+    env = {**os.environ, "COSMIC_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "services.coordinator", "--port", str(port)],
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    client = ApiClient(url, token, timeout=2)
+    deadline = time.monotonic() + COORDINATOR_START_TIMEOUT
+    while not client.healthy():
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            raise EmbeddedError(f"the coordinator did not start; {log_tail(str(log_path))}")
+        time.sleep(0.2)
+    return process, url
+
+
+def _sweep(client: Any, args: argparse.Namespace) -> bool:
+    from services.coordinator.commands import EXAMPLE_PAYLOAD, load_payload, sweep, write_report_files
+
+    sizes = ", ".join(str(n) for n in args.world_sizes)
+    print(f"[4/5] a sweep over world sizes {sizes}: one job each on the {args.partitions} partitions of "
+          f"{PARTITION_MB}MB, through the coordinator's API (ranks linked by the communicator)", flush=True)
+    result = sweep(client, load_payload(EXAMPLE_PAYLOAD), [PARTITION_MB], args.world_sizes, args.out,
+                   file_limit=args.partitions)
+    print(f"[5/5] reports and plots under {args.out}/\n")
+    if result.table:
+        print(result.table.rstrip("\n"))
+    agreed = _print_jobs(result.cells)
+    largest = max((cell for cell in result.cells if cell.summary), key=lambda cell: cell.world_size, default=None)
+    paths = list(result.paths)
+    if largest is not None:
+        paths += write_report_files(client, str(largest.job_id), args.out, ("predicted_vs_true", "timeline"),
+                                    prefix=f"ws{largest.world_size}-")
+    print()
+    for path in paths:
+        print(f"  {path}")
+    return result.ok and agreed
+
+
+def _print_jobs(cells: list[Any]) -> bool:
+    """One line per job: its id, samples, wall time and whether the ranks' collective summary agreed."""
+    agreed = True
+    print()
+    for cell in cells:
+        summary = cell.summary
+        if summary is None:
+            print(f"  {_ranks(cell.world_size)}: job {cell.job_id or '-'} {cell.state}: {cell.error or 'no report'}")
+            agreed = False
+            continue
+        collective = summary["collective"]["status"]
+        agreed = agreed and collective in ("agreed", "not run")
+        print(f"  {_ranks(cell.world_size)}: job {cell.job_id} {cell.state}, {summary['samples']} samples in "
+              f"{summary['wall_time_s']:.1f} s; workers' collective summary {collective}")
+    return agreed
+
+
+def _ranks(count: int) -> str:
+    return f"{count} rank{'s' if count != 1 else ''}"
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            reports = results.get(timeout=1)
-        except queue.Empty:
-            if any(p.exitcode not in (None, 0) for p in processes):
-                break
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             process.kill()
-    for report in reports:
-        print(f"      rank {report['rank']}: linked to all in {report['link_ms']:7.1f} ms, "
-              f"allreduce {report['allreduce_ms']:7.1f} ms, {'intact' if report['intact'] else 'WRONG'}")
-    print(f"[3/4] {len(reports)} of {args.ranks} ranks reported")
-    return reports
-
-
-def _print_summary(reports: list[dict[str, Any]], megabytes: float) -> None:
-    if not reports:
-        return
-    link_ms = [r["link_ms"] for r in reports]
-    allreduce_ms = max(r["allreduce_ms"] for r in reports)
-    print(f"\n{'ranks':>6} {'setup p50 ms':>13} {'setup max ms':>13} {'allreduce ms':>13} {'MiB/s per rank':>15}")
-    print(f"{len(reports):>6} {statistics.median(link_ms):>13.1f} {max(link_ms):>13.1f} {allreduce_ms:>13.1f} "
-          f"{megabytes / (allreduce_ms / 1e3):>15.0f}")
+            process.wait()

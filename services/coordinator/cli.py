@@ -30,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     if args.embedded:
-        from services.coordinator.embedded import ensure_stack  # lazily: it spawns processes
+        from services.coordinator.embedded import ensure_stack, seed  # lazily: it spawns processes
 
         stack = ensure_stack(sandboxes=args.sandboxes)
         stack.export()
+        seed(stack)  # the demo data and checkpoint, where examples/payload.json points (made once, ~1 min)
     try:
         settings = config.load(coordinator_host=args.host, coordinator_port=args.port)
     except envconfig.SettingsError as exc:

@@ -11,14 +11,16 @@ Nothing here is ever committed; ``COSMIC_CACHE_DIR`` chooses the folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from services.cache import cache_dir
 from services.logs import event
 from services.worker.accuracy import redshift_metrics
 from services.worker.data import SAMPLES_PER_PARTITION, save_partition
@@ -30,15 +32,6 @@ CHECKPOINT_NAME = "demo-redshift-v1.pt"
 #: Partition size label for tests: real layout, few samples.
 TINY = "tiny"
 TINY_SAMPLES = 64
-
-
-def cache_dir() -> Path:
-    """``COSMIC_CACHE_DIR``, else ``$XDG_CACHE_HOME/cosmic-rendezvous`` (``~/.cache/...``)."""
-    configured = os.environ.get("COSMIC_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cosmic-rendezvous"
 
 
 def demo_partitions(size: str, count: int, root: Path | None = None) -> list[Path]:
@@ -100,3 +93,50 @@ def fit(seconds: float, samples: int, seed: int = 7) -> tuple[RedshiftModel, dic
     metrics.update(steps=float(steps), seconds=round(time.monotonic() - started, 1))
     event(log, "demo_checkpoint_fitted", **{k: round(v, 4) for k, v in metrics.items()})
     return model, metrics
+
+
+# -- command line: the coordinator side (no torch) runs this as a child process ------------------
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make (if absent) the demo checkpoint and partitions; print where they are.
+
+    A command line rather than an import, because whoever seeds the embedded stack (the
+    coordinator, ``cosmic demo``) must not import torch: it runs this as a child process.
+    """
+    parser = argparse.ArgumentParser(prog="python -m services.worker.demo_assets",
+                                     description="Make the demo checkpoint and partitions in the cache folder.")
+    parser.add_argument("--sizes", nargs="+", default=["25MB"],
+                        help=f"partition size labels ({', '.join([*SAMPLES_PER_PARTITION, TINY])}); default 25MB")
+    parser.add_argument("--count", type=int, default=4, help="partitions of each size (default 4)")
+    parser.add_argument("--json", action="store_true", help="print the paths as one JSON line")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    root = cache_dir()
+    if not (root / "checkpoints" / CHECKPOINT_NAME).exists():
+        _say("fitting the demo checkpoint (about 40 s, once) ...")
+    try:
+        checkpoint = demo_checkpoint(root)
+        partitions: dict[str, list[str]] = {}
+        for size in args.sizes:
+            missing = [i for i in range(1, args.count + 1) if not (root / "partitions" / size / f"{i}.pt").exists()]
+            if missing:
+                _say(f"generating {len(missing)} partition(s) of {size} (once) ...")
+            partitions[size] = [str(path) for path in demo_partitions(size, args.count, root)]
+    except ValueError as exc:
+        _say(f"demo_assets: {exc}")
+        return 2
+    if args.json:
+        print(json.dumps({"checkpoint": str(checkpoint), "partitions": partitions}))
+    else:
+        print(f"checkpoint: {checkpoint}")
+        for size, paths in partitions.items():
+            print(f"partitions {size}: {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

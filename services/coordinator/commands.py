@@ -1,0 +1,224 @@
+"""What the ``cosmic`` job commands share: error handling, payloads, report files, and the sweep.
+
+The commands themselves are small modules (``cmd_submit``, ``cmd_status``, ``cmd_report``,
+``cmd_sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
+the coordinator through :class:`~services.coordinator.client.ApiClient` only, so they work the
+same against ``cosmic serve --embedded`` on this machine and a coordinator deployed elsewhere;
+``cosmic demo`` reuses :func:`sweep`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.coordinator.client import ApiClient, ApiError, JobTimeout
+
+#: The base payload of ``cosmic sweep`` when none is given: the legacy payload, on the demo data.
+EXAMPLE_PAYLOAD = Path(__file__).resolve().parents[2] / "examples" / "payload.json"
+PLOT_NAMES = ("predicted_vs_true", "duration_cost", "timeline")
+REPORT_FORMATS = ("md", "csv", "json")
+
+
+class CommandError(RuntimeError):
+    """A problem the user fixes (a payload file, a missing partition count): printed, exit 2."""
+
+
+def handles_errors(name: str) -> Callable[[Callable[[Any], int]], Callable[[Any], int]]:
+    """Turn the client's errors into one readable line on stderr and an exit code, not a traceback."""
+
+    def wrap(run: Callable[[Any], int]) -> Callable[[Any], int]:
+        @functools.wraps(run)
+        def guarded(args: Any) -> int:
+            try:
+                return run(args)
+            except CommandError as exc:
+                print(f"cosmic {name}: {exc}", file=sys.stderr)
+                return 2
+            except (ApiError, JobTimeout) as exc:
+                print(f"cosmic {name}: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print(f"\ncosmic {name}: interrupted (submitted jobs keep running; `cosmic status`)", file=sys.stderr)
+                return 130
+
+        return guarded
+
+    return wrap
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise CommandError(f"cannot read the payload {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CommandError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise CommandError(f"{path} must hold a JSON object (the job payload)")
+    return document
+
+
+def write_report_files(client: ApiClient, job_id: str, out: Path, plot_names: tuple[str, ...] = PLOT_NAMES,
+                       prefix: str = "") -> list[Path]:
+    """``report.{md,csv,json}`` and the job's plots under ``out``; a plot the job cannot have is skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in REPORT_FORMATS:
+        body = client.report(job_id, fmt)
+        path = out / f"{prefix}report.{fmt}"
+        path.write_text(json.dumps(body, indent=2) + "\n" if fmt == "json" else body)
+        written.append(path)
+    for name in plot_names:
+        try:
+            image = client.plot(job_id, name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            print(f"  (no {name} plot: {exc.detail})", file=sys.stderr)
+            continue
+        path = out / f"{prefix}{name}.png"
+        path.write_bytes(image)
+        written.append(path)
+    return written
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One job of the grid and how it ended."""
+
+    partition_mb: int
+    world_size: int
+    job_id: str | None = None
+    state: str = "not submitted"
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    cells: list[Cell]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    table: str = ""
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.cells) and all(cell.state == "succeeded" and cell.summary for cell in self.cells)
+
+
+def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], world_sizes: list[int], out: Path,
+          file_limit: int | None = None, progress: bool = True, say: Callable[[str], None] = print) -> SweepResult:
+    """One job per (partition size, world size), one after the other so they do not compete for cores.
+
+    Each job reads ``{mb}MB/`` (all its partitions unless ``file_limit``) and writes under
+    ``sweep/{mb}MB/ws{n}``. Writes ``sweep.md``, ``sweep.csv`` (the seed table), each job's JSON
+    report under ``jobs/`` and ``duration_cost.png`` into ``out``.
+    """
+    cells = [Cell(mb, n) for mb in partition_mb for n in world_sizes]
+    limits = {mb: file_limit or count_partitions(base["data_bucket"], f"{mb}MB") for mb in partition_mb}
+    (out / "jobs").mkdir(parents=True, exist_ok=True)
+    result = SweepResult(cells)
+    for index, cell in enumerate(cells, start=1):
+        payload = {**base, "data_prefix": f"{cell.partition_mb}MB", "file_limit": str(limits[cell.partition_mb]),
+                   "result_path": f"sweep/{cell.partition_mb}MB/ws{cell.world_size}", "world_size": cell.world_size}
+        say(f"  job {index}/{len(cells)}: {limits[cell.partition_mb]} partitions of {cell.partition_mb}MB "
+            f"on {cell.world_size} rank{'s' if cell.world_size > 1 else ''}")
+        _run_cell(client, cell, payload, progress)
+        if cell.summary is not None:
+            path = out / "jobs" / f"{cell.partition_mb}MB-ws{cell.world_size}.json"
+            path.write_text(json.dumps(cell.summary, indent=2) + "\n")
+            result.paths.append(path)
+        if cell.state != "succeeded":
+            say(f"  job {cell.job_id or '-'} {cell.state}: {cell.error or 'see `cosmic status`'}")
+    result.rows = [_seed_row(cell.summary) for cell in cells if cell.summary is not None]
+    if result.rows:
+        result.table = _write_table(result, out)
+    return result
+
+
+def _run_cell(client: ApiClient, cell: Cell, payload: dict[str, Any], progress: bool) -> None:
+    """Submit, wait and fetch the report of one job; an API error fails this cell, not the sweep."""
+    try:
+        cell.job_id = client.submit(payload)["job_id"]
+        status = client.wait(cell.job_id, progress=progress)
+        cell.state, cell.error = status["state"], status.get("error") or _first_failure(status)
+        cell.summary = client.report(cell.job_id, "json")
+    except ApiError as exc:
+        if cell.state == "not submitted":
+            cell.state = "failed"  # refused at submission (a 422 names the field)
+        cell.error = f"{cell.error}; {exc}" if cell.error else str(exc)
+
+
+def _first_failure(status: dict[str, Any]) -> str | None:
+    failed = status.get("failed_ranks") or {}
+    return next((f"rank {rank}: {error}" for rank, error in failed.items()), None)
+
+
+def _seed_row(summary: dict[str, Any]) -> dict[str, Any]:
+    from services.coordinator.summary import seed_table_row
+
+    return seed_table_row(summary)
+
+
+def _write_table(result: SweepResult, out: Path) -> str:
+    from services.coordinator.plots import duration_and_cost_vs_world_size
+    from services.coordinator.summary import render_table
+
+    for name, fmt in (("sweep.md", "md"), ("sweep.csv", "csv")):
+        path = out / name
+        path.write_text(render_table(result.rows, fmt))
+        result.paths.append(path)
+    plot = out / "duration_cost.png"
+    plot.write_bytes(duration_and_cost_vs_world_size(result.rows))
+    result.paths.append(plot)
+    return render_table(result.rows, "text")
+
+
+def count_partitions(bucket: str, prefix: str) -> int:
+    """How many partitions the sweep's jobs read, by listing S3 as the coordinator will.
+
+    The S3 endpoint is the standard variables', else (a shell beside ``cosmic serve --embedded``)
+    the running embedded stack's.
+    """
+    from botocore.exceptions import BotoCoreError
+
+    from services.coordinator.planning import list_partitions
+    from services.s3store import S3Store, StoreError
+
+    environ = dict(os.environ)
+    if not (environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")):
+        from services.coordinator.embedded import running_stack
+
+        stack = running_stack()
+        if stack is not None:
+            stack.export(environ)
+    try:
+        store = S3Store(_s3_client(environ))
+        found = len(list_partitions(store, bucket, prefix))
+    except (StoreError, BotoCoreError, OSError) as exc:
+        raise CommandError(f"cannot count the partitions under s3://{bucket}/{prefix}/ ({exc}); "
+                           "pass --file-limit") from None
+    if not found:
+        raise CommandError(f"no partitions under s3://{bucket}/{prefix}/")
+    return found
+
+
+def _s3_client(environ: dict[str, str]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    return boto3.client("s3", endpoint_url=endpoint,
+                        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                        aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID"),
+                        aws_secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY"),
+                        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2},
+                                      s3={"addressing_style": "path" if endpoint else "auto"}))

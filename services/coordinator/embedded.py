@@ -1,0 +1,471 @@
+"""The embedded stack: S3, Lambda and the rendezvous server as local processes, for one machine.
+
+No Docker and no AWS: moto's S3 server, the local Lambda runtime (``python -m services.worker``)
+and the rendezvous server run as three child processes on free loopback ports, and
+:meth:`Stack.export` points boto3 and the coordinator at them through the standard variables.
+
+Each child runs in its own session (``start_new_session``), so the stack outlives the process
+that started it: a coordinator that crashes, even by ``kill -9``, finds its stack (and the jobs'
+state in S3) again on restart. Endpoints and pids are recorded in ``<cache>/embedded/stack.json``;
+:func:`ensure_stack` reattaches when every recorded process is alive and answers, otherwise it
+stops what is left and starts afresh. Logs go to ``<cache>/embedded/*.log``.
+
+Sandboxes: the runtime runs at most ``sandboxes`` invocations at once, and a job with the
+communicator needs all its ranks at once, so a job's world size must not exceed it (default 4).
+
+This module never imports torch: the demo data and checkpoint are made by a child process
+(``python -m services.worker.demo_assets``) and uploaded by :func:`seed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.cache import cache_dir
+from services.logs import event
+
+log = logging.getLogger("cosmic.coordinator.embedded")
+
+DEFAULT_SANDBOXES = 4
+STATE_BUCKET = "cosmicai-data"
+WORKER_FUNCTION = "cosmic-worker"
+#: The model folder the legacy payload names (``S3_object_name``); the checkpoint goes in its Fine_Tune_Model/.
+MODEL_FOLDER = "Anomaly Detection"
+LOCAL_CREDENTIAL = "cosmic-local"
+REGION = "us-east-1"
+#: Seconds each service may take to answer after it is started (the runtime imports torch in every sandbox).
+READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
+STOP_TIMEOUT = 10.0
+ASSETS_TIMEOUT = 900.0
+_ROOT = Path(__file__).resolve().parents[2]  # the project: the children's working folder
+
+
+class EmbeddedError(RuntimeError):
+    """A service of the stack did not start or answer; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One child process of the stack. ``marker`` is in its command line: a recycled pid is not ours."""
+
+    name: str
+    pid: int
+    port: int
+    log: str
+    marker: str
+    health_port: int | None = None
+
+    def alive(self) -> bool:
+        """The process is running (not a zombie) and is still the one we started."""
+        return _alive(self.pid) and _is_ours(self.pid, self.marker, self.port)
+
+    def answers(self) -> bool:
+        if self.health_port is not None:
+            return _healthz(self.health_port)
+        return _listening(self.port)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The three services and how to reach them."""
+
+    s3: Service
+    runtime: Service
+    rendezvous: Service
+    sandboxes: int
+    started_at: float
+    reattached: bool = field(default=False, compare=False)
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3.port}"
+
+    @property
+    def lambda_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.runtime.port}"
+
+    @property
+    def rendezvous_endpoint(self) -> str:
+        return f"127.0.0.1:{self.rendezvous.port}"
+
+    @property
+    def services(self) -> tuple[Service, Service, Service]:
+        return self.s3, self.runtime, self.rendezvous
+
+    @property
+    def pids(self) -> tuple[int, int, int]:
+        return self.s3.pid, self.runtime.pid, self.rendezvous.pid
+
+    def export(self, environ: dict[str, str] | None = None) -> None:
+        """Point boto3 and the coordinator at this stack (credentials and region only where unset)."""
+        env = os.environ if environ is None else environ
+        env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
+        env["AWS_ENDPOINT_URL_LAMBDA"] = self.lambda_endpoint
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.setdefault(name, LOCAL_CREDENTIAL)
+        for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+            env.setdefault(name, REGION)
+        env["COSMIC_RENDEZVOUS_ENDPOINT"] = self.rendezvous_endpoint
+        env["COSMIC_STATE_BUCKET"] = STATE_BUCKET
+        env["COSMIC_WORKER_FUNCTION"] = WORKER_FUNCTION
+
+    def alive(self) -> bool:
+        return all(service.alive() and service.answers() for service in self.services)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every service (SIGTERM, then SIGKILL after ``timeout``) and forget the stack."""
+        with _locked():
+            _stop_services(self.services, timeout)
+            recorded = _read_record()
+            if recorded is None or recorded.pids == self.pids:
+                _record_path().unlink(missing_ok=True)
+        event(log, "embedded_stopped", pids=list(self.pids))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "sandboxes": self.sandboxes, "started_at": self.started_at,
+                **{service.name: asdict(service) for service in self.services}}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Stack:
+        return cls(s3=Service(**document["s3"]), runtime=Service(**document["runtime"]),
+                   rendezvous=Service(**document["rendezvous"]), sandboxes=int(document["sandboxes"]),
+                   started_at=float(document["started_at"]))
+
+
+def stack_dir() -> Path:
+    return cache_dir() / "embedded"
+
+
+def _record_path() -> Path:
+    return stack_dir() / "stack.json"
+
+
+def ensure_stack(sandboxes: int | None = None, fresh: bool = False) -> Stack:
+    """The running stack, reattached when its recorded processes are alive, else started anew.
+
+    ``sandboxes`` (argument, else ``COSMIC_SANDBOXES``, else 4) is the runtime's concurrency; a
+    live stack with a different explicit count is replaced. ``fresh`` always replaces it.
+    """
+    wanted = sandboxes or int(os.environ.get("COSMIC_SANDBOXES") or 0) or None
+    if wanted is not None and wanted < 1:
+        raise EmbeddedError(f"sandboxes must be at least 1, got {wanted}")
+    with _locked():
+        recorded = _read_record()
+        if recorded is not None and not fresh and recorded.alive() and wanted in (None, recorded.sandboxes):
+            event(log, "embedded_reattached", s3=recorded.s3_endpoint, runtime=recorded.lambda_endpoint,
+                  rendezvous=recorded.rendezvous_endpoint, pids=list(recorded.pids))
+            return Stack(**{**recorded.__dict__, "reattached": True})
+        if recorded is not None:
+            _stop_services(recorded.services, STOP_TIMEOUT)  # leftovers of a dead or unwanted stack
+            _record_path().unlink(missing_ok=True)
+        stack = _start(wanted or DEFAULT_SANDBOXES)
+        _write_record(stack)
+        return stack
+
+
+def running_stack() -> Stack | None:
+    """The recorded stack when it is alive, else None; starts nothing (for commands run beside it)."""
+    recorded = _read_record()
+    return recorded if recorded is not None and recorded.alive() else None
+
+
+# -- starting --------------------------------------------------------------------------------------
+#: Popen objects of the children this process started, kept so they are reaped and never garbage
+#: collected while running (the processes themselves outlive us by design).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _start(sandboxes: int) -> Stack:
+    folder = stack_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    started: list[Service] = []
+    try:
+        s3_port = free_port()
+        s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                    s3_port, "moto.server", _child_env(None, MOTO_PORT=str(s3_port)))
+        started.append(s3)
+        runtime_port = free_port()
+        runtime = _spawn("runtime", [sys.executable, "-m", "services.worker", "--host", "127.0.0.1",
+                                     "--port", str(runtime_port), "--sandboxes", str(sandboxes),
+                                     "--function", WORKER_FUNCTION],
+                         runtime_port, "services.worker", _child_env(f"http://127.0.0.1:{s3_port}"))
+        started.append(runtime)
+        pair_port, health_port = free_port(), free_port()
+        rendezvous = _spawn("rendezvous", [sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1",
+                                           "--port", str(pair_port), "--health-host", "127.0.0.1",
+                                           "--health-port", str(health_port)],
+                            pair_port, "services.rendezvous", _child_env(None), health_port=health_port)
+        started.append(rendezvous)
+        _wait_ready(s3, lambda: _listening(s3.port))
+        _wait_ready(rendezvous, lambda: _healthz(health_port))
+        _wait_ready(runtime, lambda: _dry_run(runtime.port))
+    except BaseException:
+        _stop_services(started, STOP_TIMEOUT)
+        raise
+    stack = Stack(s3, runtime, rendezvous, sandboxes, time.time())
+    event(log, "embedded_started", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
+          rendezvous=stack.rendezvous_endpoint, sandboxes=sandboxes, pids=list(stack.pids), logs=str(folder))
+    return stack
+
+
+def _child_env(s3_endpoint: str | None, **extra: str) -> dict[str, str]:
+    """Our environment without any AWS setting (no real account may leak in), plus the local ones."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIAL, AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIAL,
+               AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION, PYTHONUNBUFFERED="1", **extra)
+    if s3_endpoint:
+        env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
+    return env
+
+
+def _spawn(name: str, command: list[str], port: int, marker: str, env: dict[str, str],
+           health_port: int | None = None) -> Service:
+    log_path = stack_dir() / f"{name}.log"
+    with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
+        log_file.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        log_file.flush()
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=env, cwd=_ROOT, start_new_session=True)
+    _CHILDREN[process.pid] = process
+    return Service(name, process.pid, port, str(log_path), marker, health_port)
+
+
+def _wait_ready(service: Service, ready: Any) -> None:
+    timeout = READY_TIMEOUT[service.name]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(service.pid):
+            raise EmbeddedError(f"the {service.name} service exited while starting; {log_tail(service.log)}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise EmbeddedError(f"the {service.name} service did not answer on port {service.port} within "
+                        f"{timeout:.0f} s; {log_tail(service.log)}")
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"no log ({exc})"
+    return f"last lines of {path}:\n" + "\n".join("    " + line for line in text)
+
+
+# -- probes ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _dry_run(port: int) -> bool:
+    """Lambda's own readiness check: a DryRun invoke through boto3 (the runtime listens once warm)."""
+    if not _listening(port):
+        return False
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("lambda", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                          aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
+                          config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+    try:
+        client.invoke(FunctionName=WORKER_FUNCTION, InvocationType="DryRun")
+    except (BotoCoreError, ClientError):
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie; reaps our own children that have exited."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        _CHILDREN.pop(pid, None)
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _is_ours(pid: int, marker: str, port: int) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc to tell: trust the record
+    return marker.encode() in arguments and str(port).encode() in arguments
+
+
+# -- stopping --------------------------------------------------------------------------------------
+def _stop_services(services: Any, timeout: float) -> None:
+    """SIGTERM each service's process group (its sandboxes too), SIGKILL what outlives ``timeout``."""
+    mine = [service for service in services if service.alive()]
+    for service in mine:
+        _signal_group(service.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(service.pid) for service in mine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for service in mine:
+        if _alive(service.pid):
+            event(log, "embedded_kill", logging.WARNING, service=service.name, pid=service.pid)
+        _signal_group(service.pid, signal.SIGKILL, alone=False)  # stragglers of the group, a leader that hung
+        child = _CHILDREN.pop(service.pid, None)
+        if child is not None:
+            child.wait(timeout=5)
+
+
+def _signal_group(pid: int, signum: int, alone: bool = True) -> None:
+    """Signal the session we started (its pid is its group's id), else (``alone``) the process itself.
+
+    ``alone`` is only for a process just checked to be ours: after it exits its pid may be reused.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            if alone:
+                os.kill(pid, signum)
+
+
+# -- the record ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One process at a time decides whether to reattach or start (two coordinators, a test and a demo)."""
+    stack_dir().mkdir(parents=True, exist_ok=True)
+    with open(stack_dir() / "stack.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_record() -> Stack | None:
+    try:
+        return Stack.from_json(json.loads(_record_path().read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        event(log, "embedded_record_unreadable", logging.WARNING, path=str(_record_path()), error=repr(exc))
+        return None
+
+
+def _write_record(stack: Stack) -> None:
+    partial = _record_path().with_suffix(".partial")
+    partial.write_text(json.dumps(stack.to_json(), indent=2) + "\n")
+    partial.replace(_record_path())
+
+
+# -- seeding ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Seeded:
+    """What :func:`seed` put in the stack's S3: the bucket, the checkpoint's key, the partitions' keys."""
+
+    bucket: str
+    checkpoint_key: str
+    partitions: dict[str, list[str]]
+    uploaded: int
+
+
+def seed(stack: Stack, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
+    """Make the demo checkpoint and partitions (a child process: torch stays out of here) and upload
+    them to ``cosmicai-data`` where the example payload looks: the model folder and ``{size}/{i}.pt``.
+
+    Objects already there with the same size are skipped, so seeding a reattached stack is cheap.
+    """
+    assets = _make_assets(sizes, count)
+    from services.s3store import S3Store
+
+    store = S3Store(_s3_client(stack))
+    _ensure_bucket(store, STATE_BUCKET)
+    checkpoint = Path(assets["checkpoint"])
+    uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
+    keys: dict[str, list[str]] = {}
+    for size, paths in assets["partitions"].items():
+        keys[size] = [f"{size}/{Path(path).name}" for path in paths]
+        uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
+    uploaded = 0
+    for path, key in uploads:
+        folder = key.rsplit("/", 1)[0] + "/"
+        present = {name: size for name, _, size in store.objects(STATE_BUCKET, folder)}
+        if present.get(key) != path.stat().st_size:
+            store.client.upload_file(str(path), STATE_BUCKET, key)
+            uploaded += 1
+    event(log, "embedded_seeded", bucket=STATE_BUCKET, objects=len(uploads), uploaded=uploaded)
+    return Seeded(STATE_BUCKET, uploads[0][1], keys, uploaded)
+
+
+def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
+    """Run ``python -m services.worker.demo_assets``; its progress lines go straight to our stderr."""
+    command = [sys.executable, "-m", "services.worker.demo_assets", "--sizes", *sizes, "--count", str(count), "--json"]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=_ROOT,
+                              timeout=ASSETS_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise EmbeddedError(f"making the demo data took over {ASSETS_TIMEOUT:.0f} s: {' '.join(command)}") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise EmbeddedError(f"making the demo data failed (exit {done.returncode}): {' '.join(command)}")
+    return dict(json.loads(lines[-1]))
+
+
+def _s3_client(stack: Stack) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
+                        aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
+                        config=Config(connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"},
+                                      retries={"mode": "standard", "max_attempts": 3}))
+
+
+def _ensure_bucket(store: Any, bucket: str) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        store.client.head_bucket(Bucket=bucket)
+    except ClientError:
+        store.client.create_bucket(Bucket=bucket)
