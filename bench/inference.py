@@ -22,7 +22,7 @@ from _harness import write_report
 from torch.utils.data import DataLoader, TensorDataset
 
 from services.worker.accuracy import redshift_metrics
-from services.worker.demo_assets import fit
+from services.worker.demo_assets import FIT_STEPS, fit
 from services.worker.inference import Predictor, cpu_has_bf16
 from services.worker.synthetic import partition
 
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=2556, help="samples (default 2556, a 50MB partition)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per loop, median reported")
-    parser.add_argument("--fit-seconds", type=float, default=20.0, help="demo checkpoint fit (default 20 s)")
+    parser.add_argument("--fit-steps", type=int, default=FIT_STEPS, help=f"demo fit steps (default {FIT_STEPS})")
     args = parser.parse_args(argv)
-    model, _ = fit(seconds=args.fit_seconds, samples=2048)
+    model, _ = fit(steps=args.fit_steps, samples=2048)
     data = partition(77, args.samples)
     truth = data.redshifts.numpy()  # type: ignore[union-attr]
     rows = {}

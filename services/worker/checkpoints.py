@@ -47,6 +47,7 @@ _GLOBAL = re.compile(r"GLOBAL (\S+)")  # torch's words for a refused (or blocked
 #: (``Input_Mix_Model``, ``InceptionBlock``, ``ConvBlock``) of the public AstroMAE code.
 LEGACY_NAMES: tuple[tuple[str, str | None], ...] = (
     (r"^inception_model\.conv2d_init\.", None),
+    (r"^inception_model\.vis_inception\.8\.branch3\.", None),  # built by the original, never run
     (r"^(cls_token$|pos_embed$|patch_embed\.|blocks\.|fc_norm\.|head\.)", r"vit.\1"),
     (r"^vit_block\.", "vit.proj."),
     (r"^concat_block\.", "head."),

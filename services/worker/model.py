@@ -8,9 +8,13 @@ magnitudes ``[B, 5]``. Three branches meet in a fusion head (about 15.9 M parame
   Linear(192, 1096)-ReLU-Linear(1096, 1096). Parameter names follow timm's VisionTransformer
   (``patch_embed.proj``, ``blocks.N.attn.qkv``, ``fc_norm``, ``head``) so that converted legacy
   checkpoints map onto them.
-* Inception CNN: Conv1x1 5->32 and pool (16 px), Inception 32->64 and 64->64 and pool (8 px),
-  64->32 and 32->32 and pool (4 px), a 3-branch Inception 32->12, flatten 12x4x4 = 192, then
-  Linear(192, 1096)-ReLU-Linear(1096, 1096). Every conv block is Conv-BatchNorm-ReLU.
+* Inception CNN: a plain Conv1x1 5->32 (no BatchNorm, no ReLU) and pool (16 px), Inception
+  32->64 and 64->64 and pool (8 px), 64->32 and 32->32 and pool (4 px), a 3-branch Inception
+  32->12 (1x1, 1x1-3x3 and the pooled 1x1: the original builds a 5x5 branch there but never
+  runs it), flatten 12x4x4 = 192, then Linear(192, 1096)-ReLU-Linear(1096, 1096). Every conv
+  block inside the Inceptions is Conv(with bias)-BatchNorm-ReLU. These three details are the
+  public AstroMAE source's (``blocks/photoz.py``), where it differs from the summary in
+  shared/LEGACY.md; without them a converted checkpoint would not load.
 * Magnitudes: Linear(5, 1024) then 4 x [ReLU, Linear(1024, 1024)].
 * Head: concat 1096 + 1096 + 1024 = 3216 -> Linear(3216, 1024)-ReLU-Linear(1024, 1).
 """
@@ -115,26 +119,27 @@ class VitBranch(nn.Module):
 
 
 def conv_block(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
 
 class Inception(nn.Module):
-    """Parallel 1x1, 3x3 and 5x5 convolutions (and a pooled 1x1 in the 4-branch form), concatenated."""
+    """Parallel 1x1, 1x1-3x3, 1x1-5x5 and pooled 1x1 convolutions, concatenated; the 3-branch form
+    (the last block) has no 5x5 branch."""
 
     def __init__(self, cin: int, cout: int, branches: int = 4) -> None:
         super().__init__()
         width = cout // branches
         self.b1 = conv_block(cin, cout - width * (branches - 1), 1)
         self.b3 = nn.Sequential(conv_block(cin, width, 1), conv_block(width, width, 3))
-        self.b5 = nn.Sequential(conv_block(cin, width, 1), conv_block(width, width, 5))
-        self.pool = (nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), conv_block(cin, width, 1))
-                     if branches == 4 else None)
+        self.b5 = nn.Sequential(conv_block(cin, width, 1), conv_block(width, width, 5)) if branches == 4 else None
+        self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), conv_block(cin, width, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [self.b1(x), self.b3(x), self.b5(x)]
-        if self.pool is not None:
-            parts.append(self.pool(x))
+        parts = [self.b1(x), self.b3(x)]
+        if self.b5 is not None:
+            parts.append(self.b5(x))
+        parts.append(self.pool(x))
         return torch.cat(parts, dim=1)
 
 
@@ -142,7 +147,7 @@ class InceptionBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_block(CHANNELS, 32, 1), nn.AvgPool2d(2),                  # 16 px
+            nn.Conv2d(CHANNELS, 32, 1), nn.AvgPool2d(2),                   # 16 px
             Inception(32, 64), Inception(64, 64), nn.AvgPool2d(2),        # 8 px
             Inception(64, 32), Inception(32, 32), nn.AvgPool2d(2),        # 4 px
             Inception(32, 12, branches=3),

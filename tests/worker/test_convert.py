@@ -2,12 +2,10 @@
 
 The legacy fixture is built here: classes registered under the original module paths
 (``blocks.model_vit_inception``, ``blocks.photoz``, ``timm.models...``) only for the test, wired like
-the AstroMAE fine-tune model (same attribute names and forward) but with our model's shapes,
-wrapped in ``DataParallel`` and saved whole, as the users' checkpoint was.
-
-Where our architecture (services/worker/model.py) differs from the public source, the fixture follows
-ours: ConvBlock's conv has no bias, ``conv2d_init`` is a ConvBlock (the source: a plain Conv2d), and
-the last, 3-branch InceptionBlock uses branches 1-3 (the source: 1, 2 and the max-pool branch 4).
+the AstroMAE fine-tune model (same attribute names, shapes and forward, including its quirks:
+ConvBlock's conv has a bias, ``conv2d_init`` is a plain Conv2d, and the last, "custom"
+InceptionBlock builds a 5x5 ``branch3`` it never runs), wrapped in ``DataParallel`` and saved
+whole, as the users' checkpoint was.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ WIDTH, HEADS = 192, 3
 class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,18 +54,18 @@ class InceptionBlock(nn.Module):
         self.branch1 = ConvBlock(cin, width, 1)
         self.branch2 = nn.Sequential(ConvBlock(cin, width, 1), ConvBlock(width, width, 3))
         self.branch3 = nn.Sequential(ConvBlock(cin, width, 1), ConvBlock(width, width, 5))
-        if not is_custom:
-            self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), ConvBlock(cin, width, 1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), ConvBlock(cin, width, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.branch1, self.branch2, self.branch3] + ([] if self.is_custom else [self.branch4])
+        branches = (self.branch1, self.branch2, self.branch4) if self.is_custom else (
+            self.branch1, self.branch2, self.branch3, self.branch4)
         return torch.cat([branch(x) for branch in branches], 1)
 
 
 class Input_Mix_Model(nn.Module):  # the original name
     def __init__(self) -> None:
         super().__init__()
-        self.conv2d_init = ConvBlock(5, 32, 1)
+        self.conv2d_init = nn.Conv2d(5, 32, kernel_size=(1, 1))
         self.avgpool = nn.AvgPool2d(2, 2)
         self.avgpool2 = nn.AvgPool2d(2, 2)
         layers: list[nn.Module] = [nn.Linear(5, 1024)]
@@ -251,10 +249,12 @@ def test_a_state_dict_with_the_original_names_loads_directly(tmp_path: Path, leg
     ("inception_model.magnitude_block.8.weight", "magnitudes.8.weight"),
     ("inception_model.vis_inception.0.bn.running_var", "cnn.features.0.1.running_var"),
     ("inception_model.vis_inception.5.branch4.1.conv.weight", "cnn.features.5.pool.1.0.weight"),
-    ("inception_model.vis_inception.8.branch3.0.bn.num_batches_tracked", "cnn.features.8.b5.0.1.num_batches_tracked"),
+    ("inception_model.vis_inception.8.branch3.0.bn.num_batches_tracked", None),
+    ("inception_model.vis_inception.5.branch3.0.bn.num_batches_tracked", "cnn.features.5.b5.0.1.num_batches_tracked"),
     ("inception_model.vis_inception.10.weight", "cnn.proj.0.weight"),
     ("inception_model.vis_inception.12.bias", "cnn.proj.2.bias"),
-    ("inception_model.conv2d_init.conv.weight", None),
+    ("inception_model.conv2d_init.weight", None),
+    ("inception_model.vis_inception.0.weight", "cnn.features.0.weight"),
 ])
 def test_name_table(original: str, ours: str | None) -> None:
     assert legacy_name(original) == ours

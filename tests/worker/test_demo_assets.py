@@ -34,7 +34,7 @@ def test_legacy_sized_partition_has_the_legacy_sample_count(tmp_path: Path) -> N
 
 
 def test_checkpoint_is_a_state_dict_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = demo_assets.demo_checkpoint(root=tmp_path, seconds=1.0, samples=128)
+    path = demo_assets.demo_checkpoint(root=tmp_path, steps=5, samples=128)
     state = torch.load(path, weights_only=True)
     model = RedshiftModel()
     model.load_state_dict(state)
