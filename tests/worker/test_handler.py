@@ -67,7 +67,7 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert document["sample_persec"] == pytest.approx(96 / document["infer_s"], rel=0.01)
     predicted = np.load(io.BytesIO(world.store.get(world.bucket, predictions_key(event["result_path"], 0)).data))
     expected, truth = expected_predictions(world, tiny_model, world.partitions)
-    assert predicted.shape == (96,) and np.abs(predicted - expected).mean() < 1e-3
+    assert predicted.shape == (96,) and np.abs(predicted - expected).mean() < 5e-3  # bf16-mlp by default
     assert document["accuracy"]["mae"] == pytest.approx(redshift_metrics(predicted, truth)["mae"], rel=1e-6)
     assert response["collective"] == "skipped"
 
