@@ -26,6 +26,10 @@ bench: $(STAMP)
 	$(PY) bench/pair_latency.py
 	$(PY) bench/collectives.py
 	$(PY) bench/lambda_runtime.py
+	$(PY) bench/inference.py
+	$(PY) bench/worker_invocation.py
+	$(PY) bench/coordinator.py
+	$(PY) bench/job_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

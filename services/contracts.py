@@ -26,13 +26,22 @@ LEGACY_KEYS = {"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", "S3_OBJECT_TYPE", "WORLD
                "DATA_PREFIX", "DATA_PATH", "RESULT_PATH", "BATCH_SIZE"}
 
 
-class EventError(ValueError):
-    """An event the worker cannot run; ``field`` names the offending field."""
+class FieldError(ValueError):
+    """Input that cannot be used, naming the offending ``field`` and the ``reason``: the one shape
+    of the errors at every boundary (worker events, job requests, settings files)."""
+
+    what = "bad input"
 
     def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"bad worker event: {field_name}: {reason}")
+        super().__init__(f"{self.what}: {field_name}: {reason}")
         self.field = field_name
         self.reason = reason
+
+
+class EventError(FieldError):
+    """An event the worker cannot run."""
+
+    what = "bad worker event"
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,15 @@ import posixpath
 import secrets
 from dataclasses import dataclass
 
-from services.contracts import Checkpoint, WorkerEvent, partition_number
+from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number
 from services.coordinator.payload import JobRequest
 from services.s3store import S3Store
 
 
-class PlanError(ValueError):
+class PlanError(FieldError):
     """A request that cannot be planned; ``field`` names the payload field to fix (a 422)."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+    what = "cannot plan the job"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.contracts import FieldError
+
 DEFAULT_PATH = Path(__file__).with_name("prices.json")
 ARCHITECTURES = ("x86_64", "arm64")
 _RATES = ("lambda_gb_second_x86_64", "lambda_gb_second_arm64", "lambda_requests_per_million",
@@ -21,13 +23,13 @@ _LABELS = ("region", "as_of", "currency", "note")
 _OPTIONAL = ("sources",)
 
 
-class PricesError(ValueError):
+class PricesError(FieldError):
     """The price file cannot be used; ``field`` names the offending field."""
 
     def __init__(self, path: Path, field_name: str, reason: str) -> None:
-        super().__init__(f"bad price file {path}: {field_name}: {reason}")
+        self.what = f"bad price file {path}"
+        super().__init__(field_name, reason)
         self.path = path
-        self.field = field_name
 
 
 @dataclass(frozen=True)

@@ -101,14 +101,14 @@ class JobRunner:
         except Exception as exc:  # the ranks' results stay in S3; the job says why it has no summary
             log_event(log, "summary_failed", logging.ERROR, job_id=self.job_id, error=repr(exc))
             self.manifest["summary_error"] = str(exc)
-        self.manifest["state"] = state
-        self.manifest["finished_at"] = time.time()
-        self.manifest["failed_ranks"] = {str(r.rank): r.attempts[-1].error for r in self.ranks.values()
-                                         if r.state == "failed" and r.attempts}
+        final = {**self.manifest, "state": state, "finished_at": time.time(),
+                 "failed_ranks": {str(r.rank): r.attempts[-1].error for r in self.ranks.values()
+                                  if r.state == "failed" and r.attempts}}
         self.jobs.compact(self.bucket, self.job_id, self.ranks)
-        self.jobs.save_manifest(self.bucket, self.manifest)
-        request = self.manifest["request"]
+        self.jobs.save_manifest(self.bucket, final)
+        request = final["request"]
         self.jobs.release_result_path(self.bucket, self.job_id, request["data_bucket"], request["result_path"])
+        self.manifest.update(final)  # only now does a reader see the job ended: everything is in S3 first
         log_event(log, "job_done", job_id=self.job_id, state=state,
                   seconds=round(self.manifest["finished_at"] - self.manifest["submitted_at"], 3))
 

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("awslambdaric")
 from botocore.config import Config  # noqa: E402
 
+from tests.processes import runtime_process  # noqa: E402
 from tests.rendezvous.conftest import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,22 +30,10 @@ TIMEOUT_S = 2
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A runtime process with 2 sandboxes and a 2 s function timeout; yields its endpoint URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("runtime") / "runtime.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.worker", "--port", str(port), "--sandboxes", "2",
-             "--timeout", str(TIMEOUT_S), "--handler", "tests.worker.handlers.dispatch", "--memory-mb", "2048"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while "listening" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+    with runtime_process(log, "--sandboxes", "2", "--timeout", str(TIMEOUT_S), "--handler",
+                         "tests.worker.handlers.dispatch", "--memory-mb", "2048") as endpoint:
+        yield endpoint
 
 
 def client(endpoint: str) -> Any:

@@ -6,10 +6,6 @@ import base64
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,7 +13,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("awslambdaric")
-from tests.rendezvous.conftest import REPO, free_port
+from tests.processes import runtime_process
 from tests.worker.conftest import World
 from tests.worker.test_runtime import client
 
@@ -25,22 +21,10 @@ from tests.worker.test_runtime import client
 @pytest.fixture(scope="module")
 def runtime(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The runtime with 2 sandboxes running services.worker.handler (the default handler)."""
-    port = free_port()
     folder = tmp_path_factory.mktemp("worker-runtime")
-    log = folder / "runtime.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.worker", "--port", str(port), "--sandboxes", "2",
-                                    "--timeout", "120"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while "listening" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+    with runtime_process(folder / "runtime.log", "--sandboxes", "2", "--timeout", "120",
+                         env={"COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}) as endpoint:
+        yield endpoint
 
 
 def invoke(endpoint: str, payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
