@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -98,10 +99,15 @@ def test_rendezvous_subcommand_does_not_import_other_services() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_demo_runs_end_to_end() -> None:
-    result = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--ranks", "3", "--megabytes", "1"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's main command, smaller: one job of 2 ranks over 2 partitions, the whole stack.
+
+    It uses the cache folder the real demo uses (the demo data is made there once, about a
+    minute of fitting on a fresh machine), and writes its results under a temporary folder.
+    """
+    result = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--world-sizes", "2", "--partitions", "2",
+                             "--out", str(tmp_path / "results")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "result: OK" in result.stdout
-    assert "3 of 3 ranks reported" in result.stdout
-    assert "SIGTERM -> exit code 0" in result.stdout
+    assert (tmp_path / "results" / "sweep.md").read_text().count("25MB") >= 1
+    assert (tmp_path / "results" / "duration_cost.png").read_bytes().startswith(b"\x89PNG")
