@@ -9,6 +9,7 @@ Lambda's REPORT line reports (duration, peak RSS of the process during the invoc
 
 from __future__ import annotations
 
+import fcntl
 import http.server
 import json
 import logging
@@ -16,8 +17,11 @@ import math
 import os
 import queue
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -113,6 +117,7 @@ class Sandbox:
         self._current: Invocation | None = None
         self._result: tuple[bytes, bool] | None = None
         self._log_lines: list[str] = []
+        self._pump_idle = threading.Event()
         self.ready = threading.Event()
         self._settled = threading.Event()  # ready, or its initialisation failed
         self.process: subprocess.Popen[bytes] | None = None
@@ -154,12 +159,40 @@ class Sandbox:
         self._api.server_close()
 
     def _pump_output(self, process: subprocess.Popen[bytes]) -> None:
+        """Collect the sandbox's output lines, reading the pipe unbuffered so that :meth:`_drain_output`
+        can tell when every byte written so far has been collected."""
         assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._lock:
-                self._log_lines.append(line)
-            event(log, "sandbox_output", sandbox=self.index, line=line)  # what CloudWatch would hold
+        fd, pending = process.stdout.fileno(), b""
+        while True:
+            if not select.select([fd], [], [], 0)[0]:
+                self._pump_idle.set()  # everything written so far is collected
+                select.select([fd], [], [])
+            self._pump_idle.clear()  # before the read: unread bytes or this flag always show work left
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._pump_idle.set()
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                with self._lock:
+                    self._log_lines.append(line)
+                event(log, "sandbox_output", sandbox=self.index, line=line)  # what CloudWatch would hold
+
+    def _drain_output(self, limit_s: float = 0.5) -> None:
+        """Wait (briefly) until the output the handler wrote before answering is collected: its
+        response can arrive before the pump has read its last log lines from the pipe."""
+        if self.process is None or self.process.stdout is None:
+            return
+        fd, deadline = self.process.stdout.fileno(), time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                return  # the pipe is gone: nothing more to collect
+            if unread == 0 and self._pump_idle.is_set():
+                return
+            time.sleep(0.0005)
 
     def _watch(self, process: subprocess.Popen[bytes]) -> None:
         code = process.wait()
@@ -238,6 +271,7 @@ class Sandbox:
                 "errorType": "Function.ResponseSizeTooLarge",
                 "errorMessage": f"Response payload size exceeded maximum allowed payload size ({MAX_SYNC_PAYLOAD} "
                                 "bytes)."}).encode(), True
+        self._drain_output()
         with self._lock:
             self._current = None
             lines = [*self._log_lines, f"END RequestId: {invocation.request_id}"]
