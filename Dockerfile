@@ -1,0 +1,93 @@
+# syntax=docker/dockerfile:1
+# Three images from this one repository, one target each (issue #7):
+#
+#   docker build --target rendezvous  -t cosmic-rendezvous  .
+#   docker build --target coordinator -t cosmic-coordinator .
+#   docker build --platform linux/amd64 --provenance=false --target worker -t cosmic-worker .
+#
+# The worker needs --provenance=false: Lambda rejects image indexes that carry attestations.
+# Every stage installs its dependencies (read from pyproject.toml's extras) before it copies
+# the code, so editing services/ only rebuilds the last layers. No secrets are baked in.
+# Tags are pinned; pin digests too (@sha256:...) when promoting images to production.
+
+ARG PYTHON_SLIM=python:3.12.12-slim-bookworm
+ARG LAMBDA_PYTHON=public.ecr.aws/lambda/python:3.12.2025.04.28.11
+
+# ---------------------------------------------------------------------------------------------
+# slim-base: a virtualenv and a non-root user, shared by rendezvous and coordinator
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_SLIM} AS slim-base
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
+RUN python -m venv /opt/venv \
+    && groupadd --system --gid 10001 cosmic \
+    && useradd --system --uid 10001 --gid cosmic --create-home --home-dir /home/cosmic cosmic
+WORKDIR /app
+# each target turns one extra of pyproject.toml into requirements.txt (the dependency layer)
+COPY pyproject.toml ./
+
+# ---------------------------------------------------------------------------------------------
+# rendezvous: the TCPunch-compatible pairing server (10000) and its health port (10001)
+# ---------------------------------------------------------------------------------------------
+FROM slim-base AS rendezvous
+# boto3 is for services.rendezvous.register (Route 53 self-registration, written separately):
+# run it before the server by overriding the command, e.g.
+#   sh -c "python -m services.rendezvous.register && exec python -m services.rendezvous"
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['rendezvous']))" > requirements.txt \
+    && pip install -r requirements.txt "boto3>=1.34"
+COPY services/ ./services/
+USER 10001:10001
+EXPOSE 10000 10001
+# the probe uses the health port, never the pairing port (a probe there would be a nameless client)
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10001/healthz', timeout=2)"]
+ENTRYPOINT ["python", "-m", "services.rendezvous"]
+
+# ---------------------------------------------------------------------------------------------
+# coordinator: the HTTP API (FastAPI under uvicorn); never torch
+# ---------------------------------------------------------------------------------------------
+FROM slim-base AS coordinator
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['coordinator']))" > requirements.txt \
+    && pip install -r requirements.txt
+COPY services/ ./services/
+USER 10001:10001
+# matplotlib wants a writable config folder; the cache folder holds nothing the API needs across runs
+ENV MPLCONFIGDIR=/tmp/matplotlib \
+    COSMIC_CACHE_DIR=/tmp/cosmic-cache
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# listening beyond loopback: the coordinator refuses to start unless COSMIC_API_TOKEN is set
+ENTRYPOINT ["python", "-m", "services.coordinator"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------------------------------------
+# worker: the inference handler on AWS's Lambda base image (Amazon Linux 2023)
+# ---------------------------------------------------------------------------------------------
+# Size, estimated (not measured here: no Docker engine): base ~600 MB + CPU torch ~700 MB +
+# numpy/boto3/safetensors/awslambdaric ~100 MB = ~1.4 GB uncompressed, under Lambda's 10 GB limit.
+# It stays root: Lambda runs the function as its own unprivileged user with a read-only /var/task,
+# and the base image has no useradd. Under compose the same image also runs the local runtime
+# (`python3 -m services.worker`, see compose.yaml) and the demo-data seeding.
+FROM ${LAMBDA_PYTHON} AS worker
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=${LAMBDA_TASK_ROOT} \
+    AWS_LAMBDA_FUNCTION_NAME=cosmic-worker
+WORKDIR ${LAMBDA_TASK_ROOT}
+COPY pyproject.toml /tmp/pyproject.toml
+# CPU torch first, from PyTorch's own index: PyPI's torch is a multi-GB CUDA build. The extra's
+# torch==2.13.0 is then already satisfied by 2.13.0+cpu.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['optional-dependencies']['worker']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/pyproject.toml
+COPY services/ ${LAMBDA_TASK_ROOT}/services/
+# the base image's ENTRYPOINT is /lambda-entrypoint.sh: on Lambda the runtime interface client,
+# elsewhere the bundled runtime interface emulator (on :8080, answering to AWS_LAMBDA_FUNCTION_NAME)
+CMD ["services.worker.handler.handler"]
