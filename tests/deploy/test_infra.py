@@ -1,0 +1,207 @@
+"""The CloudFormation templates in ``infra/``: clean under cfn-lint, and holding what we rely on.
+
+No AWS account is needed: cfn-lint checks every template against the resource specifications,
+and the assertions below read the parsed templates for the properties the design depends on
+(Lambda's own NAT for hole punching, the rendezvous ports, private buckets).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+TEMPLATES = sorted(INFRA.glob("*.yaml"))
+EXPECTED = {"storage.yaml", "worker.yaml", "rendezvous.yaml", "coordinator.yaml", "stepfunctions.yaml"}
+
+
+def _template(name: str) -> dict[str, Any]:
+    return cfn_yaml.load(str(INFRA / name))
+
+
+def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _only(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    (resource,) = _resources(template, kind).values()
+    return resource["Properties"]
+
+
+def _cfn_lint() -> str:
+    beside = Path(sys.executable).with_name("cfn-lint")
+    found = str(beside) if beside.exists() else shutil.which("cfn-lint")
+    if found is None:
+        pytest.skip("cfn-lint is not installed")
+    return found
+
+
+def test_every_template_is_there() -> None:
+    assert {path.name for path in TEMPLATES} >= EXPECTED
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_cfn_lint_is_clean(path: Path) -> None:
+    result = subprocess.run([_cfn_lint(), "--format", "parseable", "--non-zero-exit-code", "informational",
+                             "--", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+def test_worker_parameters_stay_within_lambda_limits() -> None:
+    parameters = _template("worker.yaml")["Parameters"]
+    memory, timeout, storage = parameters["MemorySize"], parameters["Timeout"], parameters["EphemeralStorage"]
+    assert 128 <= memory["MinValue"] <= memory["Default"] <= memory["MaxValue"] <= 10240
+    assert memory["Default"] == 10240
+    assert timeout["MaxValue"] <= 900 and timeout["Default"] <= 900
+    assert 512 <= storage["MinValue"] <= storage["Default"] <= storage["MaxValue"] <= 10240
+
+
+def test_worker_is_an_image_outside_any_vpc() -> None:
+    function = _only(_template("worker.yaml"), "AWS::Lambda::Function")
+    assert function["PackageType"] == "Image"
+    assert function["Code"] == {"ImageUri": {"Ref": "ImageUri"}}
+    assert "VpcConfig" not in function, "a VPC-attached worker loses Lambda's NAT and cannot hole-punch"
+    assert function["MemorySize"] == {"Ref": "MemorySize"}
+    assert function["Timeout"] == {"Ref": "Timeout"}
+    assert function["EphemeralStorage"] == {"Size": {"Ref": "EphemeralStorage"}}
+
+
+def test_worker_role_is_least_privilege() -> None:
+    template = _template("worker.yaml")
+    (role,) = _resources(template, "AWS::IAM::Role").values()
+    statements = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert not any("*" in action for action in actions)
+    assert "s3:PutObject" in actions and "s3:DeleteObject" not in actions
+    assert "ManagedPolicyArns" not in role["Properties"]
+    assert _only(template, "AWS::Logs::LogGroup")["RetentionInDays"]
+
+
+# --- rendezvous --------------------------------------------------------------------------------
+
+def _ingress(template: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    rules = _only(template, "AWS::EC2::SecurityGroup")["SecurityGroupIngress"]
+    assert all(rule["FromPort"] == rule["ToPort"] for rule in rules)
+    return {rule["FromPort"]: rule for rule in rules}
+
+
+def test_rendezvous_opens_pairing_from_the_parameter_and_health_only_to_the_vpc() -> None:
+    template = _template("rendezvous.yaml")
+    ingress = _ingress(template)
+    assert set(ingress) == {10000, 10001}
+    assert ingress[10000]["CidrIp"] == {"Ref": "PairingSourceCidr"}
+    assert template["Parameters"]["PairingSourceCidr"]["Default"] == "0.0.0.0/0"
+    assert ingress[10001]["CidrIp"] == {"Ref": "VpcCidr"}
+    assert ingress[10001]["CidrIp"] != "0.0.0.0/0"
+    assert "Default" not in template["Parameters"]["VpcCidr"]
+
+
+def test_rendezvous_task_has_a_public_ip_and_a_health_check_on_10001() -> None:
+    template = _template("rendezvous.yaml")
+    service = _only(template, "AWS::ECS::Service")
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "ENABLED"
+    assert service["LaunchType"] == "FARGATE"
+    task = _only(template, "AWS::ECS::TaskDefinition")
+    assert task["NetworkMode"] == "awsvpc"
+    containers = {c["Name"]: c for c in task["ContainerDefinitions"]}
+    server = containers["rendezvous"]
+    assert {m["ContainerPort"] for m in server["PortMappings"]} == {10000, 10001}
+    probe = " ".join(server["HealthCheck"]["Command"])
+    assert ":10001/healthz" in probe
+    register = containers["register"]
+    assert register["EntryPoint"][-1] == "services.rendezvous.register", "the image's ENTRYPOINT runs the server"
+    assert "Command" not in register
+    assert {"ContainerName": "register", "Condition": "SUCCESS"} in server["DependsOn"]
+
+
+def test_rendezvous_task_role_may_only_register_its_record() -> None:
+    template = _template("rendezvous.yaml")
+    task = _only(template, "AWS::ECS::TaskDefinition")
+    role_name = task["TaskRoleArn"]["Fn::GetAtt"][0]
+    role = template["Resources"][role_name]["Properties"]
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    by_action = {s["Action"]: s for s in statements}
+    assert set(by_action) == {"route53:ChangeResourceRecordSets", "ec2:DescribeNetworkInterfaces"}
+    zone_arn = by_action["route53:ChangeResourceRecordSets"]["Resource"]["Fn::Sub"]
+    assert zone_arn.endswith("hostedzone/${HostedZoneId}")
+    assert template["Outputs"]["DnsName"]["Value"] == {"Ref": "RecordName"}
+
+
+# --- coordinator -------------------------------------------------------------------------------
+
+def test_coordinator_environment_and_secret() -> None:
+    template = _template("coordinator.yaml")
+    (container,) = _only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert environment["COSMIC_RENDEZVOUS_ENDPOINT"] == {"Fn::Sub": "${RendezvousDnsName}:10000"}
+    assert environment["COSMIC_STATE_BUCKET"] == {"Ref": "StateBucketName"}
+    assert environment["COSMIC_WORKER_FUNCTION"] == {"Ref": "WorkerFunctionName"}
+    assert "COSMIC_API_TOKEN" not in environment
+    assert container["Secrets"] == [{"Name": "COSMIC_API_TOKEN", "ValueFrom": {"Ref": "ApiTokenSecretArn"}}]
+    assert [m["ContainerPort"] for m in container["PortMappings"]] == [8000]
+
+
+def test_coordinator_may_invoke_the_worker() -> None:
+    template = _template("coordinator.yaml")
+    text = json.dumps(template["Resources"]["TaskRole"])
+    assert "lambda:InvokeFunction" in text and "lambda:GetAccountSettings" in text
+    assert "function:${WorkerFunctionName}" in text
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+def test_buckets_are_private_and_encrypted() -> None:
+    buckets = _resources(_template("storage.yaml"), "AWS::S3::Bucket")
+    assert len(buckets) == 3
+    for name, bucket in buckets.items():
+        properties = bucket["Properties"]
+        block = properties["PublicAccessBlockConfiguration"]
+        assert block == {"BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+                         "RestrictPublicBuckets": True}, name
+        rules = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rules and rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"], name
+    assert _template("storage.yaml")["Parameters"]["Versioning"]["Default"] == "Suspended"
+
+
+def test_repositories_scan_on_push_and_expire_old_images() -> None:
+    repositories = _resources(_template("storage.yaml"), "AWS::ECR::Repository")
+    assert {r["Properties"]["RepositoryName"]["Fn::Sub"].split("/")[-1] for r in repositories.values()} == {
+        "rendezvous", "worker", "coordinator"}
+    for repository in repositories.values():
+        properties = repository["Properties"]
+        assert properties["ImageScanningConfiguration"] == {"ScanOnPush": True}
+        assert "imageCountMoreThan" in properties["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"]
+
+
+# --- step functions ----------------------------------------------------------------------------
+
+def test_state_machine_plans_maps_and_summarizes() -> None:
+    machine = _only(_template("stepfunctions.yaml"), "AWS::StepFunctions::StateMachine")
+    states = machine["Definition"]["States"]
+    assert machine["Definition"]["StartAt"] == "Plan"
+    assert states["Plan"]["Next"] == "Ranks" and states["Ranks"]["Next"] == "Summarize"
+    ranks = states["Ranks"]
+    assert ranks["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
+    assert ranks["ItemReader"]["ReaderConfig"] == {"InputType": "JSON"}
+    assert ranks["ItemReader"]["Parameters"] == {"Bucket.$": "$.plan.items.Bucket", "Key.$": "$.plan.items.Key"}
+    assert ranks["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert ranks["ResultWriter"]["Resource"] == "arn:aws:states:::s3:putObject"
+    assert ranks["MaxConcurrencyPath"] == "$.plan.max_concurrency"
+    assert "ToleratedFailurePercentagePath" in ranks
+    worker = ranks["ItemProcessor"]["States"]["Worker"]
+    assert worker["Parameters"]["FunctionName"] == "${WorkerFunctionArn}"
+    assert "Lambda.ServiceException" in worker["Retry"][0]["ErrorEquals"]
+    assert states["Summarize"]["Parameters"]["Payload"] == {"job.$": "$.plan.job"}
+    assert set(machine["DefinitionSubstitutions"]) >= {"PlanFunctionArn", "SummarizeFunctionArn",
+                                                        "WorkerFunctionArn", "ToleratedFailurePercentage"}
