@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,13 @@ class ModelCache:
     def __init__(self, store: S3Store, scratch: Path, precision: str = "") -> None:
         self._store, self._scratch, self._precision = store, scratch, precision
         self._current: tuple[tuple[str, str, str], Predictor] | None = None
+        self._lock = threading.Lock()  # callers in threads (tests, embedded use) load the model once
 
     def get(self, checkpoint: Checkpoint) -> Loaded:
+        with self._lock:
+            return self._get(checkpoint)
+
+    def _get(self, checkpoint: Checkpoint) -> Loaded:
         etag = self._store.etag(checkpoint.bucket, checkpoint.key)
         if etag is None:
             raise CheckpointError(f"checkpoint s3://{checkpoint.bucket}/{checkpoint.key} does not exist")
@@ -82,7 +89,7 @@ class ModelCache:
         path = folder / name
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(name + ".partial")
+            partial = path.with_name(f"{name}.{os.getpid()}.{threading.get_ident()}.partial")  # one per writer
             self._store.download(checkpoint.bucket, checkpoint.key, str(partial))
             partial.replace(path)
         if checkpoint.sha256 is not None:
