@@ -49,7 +49,8 @@ def global_summary(totals: np.ndarray, residuals: list[np.ndarray], world_size: 
     """The job's metrics from the summed rows and every rank's residuals."""
     sums = dict(zip(SUMS, (float(v) for v in totals), strict=True))
     summary: dict[str, Any] = {"world_size": world_size, "num_samples": int(sums["samples"]),
-                               "infer_s_total": round(sums["infer_s"], 4)}
+                               "infer_s_total": round(sums["infer_s"], 4),
+                               "peak_rss_mb_max": round(sums["peak_rss_mb_max"], 1)}
     labelled = sums["labelled"]
     if labelled:
         dz = np.concatenate(residuals).astype(np.float64)
@@ -89,8 +90,7 @@ def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.
             if job.rank == 0:
                 assert residuals is not None
                 summary = global_summary(np.concatenate([totals, peak]), residuals, job.world_size)
-                summary.update(job_id=job.job_id, peak_rss_mb_max=round(float(peak[0]), 1),
-                               collective_s=round(time.perf_counter() - started, 4))
+                summary.update(job_id=job.job_id, collective_s=round(time.perf_counter() - started, 4))
                 store.put_json(job.result_bucket, collective_summary_key(job.result_path), summary)
     except (CommError, RendezvousError, OSError, StoreError) as exc:
         log_event(log, "collective_failed", logging.WARNING, rank=job.rank, error=str(exc))

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from services.contracts import WorkerEvent, WorkerResult, result_key
+from services.contracts import WorkerEvent, WorkerResult, legacy_item, result_key
 from services.logs import event as log_event
 from services.s3store import S3Store
 
@@ -58,13 +57,9 @@ def sync_folder(store: S3Store, bucket: str, prefix: str, root: Path) -> tuple[P
 
 
 def legacy_environment(job: WorkerEvent) -> dict[str, str]:
-    """The Map item's values, as the legacy executor exported them."""
-    data_prefix = posixpath.dirname(job.partitions[0]) if job.partitions else ""
-    return {"S3_BUCKET": str(job.model_bucket), "S3_OBJECT_NAME": str(job.model_prefix), "SCRIPT": str(job.script),
-            "S3_OBJECT_TYPE": "folder", "WORLD_SIZE": str(job.world_size), "RANK": str(job.rank),
-            "DATA_BUCKET": job.data_bucket, "DATA_PREFIX": data_prefix,
-            "DATA_PATH": json.dumps([posixpath.basename(key) for key in job.partitions]),
-            "RESULT_PATH": job.result_path, "BATCH_SIZE": str(job.batch_size)}
+    """The Map item's values, as the legacy executor exported them (lists as JSON)."""
+    return {key: json.dumps(value) if isinstance(value, list) else str(value)
+            for key, value in legacy_item(job).items()}
 
 
 def run_script(job: WorkerEvent, store: S3Store, scratch: Path, timeout_s: float) -> WorkerResult:

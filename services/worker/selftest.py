@@ -32,6 +32,7 @@ def check_s3(job: WorkerEvent, store: S3Store) -> dict[str, Any]:
 def check_pairing(job: WorkerEvent) -> dict[str, Any]:
     from services.rendezvous.client import pair  # lazily: only a selftest with a rendezvous needs it
     from services.rendezvous.comm import link_name
+    from services.rendezvous.netio import recv_exactly
 
     assert job.rendezvous and job.comm_name
     partner = job.rank ^ 1
@@ -45,12 +46,7 @@ def check_pairing(job: WorkerEvent) -> dict[str, Any]:
         paired_ms = (time.perf_counter() - started) * 1e3
         hello = f"hello from rank {job.rank}".encode().ljust(32)
         link.sendall(hello)
-        received = b""
-        while len(received) < 32:
-            chunk = link.recv(32 - len(received))
-            if not chunk:
-                raise ConnectionError(f"rank {partner} closed the link before saying hello")
-            received += chunk
+        received = recv_exactly(link, len(hello))
         local, peer = link.getsockname(), link.getpeername()
         return {"partner": partner, "local": f"{local[0]}:{local[1]}", "peer": f"{peer[0]}:{peer[1]}",
                 "pair_ms": round(paired_ms, 1),
