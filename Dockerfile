@@ -2,10 +2,12 @@
 # Three images from this one repository, one target each (issue #7):
 #
 #   docker build --target rendezvous  -t cosmic-rendezvous  .
-#   docker build --target coordinator -t cosmic-coordinator .
+#   docker build --platform linux/amd64 --provenance=false --target coordinator -t cosmic-coordinator .
 #   docker build --platform linux/amd64 --provenance=false --target worker -t cosmic-worker .
 #
-# The worker needs --provenance=false: Lambda rejects image indexes that carry attestations.
+# The worker, and the coordinator (Step Functions runs its plan and summarize handlers as
+# Lambdas, infra/stepfunctions.yaml), are built for linux/amd64 with --provenance=false:
+# their Lambdas are x86_64, and Lambda rejects image indexes that carry attestations.
 # Every stage installs its dependencies (read from pyproject.toml's extras) before it copies
 # the code, so editing services/ only rebuilds the last layers. No secrets are baked in.
 # Tags are pinned; pin digests too (@sha256:...) when promoting images to production.
@@ -50,6 +52,14 @@ ENTRYPOINT ["python", "-m", "services.rendezvous"]
 # ---------------------------------------------------------------------------------------------
 # coordinator: the HTTP API (FastAPI under uvicorn); never torch
 # ---------------------------------------------------------------------------------------------
+# The same image is the Step Functions pipeline's Plan and Summarize Lambdas: their ImageConfig
+# (infra/stepfunctions.yaml) replaces ENTRYPOINT and CMD to run, e.g.,
+#   python -m awslambdaric services.coordinator.lambda_handlers.plan_handler
+# (awslambdaric is in the coordinator extra; `python` is the venv's, first on PATH). Lambda
+# ignores USER and runs its own unprivileged user on a read-only filesystem but for /tmp, so
+# nothing may write under /app or HOME: bytecode is off (PYTHONDONTWRITEBYTECODE), and
+# matplotlib's config and our cache folder live in /tmp (ENV below). Push it as linux/amd64
+# without provenance attestations (see the top of this file).
 FROM slim-base AS coordinator
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['coordinator']))" > requirements.txt \
     && pip install -r requirements.txt

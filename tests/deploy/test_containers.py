@@ -214,6 +214,21 @@ def test_worker_is_a_lambda_image_with_our_handler(stages: dict[str, Stage]) -> 
     assert re.search(r"^def handler\(", (ROOT / "services/worker/handler.py").read_text(), re.M)
 
 
+def test_coordinator_image_can_run_the_step_functions_handlers(stages: dict[str, Stage]) -> None:
+    """infra/stepfunctions.yaml runs this image as ``/opt/venv/bin/python -m awslambdaric <handler>`` on Lambda."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["coordinator"]
+    assert any(re.fullmatch(r"awslambdaric==[\d.]+", req) for req in extra), \
+        f"the coordinator extra needs a pinned awslambdaric for its Lambda handlers: {extra}"
+    installs = " ".join(stages["coordinator"].all("RUN"))
+    assert "['coordinator']" in installs and "pip install -r requirements.txt" in installs
+    base = " ".join(stages["slim-base"].all("ENV"))
+    assert "python -m venv /opt/venv" in " ".join(stages["slim-base"].all("RUN")), \
+        "infra/stepfunctions.yaml's EntryPoint is /opt/venv/bin/python, which has awslambdaric"
+    assert "PYTHONDONTWRITEBYTECODE=1" in base, "Lambda's filesystem is read-only but for /tmp"
+    env = " ".join(stages["coordinator"].all("ENV"))
+    assert "MPLCONFIGDIR=/tmp/" in env and "COSMIC_CACHE_DIR=/tmp/" in env
+
+
 def test_entrypoints_name_real_modules(stages: dict[str, Stage]) -> None:
     assert stages["rendezvous"].all("ENTRYPOINT") == ['["python", "-m", "services.rendezvous"]']
     assert stages["coordinator"].all("ENTRYPOINT") == ['["python", "-m", "services.coordinator"]']

@@ -2,12 +2,15 @@
 
 No AWS account is needed: cfn-lint checks every template against the resource specifications,
 and the assertions below read the parsed templates for the properties the design depends on
-(Lambda's own NAT for hole punching, the rendezvous ports, private buckets).
+(Lambda's own NAT for hole punching, the rendezvous ports, private buckets, the Step Functions
+steps' handlers).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -89,16 +92,29 @@ def test_worker_role_is_least_privilege() -> None:
 
 # --- rendezvous --------------------------------------------------------------------------------
 
+def _with_defaults(template: dict[str, Any], value: Any) -> Any:
+    """``value`` as deployed with every parameter at its default: a Ref's default, a Sub filled in."""
+    parameters = template["Parameters"]
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
+        return parameters[value["Ref"]]["Default"]
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(parameters[m[1]]["Default"]) if m[1] in parameters
+                      and "Default" in parameters[m[1]] else m[0], value["Fn::Sub"])
+    return value
+
+
 def _ingress(template: dict[str, Any]) -> dict[int, dict[str, Any]]:
     rules = _only(template, "AWS::EC2::SecurityGroup")["SecurityGroupIngress"]
     assert all(rule["FromPort"] == rule["ToPort"] for rule in rules)
-    return {rule["FromPort"]: rule for rule in rules}
+    return {_with_defaults(template, rule["FromPort"]): rule for rule in rules}
 
 
 def test_rendezvous_opens_pairing_from_the_parameter_and_health_only_to_the_vpc() -> None:
     template = _template("rendezvous.yaml")
     ingress = _ingress(template)
     assert set(ingress) == {10000, 10001}
+    assert ingress[10000]["FromPort"] == {"Ref": "PairingPort"}
+    assert ingress[10001]["FromPort"] == {"Ref": "HealthPort"}
     assert ingress[10000]["CidrIp"] == {"Ref": "PairingSourceCidr"}
     assert template["Parameters"]["PairingSourceCidr"]["Default"] == "0.0.0.0/0"
     assert ingress[10001]["CidrIp"] == {"Ref": "VpcCidr"}
@@ -116,9 +132,12 @@ def test_rendezvous_task_has_a_public_ip_and_a_health_check_on_10001() -> None:
     assert task["NetworkMode"] == "awsvpc"
     containers = {c["Name"]: c for c in task["ContainerDefinitions"]}
     server = containers["rendezvous"]
-    assert {m["ContainerPort"] for m in server["PortMappings"]} == {10000, 10001}
-    probe = " ".join(server["HealthCheck"]["Command"])
+    assert {_with_defaults(template, m["ContainerPort"]) for m in server["PortMappings"]} == {10000, 10001}
+    probe = " ".join(_with_defaults(template, part) for part in server["HealthCheck"]["Command"])
     assert ":10001/healthz" in probe
+    environment = {e["Name"]: e["Value"] for e in server["Environment"]}
+    assert environment["COSMIC_RENDEZVOUS_PORT"] == {"Ref": "PairingPort"}
+    assert environment["COSMIC_RENDEZVOUS_HEALTH_PORT"] == {"Ref": "HealthPort"}
     register = containers["register"]
     assert register["EntryPoint"][-1] == "services.rendezvous.register", "the image's ENTRYPOINT runs the server"
     assert "Command" not in register
@@ -144,7 +163,12 @@ def test_coordinator_environment_and_secret() -> None:
     template = _template("coordinator.yaml")
     (container,) = _only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
-    assert environment["COSMIC_RENDEZVOUS_ENDPOINT"] == {"Fn::Sub": "${RendezvousDnsName}:10000"}
+    assert environment["COSMIC_RENDEZVOUS_ENDPOINT"] == {"Ref": "RendezvousEndpoint"}
+    rendezvous = _template("rendezvous.yaml")
+    endpoint = _with_defaults(rendezvous, rendezvous["Outputs"]["Endpoint"]["Value"])
+    assert endpoint == "${RecordName}:10000", "the rendezvous stack's Endpoint output is host:pairing port"
+    pattern = template["Parameters"]["RendezvousEndpoint"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "rendezvous.cosmic.example.org:10000")
     assert environment["COSMIC_STATE_BUCKET"] == {"Ref": "StateBucketName"}
     assert environment["COSMIC_WORKER_FUNCTION"] == {"Ref": "WorkerFunctionName"}
     assert "COSMIC_API_TOKEN" not in environment
@@ -205,3 +229,118 @@ def test_state_machine_plans_maps_and_summarizes() -> None:
     assert states["Summarize"]["Parameters"]["Payload"] == {"job.$": "$.plan.job"}
     assert set(machine["DefinitionSubstitutions"]) >= {"PlanFunctionArn", "SummarizeFunctionArn",
                                                         "WorkerFunctionArn", "ToleratedFailurePercentage"}
+
+
+# The Plan and Summarize steps: coordinator-image Lambdas, each running one handler under awslambdaric.
+STEP_HANDLERS = {"PlanFunction": "plan_handler", "SummarizeFunction": "summarize_handler"}
+HANDLER_MODULE = "services.coordinator.lambda_handlers"
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _lambda_environment(template: dict[str, Any], name: str) -> dict[str, str]:
+    """The function's variables, with every intrinsic (a Ref, a Select...) standing in as a placeholder."""
+    variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
+    return {key: value if isinstance(value, str) else "placeholder" for key, value in variables.items()}
+
+
+def test_steps_are_coordinator_image_lambdas_running_real_handlers() -> None:
+    template = _template("stepfunctions.yaml")
+    functions = _resources(template, "AWS::Lambda::Function")
+    assert set(functions) == set(STEP_HANDLERS)
+    module = importlib.import_module(HANDLER_MODULE)  # no torch: the coordinator image has none
+    for name, handler in STEP_HANDLERS.items():
+        function = functions[name]["Properties"]
+        assert function["PackageType"] == "Image"
+        assert function["Code"] == {"ImageUri": {"Ref": "CoordinatorImageUri"}}
+        assert function["ImageConfig"]["EntryPoint"] == ["/opt/venv/bin/python", "-m", "awslambdaric"]
+        assert function["ImageConfig"]["Command"] == [f"{HANDLER_MODULE}.{handler}"]
+        assert callable(getattr(module, handler, None)), f"{HANDLER_MODULE}.{handler} does not exist"
+        assert function["Architectures"] == ["x86_64"], "the image is pushed as linux/amd64"
+        assert "VpcConfig" not in function, f"{name}: the steps need only S3 and Logs, no VPC"
+        log_group = function["LoggingConfig"]["LogGroup"]["Ref"]
+        assert template["Resources"][log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_step_environment_is_what_the_handlers_read() -> None:
+    from services.coordinator.config import CoordinatorSettings, load
+
+    template = _template("stepfunctions.yaml")
+    settings = {f"COSMIC_{field.upper()}" for field in CoordinatorSettings.__dataclass_fields__}
+    for name in STEP_HANDLERS:
+        variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
+        assert variables["COSMIC_STATE_BUCKET"] == {"Ref": "StateBucketName"}, "plan writes its items there"
+        assert variables["COSMIC_WORKER_FUNCTION"] == {"Fn::Select": [6, {"Fn::Split": [":", {
+            "Ref": "WorkerFunctionArn"}]}]}
+        assert variables["COSMIC_LOG_FORMAT"] == "json"
+        assert variables["MPLCONFIGDIR"].startswith("/tmp/") and variables["COSMIC_CACHE_DIR"].startswith("/tmp/"), \
+            "Lambda's filesystem is read-only but for /tmp"
+        unknown = {key for key in variables if key.startswith("COSMIC_")} - settings - {
+            "COSMIC_LOG_FORMAT", "COSMIC_CACHE_DIR"}
+        assert not unknown, f"{name}: no setting reads {unknown}"
+        assert load(_lambda_environment(template, name)).state_bucket == "placeholder"
+
+
+def test_worker_function_name_is_taken_from_its_arn() -> None:
+    pattern = _template("stepfunctions.yaml")["Parameters"]["WorkerFunctionArn"]["AllowedPattern"]
+    for arn in ("arn:aws:lambda:us-east-1:123456789012:function:cosmic-worker",
+                "arn:aws-cn:lambda:cn-north-1:123456789012:function:cosmic-worker:$LATEST"):
+        assert re.fullmatch(pattern, arn), arn
+        assert arn.split(":")[6] == "cosmic-worker"  # what !Select [6, !Split [":", ...]] gives
+    assert not re.fullmatch(pattern, "arn:aws:lambda:us-east-1:123456789012:layer:cosmic-worker:1")
+
+
+def test_step_parameters_stay_within_lambda_limits() -> None:
+    parameters = _template("stepfunctions.yaml")["Parameters"]
+    assert not {"PlanFunctionArn", "SummarizeFunctionArn"} & set(parameters), "the stack defines both steps"
+    assert parameters["CoordinatorImageUri"]["AllowedPattern"] == \
+        _template("worker.yaml")["Parameters"]["ImageUri"]["AllowedPattern"]
+    for step in ("Plan", "Summarize"):
+        memory, timeout = parameters[f"{step}MemorySize"], parameters[f"{step}Timeout"]
+        assert 128 <= memory["MinValue"] <= memory["Default"] <= memory["MaxValue"] <= 10240
+        assert 1 <= timeout["MinValue"] <= timeout["Default"] <= timeout["MaxValue"] <= 900
+
+
+def test_state_machine_invokes_the_steps_defined_here() -> None:
+    template = _template("stepfunctions.yaml")
+    machine = _only(template, "AWS::StepFunctions::StateMachine")
+    substitutions, states = machine["DefinitionSubstitutions"], machine["Definition"]["States"]
+    for step, function in (("Plan", "PlanFunction"), ("Summarize", "SummarizeFunction")):
+        assert substitutions[f"{step}FunctionArn"] == {"Fn::GetAtt": [function, "Arn"]}
+        assert states[step]["Parameters"]["FunctionName"] == f"${{{step}FunctionArn}}"
+        assert template["Outputs"][f"{step}FunctionArn"]["Value"] == {"Fn::GetAtt": [function, "Arn"]}
+    role = template["Resources"][machine["RoleArn"]["Fn::GetAtt"][0]]
+    (invoke,) = [s for s in _statements(role) if s["Action"] == "lambda:InvokeFunction"]
+    assert {"Fn::GetAtt": ["PlanFunction", "Arn"]} in invoke["Resource"]
+    assert {"Fn::GetAtt": ["SummarizeFunction", "Arn"]} in invoke["Resource"]
+    assert {"StateMachineArn", "StateMachineName", "PlanFunctionArn", "SummarizeFunctionArn"} <= set(
+        template["Outputs"])
+
+
+def test_step_roles_reach_only_the_declared_buckets() -> None:
+    template = _template("stepfunctions.yaml")
+    buckets = {"StateBucketName", "DataBucketName"}
+    assert buckets <= set(template["Parameters"])
+    bucket_arn = re.compile(r"^arn:\$\{AWS::Partition\}:s3:::\$\{(?P<bucket>\w+)\}(?P<key>/.+)?$")
+    roles = _resources(template, "AWS::IAM::Role")
+    assert set(roles) == {"PlanRole", "SummarizeRole", "StateMachineRole"}
+    for name, role in roles.items():
+        assert "ManagedPolicyArns" not in role["Properties"], name
+        for statement in _statements(role):
+            actions = _listed(statement["Action"])
+            assert not any(action.endswith("*") for action in actions), f"{name}: {actions}"
+            assert "s3:DeleteObject" not in actions, name
+            if not any(action.startswith("s3:") for action in actions):
+                continue
+            for resource in _listed(statement["Resource"]):
+                assert isinstance(resource, dict) and "Fn::Sub" in resource, f"{name}: S3 resource {resource!r}"
+                match = bucket_arn.match(resource["Fn::Sub"])
+                assert match and match["bucket"] in buckets, f"{name}: S3 resource {resource['Fn::Sub']!r}"
+    plan = {a for s in _statements(roles["PlanRole"]) for a in _listed(s["Action"])}
+    assert "s3:GetObject" not in plan, "plan lists partitions and writes items; it reads no object"
