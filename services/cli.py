@@ -23,19 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("services.coordinator.cmd_status", "a job's progress, or the list of jobs"),
     "report": ("services.coordinator.cmd_report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.coordinator.cmd_sweep", "jobs over world sizes and partition sizes, and their table"),
-}
-
-#: Subcommands of the plan that are not built yet, and the issue that builds each.
-PLANNED: dict[str, str] = {
-    "deploy": "deploying to AWS (issue #7)",
+    "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 
 
 def _usage() -> str:
     lines = [f"usage: cosmic COMMAND [options]   (cosmic {__version__})", "", "commands:"]
     lines += [f"  {name:<20}{help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "not built yet:"]
-    lines += [f"  {name:<20}{what}" for name, what in PLANNED.items()]
     lines += ["", "`cosmic COMMAND --help` shows a command's options."]
     return "\n".join(lines)
 
@@ -49,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
-    if command in PLANNED:
-        print(f"cosmic: `{command}` is not built yet: {PLANNED[command]}", file=sys.stderr)
-        return 2
     if command not in COMMANDS:
         print(f"cosmic: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

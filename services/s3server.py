@@ -28,8 +28,11 @@ def _free_port() -> int:
 class S3Server:
     """Start with :meth:`start`; ``endpoint`` is the URL for ``AWS_ENDPOINT_URL_S3``."""
 
-    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+    def __init__(self, port: int = 0, log_path: Path | None = None, module: str = "moto.server",
+                 cwd: Path | None = None) -> None:
+        """``module`` is what ``python -m`` runs (moto's server, or a wrapper of it) from ``cwd``."""
         self.port = port or _free_port()
+        self._module, self._cwd = module, cwd
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path
         self._log: IO[bytes] | None = None
@@ -38,8 +41,8 @@ class S3Server:
     def start(self, timeout: float = 30.0) -> S3Server:
         self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115 (closed in stop)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", self._module, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, cwd=self._cwd,
             env={**os.environ, "MOTO_PORT": str(self.port)})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
