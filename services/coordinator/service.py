@@ -20,6 +20,7 @@ from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
 from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
 from services.logs import event as log_event
+from services.rendezvous.address import current_address
 from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.coordinator")
@@ -54,7 +55,7 @@ class Coordinator:
                 return existing, False, []
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
-        rendezvous = self.settings.rendezvous_endpoint or None
+        rendezvous, warnings = self._rendezvous_address()
         job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker_timeout,
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
                         cancel_key=cancel_key(job_id))
@@ -70,7 +71,7 @@ class Coordinator:
             if winner != job_id:  # another request with the same key won the race
                 self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
                 return winner, False, []
-        warnings = self._preflight(request.function or self.settings.worker_function, concurrency)
+        warnings += self._preflight(request.function or self.settings.worker_function, concurrency)
         now = time.time()
         manifest = {
             "version": 1, "job_id": job_id, "state": "queued", "submitted_at": now, "request": request.model_dump(),
@@ -87,6 +88,23 @@ class Coordinator:
                   partitions=len(job_plan.partitions), function=manifest["function"], communicator=bool(rendezvous))
         self._start(bucket, manifest)
         return job_id, True, warnings
+
+    def _rendezvous_address(self) -> tuple[str | None, list[str]]:
+        """The rendezvous server's current address for this job's ranks, and a warning if the name does not resolve.
+
+        On AWS the name's record follows the rendezvous task; resolving it here, once per job, gives
+        every rank the same answer however stale their own resolvers are. A name that does not
+        resolve is passed on as is, for the workers to try.
+        """
+        endpoint = self.settings.rendezvous_endpoint
+        if not endpoint:
+            return None, []
+        try:
+            return current_address(endpoint), []
+        except OSError as exc:
+            message = f"the rendezvous name in {endpoint} does not resolve here ({exc}): workers get the name"
+            log_event(log, "rendezvous_unresolved", logging.WARNING, endpoint=endpoint, error=str(exc))
+            return endpoint, [message]
 
     def _preflight(self, function: str, concurrency: int) -> list[str]:
         """Warn before a job that cannot all run at once (on AWS: the account's Lambda concurrency)."""

@@ -22,6 +22,7 @@ from services import __version__
 from services.deploy import images, smoke, templates
 from services.deploy.settings import DeploySettings
 from services.deploy.stacks import StackDeployer, StackError, StackResult
+from services.rendezvous.address import split_endpoint
 
 
 class DeployError(RuntimeError):
@@ -238,7 +239,7 @@ def find_coordinator(d: Deployment) -> str:
 def run_smoke_test(d: Deployment) -> str:
     if d.dry_run:
         return f"would invoke {d.settings.worker_function} twice in selftest mode, pairing through the rendezvous"
-    host, _, port = (d.output("rendezvous", "Endpoint") or "").rpartition(":")
+    host, port = split_endpoint(d.output("rendezvous", "Endpoint") or "")
     address = smoke.wait_for_record(d.client("route53"), d.zone_id or "", host, d.settings.record_wait_s,
                                     d.settings.poll_s, d.progress)
     d.smoke = smoke.run(d.output("worker", "FunctionName") or d.settings.worker_function,
@@ -299,7 +300,7 @@ def steps(settings: DeploySettings) -> list[Step]:
 
 
 _EXPECTED = (BotoCoreError, ClientError, StackError, images.ImageError, templates.TemplateError,
-             smoke.SmokeTestError, RuntimeError, OSError)
+             smoke.SmokeTestError, RuntimeError, OSError, ValueError)
 
 
 def deploy(settings: DeploySettings, dry_run: bool, progress: Callable[[str], None]) -> Deployment:

@@ -74,15 +74,16 @@ def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.
         return "skipped"
     if job.attempt > 1:
         return "skipped"  # a retried rank's peers finished long ago; waiting for them would only time out
+    from services.rendezvous.address import split_endpoint
     from services.rendezvous.comm import Communicator  # lazily: only ranks with a rendezvous pay for it
     from services.rendezvous.errors import CommError, RendezvousError
 
-    host, _, port = job.rendezvous.rpartition(":")
+    host, port = split_endpoint(job.rendezvous)
     started = time.perf_counter()
     row, dz = local_sums(predicted, true, tally)
     row[9] = peak_mb
     try:
-        with Communicator(job.rank, job.world_size, job.comm_name, host.strip("[]"), int(port),
+        with Communicator(job.rank, job.world_size, job.comm_name, host, port,
                           timeout=job.collective_timeout_s) as comm:
             totals = comm.allreduce(row[:9])
             peak = comm.allreduce(row[9:], op="max")

@@ -30,6 +30,7 @@ def check_s3(job: WorkerEvent, store: S3Store) -> dict[str, Any]:
 
 
 def check_pairing(job: WorkerEvent) -> dict[str, Any]:
+    from services.rendezvous.address import split_endpoint
     from services.rendezvous.client import pair  # lazily: only a selftest with a rendezvous needs it
     from services.rendezvous.comm import link_name
     from services.rendezvous.netio import recv_exactly
@@ -38,9 +39,9 @@ def check_pairing(job: WorkerEvent) -> dict[str, Any]:
     partner = job.rank ^ 1
     if partner >= job.world_size:
         return {"skipped": f"rank {job.rank} has no partner in a world of {job.world_size}"}
-    host, _, port = job.rendezvous.rpartition(":")
+    host, port = split_endpoint(job.rendezvous)
     started = time.perf_counter()
-    link = pair(link_name(job.comm_name + ".selftest", job.rank, partner), host.strip("[]"), int(port),
+    link = pair(link_name(job.comm_name + ".selftest", job.rank, partner), host, port,
                 timeout=job.collective_timeout_s)
     with link:
         paired_ms = (time.perf_counter() - started) * 1e3

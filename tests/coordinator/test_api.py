@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from services.coordinator.state import JobStore
+from services.coordinator.state import JobStore, manifest_key
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
 from tests.rendezvous.conftest import REPO
 
@@ -35,6 +35,26 @@ def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:
         assert status == 200 and png.startswith(b"\x89PNG"), name
     status, listed = api.call("GET", "/jobs")
     assert status == 200 and job_id in [job["job_id"] for job in listed]
+
+
+def test_workers_get_the_rendezvous_address_the_name_has_when_the_job_starts(start_coordinator, stack: Stack) -> None:
+    """On AWS the name follows the rendezvous task; every rank of a job gets the one address it had."""
+    port = stack.rendezvous.rpartition(":")[2]
+    api = start_coordinator(COSMIC_RENDEZVOUS_ENDPOINT=f"localhost:{port}")
+    job_id = api.submit(stack.payload(world_size=2))
+    assert api.wait(job_id)["state"] == "succeeded"
+    manifest = json.loads(stack.store.get(stack.bucket, manifest_key(job_id)).data)
+    assert manifest["rendezvous"] == f"127.0.0.1:{port}"
+    assert {event["rendezvous"] for event in manifest["events"]} == {f"127.0.0.1:{port}"}
+    status, report = api.call("GET", f"/jobs/{job_id}/report")
+    assert status == 200 and report["collective"]["status"] == "agreed", report["collective"]
+
+
+def test_a_rendezvous_name_that_does_not_resolve_is_passed_on_with_a_warning(start_coordinator, stack: Stack) -> None:
+    api = start_coordinator(COSMIC_RENDEZVOUS_ENDPOINT="no-such-host.invalid:10000")
+    status, body = api.call("POST", "/jobs", stack.payload(world_size=1, communicator=False))
+    assert status == 202 and any("does not resolve" in warning for warning in body["warnings"]), body
+    assert api.wait(body["job_id"])["state"] == "succeeded"
 
 
 def detail_of(body: Any) -> str:
