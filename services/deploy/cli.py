@@ -18,7 +18,8 @@ from services.deploy.settings import ENV_PREFIX, DeploySettings
 _VALUE_OPTIONS: dict[str, tuple[type, str]] = {
     "name_prefix": (str, "prefix of every stack, bucket, repository and function name (default cosmic)"),
     "domain": (str, "rendezvous host name, e.g. rendezvous.example.com (required)"),
-    "hosted_zone_id": (str, "Route 53 zone of --domain (default: found from the name)"),
+    "api_domain": (str, "coordinator API host name (default: coordinator.<the zone>)"),
+    "hosted_zone_id": (str, "Route 53 zone of both names (default: found from --domain)"),
     "vpc_id": (str, "VPC of the Fargate services (default: the default VPC)"),
     "subnet_ids": (str, "comma-separated public subnets (default: the VPC's that assign public IPs)"),
     "api_source_cidr": (str, "who may call the coordinator, e.g. 198.51.100.7/32 (required)"),
@@ -82,7 +83,7 @@ def endpoints(d: Any) -> dict[str, Any]:
         "dry_run": False,
         "account": d.account, "region": d.region,
         "rendezvous": outputs["rendezvous"].get("Endpoint"),
-        "coordinator_url": d.coordinator_url,
+        "coordinator_url": outputs["coordinator"].get("ApiUrl"),
         "api_token_secret": d.settings.token_secret_name,
         "worker_function": outputs["worker"].get("FunctionArn"),
         "buckets": {key: outputs["storage"].get(f"{key.capitalize()}BucketName") for key in ("model", "data", "state")},
@@ -99,7 +100,7 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  {item['step']:<22}{item['plan']}" for item in report["steps"]]
         return "\n".join(lines)
     rows = [("rendezvous", report["rendezvous"]),
-            ("coordinator", report["coordinator_url"] or "no running task yet (aws ecs list-tasks)"),
+            ("coordinator", report["coordinator_url"]),
             ("api token", f"aws secretsmanager get-secret-value --secret-id {report['api_token_secret']} "
                           "--query SecretString --output text"),
             ("worker", report["worker_function"]),
@@ -110,8 +111,7 @@ def render(report: dict[str, Any]) -> str:
             *((f"smoke rank {c['rank']}", f"paired {c['local']} <-> {c['peer']}") for c in report["smoke_test"])]
     lines = [f"deployed to {report['account']} in {report['region']}:"]
     lines += [f"  {name:<20}{value}" for name, value in rows]
-    if report["coordinator_url"]:
-        lines += ["", f"export COSMIC_COORDINATOR_URL={report['coordinator_url']}",
-                  f"export COSMIC_API_TOKEN=$(aws secretsmanager get-secret-value --secret-id "
-                  f"{report['api_token_secret']} --query SecretString --output text)"]
+    lines += ["", f"export COSMIC_COORDINATOR_URL={report['coordinator_url']}",
+              f"export COSMIC_API_TOKEN=$(aws secretsmanager get-secret-value --secret-id "
+              f"{report['api_token_secret']} --query SecretString --output text)"]
     return "\n".join(lines)

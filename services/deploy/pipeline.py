@@ -52,7 +52,7 @@ class Deployment:
     images: dict[str, images.ImageRef] = field(default_factory=dict)
     stacks: dict[str, StackResult] = field(default_factory=dict)
     templates: dict[str, templates.Template] = field(default_factory=dict)
-    coordinator_url: str | None = None
+    zone_name: str | None = None
     smoke: list[smoke.RankCheck] = field(default_factory=list)
     done: list[tuple[str, str, float]] = field(default_factory=list)  # (step, what happened, seconds)
 
@@ -148,8 +148,18 @@ def find_zone(d: Deployment) -> str:
             raise RuntimeError(f"no public hosted zone in this account holds {domain}: create one, or name it "
                                "with --hosted-zone-id")
         zone = max(zones, key=lambda z: len(z["Name"]))
-    d.zone_id = zone["Id"].rsplit("/", 1)[-1]
-    return f"{d.zone_id} ({zone['Name']})"
+    d.zone_id, d.zone_name = zone["Id"].rsplit("/", 1)[-1], zone["Name"].lower()
+    api_domain = api_record_name(d)
+    if not (api_domain + ".").endswith("." + d.zone_name):
+        raise RuntimeError(f"--api-domain {api_domain} is not inside hosted zone {d.zone_id} ({zone['Name']})")
+    return f"{d.zone_id} ({zone['Name']}), for {domain.rstrip('.')} and {api_domain}"
+
+
+def api_record_name(d: Deployment) -> str | None:
+    """The coordinator's host name: ``--api-domain``, or ``coordinator.`` in the zone (None until it is found)."""
+    if d.settings.api_domain:
+        return d.settings.api_domain.rstrip(".").lower()
+    return f"coordinator.{d.zone_name.rstrip('.')}" if d.zone_name else None
 
 
 def ensure_token(d: Deployment) -> str:
@@ -217,25 +227,6 @@ def push_images(d: Deployment) -> str:
         f"{', '.join(kept)} already in ECR" if kept else "") + f" (:{d.image_tag})"
 
 
-def find_coordinator(d: Deployment) -> str:
-    """The coordinator task's public address: Fargate gives a new one to each task."""
-    if d.dry_run:
-        return "would print every endpoint"
-    cluster, service = d.output("rendezvous", "ClusterName"), d.output("coordinator", "ServiceName")
-    ecs, ec2 = d.client("ecs"), d.client("ec2")
-    tasks = ecs.list_tasks(cluster=cluster, serviceName=service, desiredStatus="RUNNING")["taskArns"]
-    for task in ecs.describe_tasks(cluster=cluster, tasks=tasks)["tasks"] if tasks else []:
-        for attachment in task.get("attachments", []):
-            eni = next((item["value"] for item in attachment.get("details", [])
-                        if item["name"] == "networkInterfaceId"), None)
-            if eni:
-                interface = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]
-                address = (interface.get("Association") or {}).get("PublicIp") or interface["PrivateIpAddress"]
-                d.coordinator_url = f"http://{address}:{d.output('coordinator', 'ApiPort')}"
-    return f"coordinator at {d.coordinator_url}" if d.coordinator_url else \
-        f"the coordinator service {service} has no running task yet"
-
-
 def run_smoke_test(d: Deployment) -> str:
     if d.dry_run:
         return f"would invoke {d.settings.worker_function} twice in selftest mode, pairing through the rendezvous"
@@ -270,6 +261,7 @@ def stack_parameters(d: Deployment, part: str) -> dict[str, str | None]:
     if part == "coordinator":
         return {"ImageUri": image.get("coordinator"), "ClusterArn": d.output("rendezvous", "ClusterName"),
                 "VpcId": d.vpc_id, "SubnetIds": ",".join(d.subnets) or None, "ApiSourceCidr": s.api_source_cidr,
+                "HostedZoneId": d.zone_id or (s.hosted_zone_id or None), "ApiRecordName": api_record_name(d),
                 "ApiTokenSecretArn": d.token_secret_arn, "RendezvousEndpoint": d.output("rendezvous", "Endpoint"),
                 **buckets, "WorkerFunctionName": s.worker_function}
     if part == "stepfunctions":
@@ -293,7 +285,6 @@ def steps(settings: DeploySettings) -> list[Step]:
               Step("coordinator stack", deploy_stack("coordinator"))]
     if settings.stepfunctions:
         chosen.append(Step("step functions stack", deploy_stack("stepfunctions")))
-    chosen.append(Step("endpoints", find_coordinator))
     if settings.smoke_test:
         chosen.append(Step("smoke test", run_smoke_test))
     return chosen

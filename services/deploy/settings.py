@@ -28,7 +28,10 @@ class DeploySettings:
     #: Host name workers find the rendezvous server by, e.g. ``rendezvous.example.com``; the
     #: rendezvous task keeps its A record pointed at itself. Required.
     domain: str = ""
-    #: Route 53 hosted zone of ``domain``; empty: the zone whose name is the longest suffix of it.
+    #: Host name of the coordinator's API, kept pointed at its task the same way; empty:
+    #: ``coordinator.`` and the hosted zone's name.
+    api_domain: str = ""
+    #: Route 53 hosted zone of both names; empty: the zone whose name is the longest suffix of ``domain``.
     hosted_zone_id: str = ""
     #: VPC of the two Fargate services; empty: the account's default VPC.
     vpc_id: str = ""
@@ -70,8 +73,10 @@ class DeploySettings:
                                      "starting with a letter")
         if not self.domain:
             raise bad("domain", "required: the rendezvous host name, e.g. rendezvous.example.com")
-        if not _DOMAIN.match(self.domain):
-            raise bad("domain", f"{self.domain!r} is not a host name")
+        for field in ("domain", "api_domain"):
+            value = getattr(self, field)
+            if value and not _DOMAIN.match(value):
+                raise bad(field, f"{value!r} is not a host name")
         if not self.api_source_cidr:
             raise bad("api_source_cidr", "required: who may call the coordinator, e.g. your address as "
                                          "$(curl -s https://checkip.amazonaws.com)/32")

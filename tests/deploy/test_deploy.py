@@ -173,6 +173,16 @@ def test_no_build_needs_the_images_in_ecr(cloud: Cloud) -> None:
         in result.stderr, result.stderr[-3000:]
 
 
+def test_both_names_must_be_in_the_hosted_zone(cloud: Cloud) -> None:
+    result = cloud.deploy("--no-build", "--api-domain", "api.elsewhere.example.org")
+    assert result.returncode == 1
+    assert "step 'hosted zone' failed: --api-domain api.elsewhere.example.org is not inside hosted zone" \
+        in result.stderr, result.stderr[-3000:]
+    result = cloud.deploy("--no-build", "--domain", "rendezvous.elsewhere.example.org")
+    assert "step 'hosted zone' failed: no public hosted zone in this account holds rendezvous.elsewhere" \
+        in result.stderr, result.stderr[-3000:]
+
+
 def test_deploy_creates_the_stacks_prints_the_endpoints_and_pairs_two_workers(cloud: Cloud) -> None:
     digests = cloud.push_images(images.source_tag())
     cloud.register_rendezvous()
@@ -183,6 +193,7 @@ def test_deploy_creates_the_stacks_prints_the_endpoints_and_pairs_two_workers(cl
     for part in PARTS:
         assert cloud.stack(part)["StackStatus"] == "CREATE_COMPLETE"
     assert report["rendezvous"] == f"{DOMAIN}:{cloud.pairing_port}"
+    assert report["coordinator_url"] == "http://coordinator.cosmic.test:8000"
     assert report["worker_function"].endswith(":function:cosmic-worker")
     assert set(report["buckets"]) == {"model", "data", "state"} and all(report["buckets"].values())
     assert report["images"] == {target: f"123456789012.dkr.ecr.us-east-1.amazonaws.com/cosmic/{target}@{digest}"
@@ -196,6 +207,7 @@ def test_deploy_creates_the_stacks_prints_the_endpoints_and_pairs_two_workers(cl
     coordinator = {p["ParameterKey"]: p["ParameterValue"] for p in cloud.stack("coordinator")["Parameters"]}
     assert coordinator["RendezvousEndpoint"] == report["rendezvous"]
     assert coordinator["ApiTokenSecretArn"].startswith("arn:aws:secretsmanager:")
+    assert coordinator["ApiRecordName"] == "coordinator.cosmic.test" and coordinator["HostedZoneId"] == cloud.zone_id
 
     # the smoke test ran the real worker twice, through S3 and a link punched via the rendezvous
     ranks = report["smoke_test"]

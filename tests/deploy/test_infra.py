@@ -161,7 +161,8 @@ def test_rendezvous_task_role_may_only_register_its_record() -> None:
 
 def test_coordinator_environment_and_secret() -> None:
     template = _template("coordinator.yaml")
-    (container,) = _only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    containers = {c["Name"]: c for c in _only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]}
+    container = containers["coordinator"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert environment["COSMIC_RENDEZVOUS_ENDPOINT"] == {"Ref": "RendezvousEndpoint"}
     rendezvous = _template("rendezvous.yaml")
@@ -174,6 +175,26 @@ def test_coordinator_environment_and_secret() -> None:
     assert "COSMIC_API_TOKEN" not in environment
     assert container["Secrets"] == [{"Name": "COSMIC_API_TOKEN", "ValueFrom": {"Ref": "ApiTokenSecretArn"}}]
     assert [m["ContainerPort"] for m in container["PortMappings"]] == [8000]
+
+
+def test_coordinator_keeps_a_stable_name_and_runs_one_task_at_a_time() -> None:
+    template = _template("coordinator.yaml")
+    task = _only(template, "AWS::ECS::TaskDefinition")
+    containers = {c["Name"]: c for c in task["ContainerDefinitions"]}
+    register = containers["register"]
+    assert register["EntryPoint"] == ["python", "-m", "services.rendezvous.register"]
+    assert register["Essential"] is False
+    assert register["Command"] == {"Fn::If": ["PrivateAddress", ["--allow-private"], {"Ref": "AWS::NoValue"}]}
+    variables = {e["Name"]: e["Value"] for e in register["Environment"]}
+    assert variables["COSMIC_RENDEZVOUS_RECORD_NAME"] == {"Ref": "ApiRecordName"}
+    assert variables["COSMIC_RENDEZVOUS_ZONE_ID"] == {"Ref": "HostedZoneId"}
+    assert containers["coordinator"]["DependsOn"] == [{"ContainerName": "register", "Condition": "SUCCESS"}]
+    assert template["Outputs"]["ApiUrl"]["Value"] == {"Fn::Sub": "http://${ApiRecordName}:8000"}
+    # a new coordinator resumes every unfinished job from S3: two at once would both run them
+    deployment = _only(template, "AWS::ECS::Service")["DeploymentConfiguration"]
+    assert deployment["MaximumPercent"] == 100 and deployment["MinimumHealthyPercent"] == 0
+    text = json.dumps(template["Resources"]["TaskRole"])
+    assert "hostedzone/${HostedZoneId}" in text and "ec2:DescribeNetworkInterfaces" in text
 
 
 def test_coordinator_may_invoke_the_worker() -> None:
