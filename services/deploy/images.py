@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from botocore.exceptions import ClientError
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("rendezvous", "worker", "coordinator")
+ENGINE_API_VERSION = "1.41"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PLATFORM = "linux/amd64"  # Lambda and the Fargate task definitions are x86_64
 #: What the Dockerfile copies into the images; anything else cannot change them.
 BUILD_INPUTS = ("Dockerfile", "pyproject.toml", "services")
@@ -100,11 +103,20 @@ def docker_client() -> Any:
     docker_sdk_version()
     import docker
     from docker.errors import DockerException
+    from requests.exceptions import RequestException  # the SDK's transport; its errors pass through ping()
 
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        # said here, before the SDK opens a socket it would not close on this failure
+        raise ImageError(f"no Docker daemon answers: {host.removeprefix('unix://')} does not exist (DOCKER_HOST); "
+                         "start one, or build and push the images elsewhere and run again with --no-build")
+    # A fixed API version: "auto" would ask the daemon inside the constructor, and a failure there
+    # leaves the client's connection open. 1.41 (Docker 20.10) has everything used here.
+    client = docker.from_env(version=ENGINE_API_VERSION, timeout=600)
     try:
-        client = docker.from_env(timeout=600)
         client.ping()
-    except DockerException as exc:
+    except (DockerException, RequestException) as exc:
+        client.close()
         raise ImageError(f"no Docker daemon answers ({exc}); start one, or build and push the images elsewhere "
                          "and run again with --no-build") from None
     return client
@@ -121,15 +133,20 @@ def _consume(stream: Iterable[dict[str, Any]], what: str, progress: Callable[[st
             progress(f"{what}: {line}")
 
 
-def build_and_push(client: Any, target: str, repository_uri: str, tag: str, credentials: dict[str, str],
-                   progress: Callable[[str], None], root: Path = ROOT) -> None:
-    """Build one Dockerfile target for linux/amd64, tag it for ECR and push it."""
+def build_image(client: Any, target: str, tag: str, progress: Callable[[str], None], root: Path = ROOT) -> str:
+    """Build one Dockerfile target for linux/amd64; returns the local image name."""
     local = f"cosmic-{target}:{tag}"
     progress(f"building {target} as {local} ({PLATFORM})")
     _consume(client.api.build(path=str(root), dockerfile="Dockerfile", target=target, tag=local, platform=PLATFORM,
                               rm=True, forcerm=True, decode=True), f"build {target}", progress)
+    return local
+
+
+def push_image(client: Any, local: str, repository_uri: str, tag: str, credentials: dict[str, str],
+               progress: Callable[[str], None]) -> None:
+    """Tag a local image for ECR and push it."""
     client.api.tag(local, repository_uri, tag)
     progress(f"pushing {repository_uri}:{tag}")
     auth = {"username": credentials["username"], "password": credentials["password"]}
     _consume(client.api.push(repository_uri, tag=tag, stream=True, decode=True, auth_config=auth),
-             f"push {target}", progress)
+             f"push {local}", progress)

@@ -215,8 +215,9 @@ def push_images(d: Deployment) -> str:
         client.login(username=credentials["username"], password=credentials["password"],
                      registry=credentials["serveraddress"])
         for target in missing:
-            images.build_and_push(client, target, repositories[target] or "", d.image_tag,
-                                  lambda line: d.progress(f"  {line}"))
+            local = images.build_image(client, target, d.image_tag, lambda line: d.progress(f"  {line}"))
+            images.push_image(client, local, repositories[target] or "", d.image_tag, credentials,
+                              lambda line: d.progress(f"  {line}"))
     for target in images.TARGETS:
         digest = images.find_image(ecr, repositories[target] or "", d.image_tag)
         if digest is None:

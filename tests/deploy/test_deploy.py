@@ -297,3 +297,31 @@ def test_step_functions_pipeline_is_deployed_on_request(cloud: Cloud) -> None:
     outputs = {o["OutputKey"]: o["OutputValue"] for o in cloud.stack("stepfunctions")["Outputs"]}
     plan = cloud.client("lambda").get_function(FunctionName=outputs["PlanFunctionArn"])
     assert plan["Code"]["ImageUri"] == report["images"]["coordinator"]
+
+
+def test_build_and_push_streams_report_the_engines_errors() -> None:
+    """The Engine API answers 200 and puts a failure inside the stream; it must not pass as success."""
+    seen: list[str] = []
+    images._consume([{"stream": "Step 1/9 : FROM python:3.12.12-slim-bookworm"}, {"stream": " ---> 1a2b\n"},
+                     {"status": "Pushed", "id": "5f70bf18a086"}], "build worker", seen.append)
+    assert seen == ["build worker: Step 1/9 : FROM python:3.12.12-slim-bookworm", "build worker: Pushed"]
+    with pytest.raises(images.ImageError, match="push worker: denied: Your authorization token has expired"):
+        images._consume([{"status": "Preparing"}, {"errorDetail": {"message": "denied: Your authorization token has "
+                                                                              "expired"}, "error": "denied"}],
+                        "push worker", seen.append)
+    with pytest.raises(images.ImageError, match="build coordinator: The command '/bin/sh -c pip install' returned"):
+        images._consume([{"error": "The command '/bin/sh -c pip install' returned a non-zero code: 1"}],
+                        "build coordinator", seen.append)
+
+
+@pytest.mark.timeout(1800)
+def test_the_sdk_builds_the_rendezvous_target_where_a_daemon_answers() -> None:
+    """The build cosmic deploy runs (Engine API, classic builder, linux/amd64); needs a Docker daemon."""
+    try:
+        client = images.docker_client()
+    except images.ImageError as exc:
+        pytest.skip(str(exc))
+    lines: list[str] = []
+    local = images.build_image(client, "rendezvous", "test", lines.append)
+    assert client.images.get(local).attrs["Architecture"] == "amd64"
+    assert any(line.startswith("build rendezvous: Step ") for line in lines)
