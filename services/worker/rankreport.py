@@ -16,6 +16,7 @@ from typing import Any
 
 from services.contracts import WorkerEvent
 from services.worker.data import BYTES_PER_SAMPLE
+from services.worker.memory import peak_rss_kib
 
 MEANINGS = {
     "total_cpu_time (seconds)": "wall time of the inference loop (same as infer_s)",
@@ -27,14 +28,8 @@ MEANINGS = {
 
 def peak_rss_mb() -> float:
     """This process's peak RSS: VmHWM (reset per invocation by the local runtime), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = peak_rss_kib()
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 @dataclass

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from services.logs import event
+from services.worker.memory import peak_rss_kib
 from services.worker.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.worker.runtime.httpjson import JsonHandler
 
@@ -316,8 +317,8 @@ def _reset_peak_rss(process: subprocess.Popen[bytes] | None) -> None:
 
 
 def _peak_rss_mb(process: subprocess.Popen[bytes] | None) -> int:
-    if process is None:
-        return 0
+    kib = peak_rss_kib(process.pid) if process is not None else None
+    return math.ceil(kib / 1024) if kib else 0
     try:
         with open(f"/proc/{process.pid}/status") as status:
             for line in status:
