@@ -21,6 +21,7 @@ Exceptions::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pickle
 import re
@@ -119,11 +120,18 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
+@functools.cache
+def _allow_namespace() -> None:
+    """MAE-style training checkpoints carry their argparse Namespace next to the weights: let
+    ``weights_only`` build it, for the whole process, once (``safe_globals(...)`` per load edits a
+    process-wide set and would race with loads in other threads; see ``data._allow_tensor_dataset``)."""
+    torch.serialization.add_safe_globals([argparse.Namespace])
+
+
 def _load_pickle(path: Path) -> object:
     try:
-        # MAE-style training checkpoints carry their argparse Namespace next to the weights.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, weights_only=True, map_location="cpu")
+        _allow_namespace()
+        return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         raise _refused_global(path, str(exc)) from None
     except Exception as exc:  # torch raises many types for a truncated or foreign file

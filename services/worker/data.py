@@ -10,6 +10,7 @@ before anything uses it. The ``.npz`` and ``.safetensors`` forms hold the arrays
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,17 @@ def partition_index(key: str) -> int:
     return number
 
 
+@functools.cache
+def _allow_tensor_dataset() -> None:
+    """Let ``weights_only`` loads build TensorDataset, for this whole process, once.
+
+    Not ``torch.serialization.safe_globals(...)`` around each load: that context manager edits
+    one process-wide set and removes the type on exit, so a load in another thread (the
+    prefetcher, a second in-process rank) could lose it halfway and fail.
+    """
+    torch.serialization.add_safe_globals([TensorDataset])
+
+
 def load_partition(raw: bytes, name: str) -> Partition:
     """Parse one partition's bytes (``.pt``, ``.npz`` or ``.safetensors``, by ``name``); raises PartitionError."""
     try:
@@ -58,8 +70,8 @@ def load_partition(raw: bytes, name: str) -> Partition:
                 return _named({key: torch.from_numpy(arrays[key]) for key in arrays.files}, name)
         if name.endswith(".safetensors"):
             return _named(safetensors.torch.load(raw), name)
-        with torch.serialization.safe_globals([TensorDataset]):
-            loaded = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        _allow_tensor_dataset()
+        loaded = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except PartitionError:
         raise
     except Exception as exc:  # torch and numpy raise many types for a corrupt or hostile file

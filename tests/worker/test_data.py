@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,16 @@ def test_round_trip(tmp_path: Path, suffix: str, labels: bool) -> None:
     assert len(loaded) == 6 and torch.equal(loaded.images, original.images)
     assert torch.equal(loaded.magnitudes, original.magnitudes) and loaded.magnitudes.dtype == torch.float64
     assert (loaded.redshifts is None) == (not labels)
+
+
+def test_loads_in_many_threads_at_once_all_succeed(tmp_path: Path) -> None:
+    """The prefetcher and in-process ranks load concurrently; allowing TensorDataset must not race."""
+    path = tmp_path / "1.pt"
+    save_partition(sample(n=2), path)
+    raw = path.read_bytes()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        loaded = list(pool.map(lambda _: len(load_partition(raw, "1.pt")), range(400)))
+    assert loaded == [2] * 400
 
 
 def test_legacy_bytes_per_sample() -> None:
