@@ -11,6 +11,8 @@
 # Every stage installs its dependencies (read from pyproject.toml's extras) before it copies
 # the code, so editing services/ only rebuilds the last layers. No secrets are baked in.
 # Tags are pinned; pin digests too (@sha256:...) when promoting images to production.
+# `cosmic deploy` builds the same three targets through the Docker Engine API (the classic
+# builder: single-platform linux/amd64 images, no attestations) and pushes them to ECR.
 
 ARG PYTHON_SLIM=python:3.12.12-slim-bookworm
 ARG LAMBDA_PYTHON=public.ecr.aws/lambda/python:3.12.2025.04.28.11

@@ -5,6 +5,8 @@ The tag is a digest of what the images are built from (the Dockerfile, pyproject
 nor pushed, and the stacks receive the same image digests, so they do not change either.
 Building goes through the Docker Engine API (the docker SDK) with the classic builder, which
 makes plain single-platform images: Lambda rejects image indexes with provenance attestations.
+The classic builder also builds the stages before a target in file order; the layer cache makes
+the three builds share them.
 """
 
 from __future__ import annotations
