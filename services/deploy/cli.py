@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from services import envconfig
+from services.coordinator.commands import EXAMPLE_PAYLOAD
 from services.deploy.settings import ENV_PREFIX, DeploySettings
 
 _VALUE_OPTIONS: dict[str, tuple[type, str]] = {
@@ -23,6 +24,8 @@ _VALUE_OPTIONS: dict[str, tuple[type, str]] = {
     "vpc_id": (str, "VPC of the Fargate services (default: the default VPC)"),
     "subnet_ids": (str, "comma-separated public subnets (default: the VPC's that assign public IPs)"),
     "api_source_cidr": (str, "who may call the coordinator, e.g. 198.51.100.7/32 (required)"),
+    "model_bucket": (str, "existing bucket holding the model folder (default: create one)"),
+    "data_bucket": (str, "existing bucket holding the partitions; results go there too (default: create one)"),
     "pairing_source_cidr": (str, "who may reach the pairing port (default 0.0.0.0/0)"),
     "pairing_port": (int, "the rendezvous pairing port (default 10000)"),
     "worker_memory_mb": (int, "worker Lambda memory, 128-10240 (default 10240)"),
@@ -91,7 +94,15 @@ def endpoints(d: Any) -> dict[str, Any]:
         "images": {target: ref.uri for target, ref in d.images.items()},
         "stacks": {result.name: result.action for result in d.stacks.values()},
         "smoke_test": [vars(check) for check in d.smoke],
+        "payload": example_payload(outputs["storage"]),
     }
+
+
+def example_payload(storage: dict[str, str]) -> dict[str, Any]:
+    """The users' payload (examples/payload.json) pointed at the deployed buckets."""
+    payload = json.loads(EXAMPLE_PAYLOAD.read_text())
+    payload.update(bucket=storage.get("ModelBucketName"), data_bucket=storage.get("DataBucketName"))
+    return dict(payload)
 
 
 def render(report: dict[str, Any]) -> str:
@@ -113,5 +124,7 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"  {name:<20}{value}" for name, value in rows]
     lines += ["", f"export COSMIC_COORDINATOR_URL={report['coordinator_url']}",
               f"export COSMIC_API_TOKEN=$(aws secretsmanager get-secret-value --secret-id "
-              f"{report['api_token_secret']} --query SecretString --output text)"]
+              f"{report['api_token_secret']} --query SecretString --output text)",
+              "", "a payload for this deployment (the model folder and partitions must be in those buckets):",
+              json.dumps(report["payload"])]
     return "\n".join(lines)

@@ -244,9 +244,8 @@ def stack_parameters(d: Deployment, part: str) -> dict[str, str | None]:
     """The parameters of one stack; None for those only an earlier step can know."""
     s = d.settings
     image = {target: ref.uri for target, ref in d.images.items()}
-    common = {"storage": {"NamePrefix": s.name_prefix}}
-    if part in common:
-        return dict(common[part])
+    if part == "storage":
+        return {"NamePrefix": s.name_prefix, "ExistingModelBucket": s.model_bucket, "ExistingDataBucket": s.data_bucket}
     buckets = {"ModelBucketName": d.output("storage", "ModelBucketName"),
                "DataBucketName": d.output("storage", "DataBucketName"),
                "StateBucketName": d.output("storage", "StateBucketName")}

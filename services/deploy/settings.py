@@ -16,6 +16,7 @@ from services import envconfig
 ENV_PREFIX = "COSMIC_DEPLOY_"
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # storage.yaml's NamePrefix: bucket and repository names
 _DOMAIN = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\.?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a Docker/ECR image tag
 
 
@@ -37,6 +38,10 @@ class DeploySettings:
     vpc_id: str = ""
     #: Comma-separated public subnets; empty: the VPC's subnets that give instances public IPs.
     subnet_ids: str = ""
+    #: Buckets that already hold the model folder and the partitions (e.g. ``cosmicai-data`` for
+    #: both, as the users' payloads name it); empty: the storage stack creates them.
+    model_bucket: str = ""
+    data_bucket: str = ""
     #: Who may call the coordinator's API (port 8000; the token is needed too), e.g. ``198.51.100.7/32``.
     api_source_cidr: str = ""
     #: Who may reach the pairing port; open by default: Lambda's addresses cannot be predicted.
@@ -77,6 +82,10 @@ class DeploySettings:
             value = getattr(self, field)
             if value and not _DOMAIN.match(value):
                 raise bad(field, f"{value!r} is not a host name")
+        for field in ("model_bucket", "data_bucket"):
+            value = getattr(self, field)
+            if value and not _BUCKET.match(value):
+                raise bad(field, f"{value!r} is not an S3 bucket name")
         if not self.api_source_cidr:
             raise bad("api_source_cidr", "required: who may call the coordinator, e.g. your address as "
                                          "$(curl -s https://checkip.amazonaws.com)/32")

@@ -91,8 +91,8 @@ def _violation(spec: dict[str, Any], value: str) -> str | None:
             return f"is not one of {spec['AllowedValues']}"
         if "AllowedPattern" in spec and not re.fullmatch(str(spec["AllowedPattern"]), item):
             return f"does not match AllowedPattern {spec['AllowedPattern']}"
-        if kind != "Number" and not item:
-            return "is empty"
+        if kind != "Number" and not item and "AllowedPattern" not in spec:
+            return "is empty"  # where no pattern says an empty value is meant
     return None
 
 

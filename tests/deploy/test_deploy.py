@@ -149,6 +149,7 @@ def test_dry_run_needs_neither_docker_nor_an_account(cloud: Cloud) -> None:
     (["--api-source-cidr", "198.51.100.7/40"], "--api-source-cidr"),
     (["--worker-memory-mb", "20000"], "--worker-memory-mb"),
     (["--name-prefix", "Cosmic"], "--name-prefix"),
+    (["--data-bucket", "Cosmic_Data"], "--data-bucket"),
 ])
 def test_bad_settings_are_refused_before_any_step(cloud: Cloud, options: list[str], named: str) -> None:
     result = cloud.deploy("--dry-run", *options)
@@ -214,6 +215,10 @@ def test_deploy_creates_the_stacks_prints_the_endpoints_and_pairs_two_workers(cl
     assert [rank["rank"] for rank in ranks] == [0, 1]
     assert ranks[0]["local"] == ranks[1]["peer"] and ranks[1]["local"] == ranks[0]["peer"]
     assert all(rank["s3_round_trip_ms"] > 0 for rank in ranks)
+    # the users' payload, pointed at the deployed buckets
+    payload = json.loads((REPO / "examples" / "payload.json").read_text())
+    assert report["payload"] == {**payload, "bucket": report["buckets"]["model"],
+                                 "data_bucket": report["buckets"]["data"]}
 
 
 def test_a_second_deploy_changes_nothing(cloud: Cloud) -> None:
@@ -246,6 +251,22 @@ def test_a_smoke_test_without_a_registered_rendezvous_fails_naming_its_step(clou
     assert f"step 'smoke test' failed: no A record {DOMAIN}" in result.stderr, result.stderr[-3000:]
     assert "waiting for the rendezvous task to register" in result.stderr
     cloud.register_rendezvous()
+
+
+def test_existing_buckets_are_used_instead_of_new_ones(cloud: Cloud) -> None:
+    """Users keep their partitions and model folder where they are (cosmicai-data in their payloads)."""
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket="cosmicai-data")
+    created = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+    report = _report(cloud.deploy("--no-build", "--json", "--worker-memory-mb", "3008", "--model-bucket",
+                                  "cosmicai-data", "--data-bucket", "cosmicai-data"))
+    assert report["buckets"]["model"] == report["buckets"]["data"] == "cosmicai-data"
+    assert report["stacks"]["cosmic-storage"] == "updated" and report["stacks"]["cosmic-worker"] == "updated"
+    worker = {p["ParameterKey"]: p["ParameterValue"] for p in cloud.stack("worker")["Parameters"]}
+    assert worker["DataBucketName"] == worker["ModelBucketName"] == worker["ResultBucketName"] == "cosmicai-data"
+    assert report["payload"]["bucket"] == report["payload"]["data_bucket"] == "cosmicai-data"
+    assert {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]} <= created, "no bucket made for them"
+    assert len(report["smoke_test"]) == 2, "the selftest wrote to and read from cosmicai-data"
 
 
 def test_parameters_are_checked_against_the_templates() -> None:

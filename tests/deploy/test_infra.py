@@ -210,6 +210,7 @@ def test_buckets_are_private_and_encrypted() -> None:
     buckets = _resources(_template("storage.yaml"), "AWS::S3::Bucket")
     assert len(buckets) == 3
     for name, bucket in buckets.items():
+        assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain", f"{name}: data outlives stacks"
         properties = bucket["Properties"]
         block = properties["PublicAccessBlockConfiguration"]
         assert block == {"BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
@@ -217,6 +218,18 @@ def test_buckets_are_private_and_encrypted() -> None:
         rules = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rules and rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"], name
     assert _template("storage.yaml")["Parameters"]["Versioning"]["Default"] == "Suspended"
+
+
+def test_existing_buckets_replace_the_created_ones() -> None:
+    template = _template("storage.yaml")
+    for kind in ("Model", "Data"):
+        assert template["Resources"][f"{kind}Bucket"]["Condition"] == f"Create{kind}Bucket"
+        assert template["Conditions"][f"Create{kind}Bucket"] == {"Fn::Equals": [{"Ref": f"Existing{kind}Bucket"}, ""]}
+        assert template["Outputs"][f"{kind}BucketName"]["Value"] == {
+            "Fn::If": [f"Create{kind}Bucket", {"Ref": f"{kind}Bucket"}, {"Ref": f"Existing{kind}Bucket"}]}
+        pattern = template["Parameters"][f"Existing{kind}Bucket"]["AllowedPattern"]
+        assert re.fullmatch(pattern, "") and re.fullmatch(pattern, "cosmicai-data")
+        assert not re.fullmatch(pattern, "Cosmic_Data")
 
 
 def test_repositories_scan_on_push_and_expire_old_images() -> None:
