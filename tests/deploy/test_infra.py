@@ -204,6 +204,19 @@ def test_coordinator_may_invoke_the_worker() -> None:
     assert "function:${WorkerFunctionName}" in text
 
 
+def test_coordinator_leaves_the_partitions_read_only() -> None:
+    """It writes job state, summaries under the results prefix and cancel markers: never the inputs."""
+    role = _template("coordinator.yaml")["Resources"]["TaskRole"]
+    writes = [resource for statement in _statements(role) if "s3:PutObject" in _listed(statement["Action"])
+              for resource in _listed(statement["Resource"])]
+    data = [resource["Fn::Sub"] for resource in writes if "${DataBucketName}" in resource["Fn::Sub"]]
+    assert sorted(data) == ["arn:${AWS::Partition}:s3:::${DataBucketName}/${ResultsPrefix}*",
+                            "arn:${AWS::Partition}:s3:::${DataBucketName}/jobs/*"]
+    from services.coordinator.state import cancel_key
+
+    assert cancel_key("j1").startswith("jobs/"), "workers read the cancel marker where the role may write it"
+
+
 # --- storage -----------------------------------------------------------------------------------
 
 def test_buckets_are_private_and_encrypted() -> None:
