@@ -99,7 +99,8 @@ def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
 def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m services.coordinator`` on a free port, with the stack's environment; waits for /healthz."""
     from services.coordinator.client import ApiClient
-    from services.coordinator.embedded import EmbeddedError, free_port, log_tail
+    from services.coordinator.embedded import EmbeddedError, log_tail
+    from services.ports import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

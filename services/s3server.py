@@ -14,15 +14,11 @@ import time
 from pathlib import Path
 from typing import IO
 
+from services.ports import free_port
+
 
 class S3ServerError(RuntimeError):
     """The server did not start (missing package, port taken, crashed)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class S3Server:
@@ -31,7 +27,7 @@ class S3Server:
     def __init__(self, port: int = 0, log_path: Path | None = None, module: str = "moto.server",
                  cwd: Path | None = None) -> None:
         """``module`` is what ``python -m`` runs (moto's server, or a wrapper of it) from ``cwd``."""
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._module, self._cwd = module, cwd
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.rendezvous.conftest import REPO, free_port
+from services.ports import free_port
+from tests.rendezvous.conftest import REPO
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from typing import Any
 
 from services.cache import cache_dir
 from services.logs import event
+from services.ports import free_ports
 
 log = logging.getLogger("cosmic.coordinator.embedded")
 
@@ -194,17 +195,16 @@ def _start(sandboxes: int) -> Stack:
     folder.mkdir(parents=True, exist_ok=True)
     started: list[Service] = []
     try:
-        s3_port = free_port()
+        # all at once: ports asked for one by one, before any child binds, can repeat
+        s3_port, runtime_port, pair_port, health_port = free_ports(4)
         s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
                     s3_port, "moto.server", _child_env(None, MOTO_PORT=str(s3_port)))
         started.append(s3)
-        runtime_port = free_port()
         runtime = _spawn("runtime", [sys.executable, "-m", "services.worker", "--host", "127.0.0.1",
                                      "--port", str(runtime_port), "--sandboxes", str(sandboxes),
                                      "--function", WORKER_FUNCTION],
                          runtime_port, "services.worker", _child_env(f"http://127.0.0.1:{s3_port}"))
         started.append(runtime)
-        pair_port, health_port = free_port(), free_port()
         rendezvous = _spawn("rendezvous", [sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1",
                                            "--port", str(pair_port), "--health-host", "127.0.0.1",
                                            "--health-port", str(health_port)],
@@ -266,12 +266,6 @@ def log_tail(path: str, lines: int = 15) -> str:
 
 
 # -- probes ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

@@ -24,8 +24,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("fastapi")
 pytest.importorskip("awslambdaric")
 
+from services.ports import free_port, free_ports  # noqa: E402
 from services.s3store import S3Store  # noqa: E402
-from tests.rendezvous.conftest import REPO, free_port  # noqa: E402
+from tests.rendezvous.conftest import REPO  # noqa: E402
 
 PARTITIONS = 6
 SANDBOXES = 4
@@ -98,7 +99,7 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     store.put(bucket, "Anomaly Detection/Fine_Tune_Model/tiny.pt", buffer.getvalue())
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}
-    runtime_port, rendezvous_port, health_port = free_port(), free_port(), free_port()
+    runtime_port, rendezvous_port, health_port = free_ports(3)
     runtime_log, rendezvous_log = folder / "runtime.log", folder / "rendezvous.log"
     processes = [
         _start([sys.executable, "-m", "services.worker", "--port", str(runtime_port), "--sandboxes", str(SANDBOXES),

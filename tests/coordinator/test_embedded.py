@@ -29,6 +29,7 @@ pytest.importorskip("awslambdaric")
 from services import cli
 from services.coordinator import embedded
 from services.coordinator.client import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
+from services.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_TIMEOUT = 90
@@ -149,7 +150,7 @@ def test_the_stack_survives_its_starter_and_a_dead_one_is_replaced(cache: Path) 
 
 
 def test_an_unreachable_coordinator_says_how_to_start_one() -> None:
-    client = ApiClient(f"http://127.0.0.1:{embedded.free_port()}", token="")
+    client = ApiClient(f"http://127.0.0.1:{free_port()}", token="")
     with pytest.raises(CoordinatorUnreachable, match="is the coordinator running") as caught:
         client.status("j1")
     assert HINT in str(caught.value) and "cosmic serve --embedded" in str(caught.value)
@@ -216,7 +217,7 @@ def test_wait_follows_the_job_and_prints_progress_lines_off_a_terminal(api: str)
 
 def test_cosmic_status_without_a_coordinator_fails_with_the_hint(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("COSMIC_COORDINATOR_URL", f"http://127.0.0.1:{embedded.free_port()}")
+    monkeypatch.setenv("COSMIC_COORDINATOR_URL", f"http://127.0.0.1:{free_port()}")
     assert cli.main(["status"]) == 1
     captured = capsys.readouterr()
     assert "cosmic status: cannot reach the coordinator" in captured.err and HINT in captured.err

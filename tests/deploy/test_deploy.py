@@ -36,9 +36,10 @@ import boto3
 from services.deploy import images, templates
 from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
+from services.ports import free_port, free_ports
 from services.s3server import S3Server
 from tests.processes import runtime_process
-from tests.rendezvous.conftest import REPO, free_port
+from tests.rendezvous.conftest import REPO
 
 ZONE = "cosmic.test."
 DOMAIN = "rendezvous.cosmic.test"
@@ -104,7 +105,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     folder = tmp_path_factory.mktemp("deploy")
-    pairing_port, health_port = free_port(), free_port()
+    pairing_port, health_port = free_ports(2)
     with S3Server(log_path=folder / "moto.log", module="tests.deploy.moto_server", cwd=REPO) as moto:
         runtime_env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": moto.endpoint, "COSMIC_WORKER_FUNCTION": "cosmic-worker",
                        "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}

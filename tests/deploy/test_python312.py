@@ -18,7 +18,7 @@ import pytest
 from tests.rendezvous.conftest import REPO
 
 SCRIPT = r"""
-import json, socket, subprocess, sys, threading, time, urllib.request
+import json, subprocess, sys, threading, time, urllib.request
 assert sys.version_info[:2] == (3, 12), sys.version
 from services.contracts import parse_event, legacy_item, WorkerEvent
 from services.rendezvous.client import pair
@@ -28,12 +28,8 @@ event = WorkerEvent(job_id="j", rank=1, world_size=2, data_bucket="cosmicai-data
 assert parse_event(json.loads(json.dumps(event.to_dict()))) == event
 assert parse_event(legacy_item(event)).partitions == event.partitions
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-port, health = free_port(), free_port()
+from services.ports import free_ports
+port, health = free_ports(2)
 server = subprocess.Popen([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port", str(port),
                            "--health-host", "127.0.0.1", "--health-port", str(health)])
 try:

@@ -18,16 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from services.ports import free_ports
 from services.rendezvous.netio import recv_exactly
 from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -96,7 +91,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     def start(*, nofile: int | None = None, env: dict[str, str] | None = None, host: str = "127.0.0.1",
               **options: object) -> ServerProcess:
-        port, health_port = free_port(), free_port()
+        port, health_port = free_ports(2)
         args = [sys.executable, "-m", "services.rendezvous", "--host", host, "--port", str(port),
                 "--health-host", "127.0.0.1", "--health-port", str(health_port)]
         for key, value in options.items():

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from services.ports import free_port
 from services.rendezvous import (
     ClientSettings,
     InvalidName,
@@ -22,7 +23,7 @@ from services.rendezvous import (
     pair_async,
 )
 from services.rendezvous.protocol import encode_address
-from tests.rendezvous.conftest import ServerProcess, free_port
+from tests.rendezvous.conftest import ServerProcess
 
 
 class ReferenceStandIn:

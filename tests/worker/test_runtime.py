@@ -20,8 +20,8 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("awslambdaric")
 from botocore.config import Config  # noqa: E402
 
+from services.ports import free_port  # noqa: E402
 from tests.processes import runtime_process  # noqa: E402
-from tests.rendezvous.conftest import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 2
