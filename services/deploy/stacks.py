@@ -48,8 +48,9 @@ class StackDeployer:
         stack = self._settled(name)
         if stack is not None and stack["StackStatus"] == "ROLLBACK_COMPLETE":
             self.progress(f"{name} failed to create before and holds nothing: deleting it to create it again")
+            known = self._event_ids(stack["StackId"])
             self.cf.delete_stack(StackName=stack["StackId"])
-            self._wait(stack["StackId"], since=time.time() - 1, want={"DELETE_COMPLETE"})
+            self._wait(stack["StackId"], name, known, want={"DELETE_COMPLETE"})
             stack = None
         creating = stack is None or stack["StackStatus"] == "REVIEW_IN_PROGRESS"
         change_set = f"cosmic-deploy-{int(time.time() * 1000)}"
@@ -68,9 +69,9 @@ class StackDeployer:
         self.progress(f"{name}: {len(changes)} resource change(s): " + ", ".join(
             f"{c['ResourceChange']['Action']} {c['ResourceChange']['LogicalResourceId']}" for c in changes[:12])
             + (" ..." if len(changes) > 12 else ""))
-        started = time.time() - 1
+        known = self._event_ids(name)
         self.cf.execute_change_set(StackName=name, ChangeSetName=change_set)
-        self._wait(name, since=started, want=_SUCCEEDED)
+        self._wait(name, name, known, want=_SUCCEEDED)
         return StackResult(name, "created" if creating else "updated", self.outputs(name))
 
     def outputs(self, name: str) -> dict[str, str]:
@@ -108,40 +109,58 @@ class StackDeployer:
                 raise StackError(f"change set for {name} stayed {described['Status']} for {self.timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
-    def _wait(self, stack_id: str, since: float, want: set[str]) -> None:
-        """Poll until the operation ends, reporting new events; raise with the failures' reasons."""
-        seen: set[str] = set()
+    def _wait(self, stack_id: str, name: str, known: set[str], want: set[str]) -> None:
+        """Poll until this operation ends, reporting its events; raise with the failures' reasons.
+
+        The stack's status alone cannot say that: right after an update is started it may still
+        read UPDATE_COMPLETE from the last one. The operation has ended when a new event (one
+        not in ``known``, the events from before it) shows the stack itself in a final state.
+        Event ids, not timestamps, tell new from old, so the local clock does not matter.
+        """
+        failures: list[str] = []
+        ended = False
         deadline = time.monotonic() + self.timeout_s
         while True:
-            events = self._new_events(stack_id, since, seen)
-            for ev in events:
+            for ev in self._new_events(stack_id, known):
                 reason = f" ({ev['ResourceStatusReason']})" if ev.get("ResourceStatusReason") else ""
                 self.progress(f"{ev['LogicalResourceId']} {ev['ResourceStatus']}{reason}")
+                if ev["ResourceStatus"].endswith("_FAILED"):
+                    failures.append(f"{ev['LogicalResourceId']}: {ev.get('ResourceStatusReason', '')}")
+                if ev["LogicalResourceId"] == name and ev.get("ResourceType") == "AWS::CloudFormation::Stack" \
+                        and not ev["ResourceStatus"].endswith("_IN_PROGRESS"):
+                    ended = True
             stack = self._describe(stack_id)
             status = "DELETE_COMPLETE" if stack is None else stack["StackStatus"]
-            if status in want:
-                return
-            if not status.endswith("_IN_PROGRESS"):
-                failures = [f"{ev['LogicalResourceId']}: {ev.get('ResourceStatusReason', '')}"
-                            for ev in self._all_events(stack_id, since) if ev["ResourceStatus"].endswith("_FAILED")]
-                raise StackError(f"{stack_id} ended {status}" + (": " + "; ".join(failures[-5:]) if failures else ""))
+            if (ended or stack is None) and not status.endswith("_IN_PROGRESS"):
+                if status in want:
+                    return
+                raise StackError(f"{name} ended {status}" + (": " + "; ".join(failures[-5:]) if failures else ""))
             if time.monotonic() > deadline:
-                raise StackError(f"{stack_id} still {status} after {self.timeout_s:.0f} s")
+                raise StackError(f"{name} still {status} after {self.timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
-    def _all_events(self, stack_id: str, since: float) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+    def _event_ids(self, stack_id: str) -> set[str]:
+        """The ids of the stack's latest events (its first page): what came before an operation."""
+        try:
+            page = self.cf.describe_stack_events(StackName=stack_id)
+        except ClientError:
+            return set()  # no stack yet: no events
+        return {ev["EventId"] for ev in page["StackEvents"]}
+
+    def _new_events(self, stack_id: str, known: set[str]) -> list[dict[str, Any]]:
+        """Events not in ``known``, oldest first; they join ``known``. Pages run newest first, so the
+        walk stops at the first known one."""
+        fresh: list[dict[str, Any]] = []
         try:
             for page in self.cf.get_paginator("describe_stack_events").paginate(StackName=stack_id):
-                fresh = [ev for ev in page["StackEvents"] if ev["Timestamp"].timestamp() >= since]
-                events += fresh
-                if len(fresh) < len(page["StackEvents"]):
-                    break  # newest first: the rest are older still
+                for ev in page["StackEvents"]:
+                    if ev["EventId"] in known:
+                        break
+                    fresh.append(ev)
+                else:
+                    continue
+                break
         except ClientError:
-            return events  # a deleted stack by name has no events to show
-        return list(reversed(events))
-
-    def _new_events(self, stack_id: str, since: float, seen: set[str]) -> list[dict[str, Any]]:
-        fresh = [ev for ev in self._all_events(stack_id, since) if ev["EventId"] not in seen]
-        seen.update(ev["EventId"] for ev in fresh)
-        return fresh
+            return []  # a stack deleted by name has no events to show
+        known.update(ev["EventId"] for ev in fresh)
+        return list(reversed(fresh))
