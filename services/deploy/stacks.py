@@ -63,7 +63,7 @@ class StackDeployer:
             reason = described.get("StatusReason", "")
             self.cf.delete_change_set(StackName=name, ChangeSetName=change_set)
             if not creating and any(marker in reason for marker in _NO_CHANGES):
-                return StackResult(name, "unchanged", self.outputs(name))
+                return StackResult(name, "unchanged", _outputs(stack))  # as described before the change set
             raise StackError(f"change set for {name} failed: {reason or 'no reason given'}")
         changes = described.get("Changes") or []
         self.progress(f"{name}: {len(changes)} resource change(s): " + ", ".join(
@@ -71,12 +71,8 @@ class StackDeployer:
             + (" ..." if len(changes) > 12 else ""))
         known = self._event_ids(name)
         self.cf.execute_change_set(StackName=name, ChangeSetName=change_set)
-        self._wait(name, name, known, want=_SUCCEEDED)
-        return StackResult(name, "created" if creating else "updated", self.outputs(name))
-
-    def outputs(self, name: str) -> dict[str, str]:
-        stack = self.cf.describe_stacks(StackName=name)["Stacks"][0]
-        return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs") or []}
+        final = self._wait(name, name, known, want=_SUCCEEDED)
+        return StackResult(name, "created" if creating else "updated", _outputs(final))
 
     def _describe(self, name: str) -> dict[str, Any] | None:
         try:
@@ -109,8 +105,9 @@ class StackDeployer:
                 raise StackError(f"change set for {name} stayed {described['Status']} for {self.timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
-    def _wait(self, stack_id: str, name: str, known: set[str], want: set[str]) -> None:
-        """Poll until this operation ends, reporting its events; raise with the failures' reasons.
+    def _wait(self, stack_id: str, name: str, known: set[str], want: set[str]) -> dict[str, Any] | None:
+        """Poll until this operation ends, reporting its events; return the stack as it ended (None
+        once deleted), or raise with the failures' reasons.
 
         The stack's status alone cannot say that: right after an update is started it may still
         read UPDATE_COMPLETE from the last one. The operation has ended when a new event (one
@@ -133,7 +130,7 @@ class StackDeployer:
             status = "DELETE_COMPLETE" if stack is None else stack["StackStatus"]
             if (ended or stack is None) and not status.endswith("_IN_PROGRESS"):
                 if status in want:
-                    return
+                    return stack
                 raise StackError(f"{name} ended {status}" + (": " + "; ".join(failures[-5:]) if failures else ""))
             if time.monotonic() > deadline:
                 raise StackError(f"{name} still {status} after {self.timeout_s:.0f} s")
@@ -164,3 +161,8 @@ class StackDeployer:
             return []  # a stack deleted by name has no events to show
         known.update(ev["EventId"] for ev in fresh)
         return list(reversed(fresh))
+
+
+def _outputs(stack: dict[str, Any] | None) -> dict[str, str]:
+    """A described stack's outputs by key."""
+    return {output["OutputKey"]: output["OutputValue"] for output in (stack or {}).get("Outputs") or []}
