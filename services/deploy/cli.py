@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def endpoints(d: Any) -> dict[str, Any]:
     """What a user needs after deploying, by name."""
     if d.dry_run:
-        return {"dry_run": True, "image_tag": d.image_tag, "steps": [{"step": s, "plan": w} for s, w, _ in d.done]}
+        return {"dry_run": True, "image_tag": d.image_tag, "steps": [{"step": s, "plan": w} for s, w in d.done]}
     outputs = {part: result.outputs for part, result in d.stacks.items()}
     return {
         "dry_run": False,

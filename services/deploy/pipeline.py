@@ -54,7 +54,7 @@ class Deployment:
     templates: dict[str, templates.Template] = field(default_factory=dict)
     zone_name: str | None = None
     smoke: list[smoke.RankCheck] = field(default_factory=list)
-    done: list[tuple[str, str, float]] = field(default_factory=list)  # (step, what happened, seconds)
+    done: list[tuple[str, str]] = field(default_factory=list)  # (step, what happened or would)
 
     def client(self, service: str) -> Any:
         return self.session.client(service)
@@ -137,13 +137,12 @@ def find_zone(d: Deployment) -> str:
     route53 = d.client("route53")
     if s.hosted_zone_id:
         zone = route53.get_hosted_zone(Id=s.hosted_zone_id)["HostedZone"]
-        if not domain.endswith("." + zone["Name"].lower()) and domain != zone["Name"].lower():
+        if not _in_zone(domain, zone["Name"]):
             raise RuntimeError(f"{domain} is not inside hosted zone {s.hosted_zone_id} ({zone['Name']})")
     else:
         zones = [zone for page in route53.get_paginator("list_hosted_zones").paginate()
                  for zone in page["HostedZones"]
-                 if not zone.get("Config", {}).get("PrivateZone")
-                 and (domain == zone["Name"].lower() or domain.endswith("." + zone["Name"].lower()))]
+                 if not zone.get("Config", {}).get("PrivateZone") and _in_zone(domain, zone["Name"])]
         if not zones:
             raise RuntimeError(f"no public hosted zone in this account holds {domain}: create one, or name it "
                                "with --hosted-zone-id")
@@ -153,6 +152,12 @@ def find_zone(d: Deployment) -> str:
     if not (api_domain + ".").endswith("." + d.zone_name):
         raise RuntimeError(f"--api-domain {api_domain} is not inside hosted zone {d.zone_id} ({zone['Name']})")
     return f"{d.zone_id} ({zone['Name']}), for {domain.rstrip('.')} and {api_domain}"
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    """Whether the fully qualified ``name`` (trailing dot) is the zone's apex or inside it."""
+    zone = zone.lower()
+    return name == zone or name.endswith("." + zone)
 
 
 def api_record_name(d: Deployment) -> str | None:
@@ -205,8 +210,10 @@ def push_images(d: Deployment) -> str:
         return (f"would build {', '.join(images.TARGETS)} ({images.PLATFORM}) with the docker SDK "
                 f"{images.docker_sdk_version()} and push them as :{d.image_tag} unless ECR has them")
     ecr = d.client("ecr")
-    repositories = {target: d.output("storage", f"{target.capitalize()}RepositoryUri") for target in images.TARGETS}
-    missing = [t for t in images.TARGETS if images.find_image(ecr, repositories[t] or "", d.image_tag) is None]
+    repositories = {target: d.output("storage", f"{target.capitalize()}RepositoryUri") or ""
+                    for target in images.TARGETS}
+    digests = {target: images.find_image(ecr, repositories[target], d.image_tag) for target in images.TARGETS}
+    missing = [target for target, digest in digests.items() if digest is None]
     if missing and not d.settings.build:
         raise images.ImageError(f"--no-build, but ECR has no :{d.image_tag} of {', '.join(missing)}")
     if missing:
@@ -216,13 +223,13 @@ def push_images(d: Deployment) -> str:
                      registry=credentials["serveraddress"])
         for target in missing:
             local = images.build_image(client, target, d.image_tag, lambda line: d.progress(f"  {line}"))
-            images.push_image(client, local, repositories[target] or "", d.image_tag, credentials,
+            images.push_image(client, local, repositories[target], d.image_tag, credentials,
                               lambda line: d.progress(f"  {line}"))
-    for target in images.TARGETS:
-        digest = images.find_image(ecr, repositories[target] or "", d.image_tag)
-        if digest is None:
-            raise images.ImageError(f"ECR has no {repositories[target]}:{d.image_tag} after the push")
-        d.images[target] = images.ImageRef(target, repositories[target] or "", d.image_tag, digest)
+            digests[target] = images.find_image(ecr, repositories[target], d.image_tag)
+            if digests[target] is None:
+                raise images.ImageError(f"ECR has no {repositories[target]}:{d.image_tag} after the push")
+    d.images = {target: images.ImageRef(target, repositories[target], d.image_tag, digest or "")
+                for target, digest in digests.items()}
     kept = [t for t in images.TARGETS if t not in missing]
     return (f"built and pushed {', '.join(missing)}" if missing else "") + ("; " if missing and kept else "") + (
         f"{', '.join(kept)} already in ECR" if kept else "") + f" (:{d.image_tag})"
@@ -311,6 +318,6 @@ def deploy(settings: DeploySettings, dry_run: bool, progress: Callable[[str], No
         except _EXPECTED as exc:
             raise DeployError(step.name, str(exc) or type(exc).__name__) from exc
         elapsed = time.monotonic() - started
-        d.done.append((step.name, what, elapsed))
+        d.done.append((step.name, what))
         progress(f"[{number}/{len(chosen)}] {step.name}: " + ("planned" if dry_run else f"{what} ({elapsed:.1f} s)"))
     return d
