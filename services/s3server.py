@@ -1,20 +1,31 @@
-"""A real S3 API server on loopback (moto's server) as a child process: the S3 of the embedded stack.
+"""A real S3 API server on loopback (moto's server) as a child process, for tests and benchmarks.
 
 Used where there is neither AWS nor Docker (this machine's kind): the code under test still talks
 to S3 through boto3 over HTTP, only the endpoint differs. Needs the ``moto[server]`` package.
+The embedded stack starts its own, detached, server but shares :func:`s3_answers`.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
 from services.ports import free_port
+
+
+def s3_answers(port: int) -> bool:
+    """An S3 API answers on the port (ListBuckets), not merely something listening there: a port
+    asked for a moment ago may have been taken by another process meanwhile."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+            return response.status == 200 and b"ListAllMyBucketsResult" in response.read()
+    except OSError:
+        return False
 
 
 class S3ServerError(RuntimeError):
@@ -45,13 +56,11 @@ class S3Server:
             if self._process.poll() is not None:
                 raise S3ServerError(f"moto's S3 server exited with status {self._process.returncode} "
                                     f"(is moto[server] installed? log: {self._log_path})")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            if s3_answers(self.port):
                 return self
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
-        raise S3ServerError(f"moto's S3 server did not listen on port {self.port} within {timeout:.0f} s")
+        raise S3ServerError(f"moto's S3 server did not answer on port {self.port} within {timeout:.0f} s")
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

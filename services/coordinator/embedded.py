@@ -38,6 +38,7 @@ from typing import Any
 from services.cache import cache_dir
 from services.logs import event
 from services.ports import free_ports
+from services.s3server import s3_answers
 
 log = logging.getLogger("cosmic.coordinator.embedded")
 
@@ -210,7 +211,7 @@ def _start(sandboxes: int) -> Stack:
                                            "--health-port", str(health_port)],
                             pair_port, "services.rendezvous", _child_env(None), health_port=health_port)
         started.append(rendezvous)
-        _wait_ready(s3, lambda: _s3_answers(s3.port))
+        _wait_ready(s3, lambda: s3_answers(s3.port))
         _wait_ready(rendezvous, lambda: _healthz(health_port))
         _wait_ready(runtime, lambda: _dry_run(runtime.port))
     except BaseException:
@@ -272,15 +273,6 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _s3_answers(port: int) -> bool:
-    """An S3 API answers there (ListBuckets), not merely something listening on the port."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-            return response.status == 200 and b"ListAllMyBucketsResult" in response.read()
-    except OSError:
-        return False
 
 
 def _healthz(port: int) -> bool:
