@@ -214,9 +214,10 @@ class Predictor:
         keep_freed_memory()
         torch.set_num_threads(self._intra_op_threads)
         self._pool = ThreadPoolExecutor(self.streams, "predict") if self.streams > 1 else None
-        self.model = model.eval()
+        # the model is not kept: its weights live on in _Prepared, laid out for inference, and a
+        # reference here would hold every tensor _Prepared does not share in memory for nothing
         with torch.inference_mode():
-            self._prepared = _Prepared(self.model, self.precision)
+            self._prepared = _Prepared(model.eval(), self.precision)
 
     def predict(self, images: torch.Tensor, magnitudes: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Predicted redshifts, float32 ``[n]``."""
