@@ -159,7 +159,6 @@ def predictions_key(result_path: str, rank: int) -> str:
 
 
 #: The file forms a partition may take, by suffix (see services/worker/data.py).
-PARTITION_SUFFIXES = (".pt", ".npz", ".safetensors")
 _PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
 
 

@@ -319,11 +319,3 @@ def _reset_peak_rss(process: subprocess.Popen[bytes] | None) -> None:
 def _peak_rss_mb(process: subprocess.Popen[bytes] | None) -> int:
     kib = peak_rss_kib(process.pid) if process is not None else None
     return math.ceil(kib / 1024) if kib else 0
-    try:
-        with open(f"/proc/{process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return math.ceil(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return 0
