@@ -169,7 +169,7 @@ def _tensors_only(mapping: Mapping[object, object], name: str) -> dict[str, torc
     others = [str(key) for key, value in mapping.items() if not isinstance(key, str) or
               not isinstance(value, torch.Tensor)]
     if others or not mapping:
-        keys = f"entries that are not named tensors: {_listing(others)}" if others else "no tensors"
+        keys = f"entries that are not named tensors: {listing(others)}" if others else "no tensors"
         raise CheckpointError(f"{name}: not a state_dict: {keys} (accepted: a dict of tensors, or one under "
                               f"{', '.join(repr(k) for k in WRAPPER_KEYS)})")
     return dict(mapping)  # type: ignore[arg-type]
@@ -237,13 +237,13 @@ def build_model(state_dict: Mapping[str, torch.Tensor]) -> RedshiftModel:
     unexpected = sorted(set(mapped) - set(reference))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint does not fit the redshift model: missing {len(missing)} "
-                              f"({_listing(missing)}); unexpected {len(unexpected)} ({_listing(unexpected)})")
+                              f"({listing(missing)}); unexpected {len(unexpected)} ({listing(unexpected)})")
     fitted = {name: tensor.to(device="cpu", dtype=reference[name].dtype) for name, tensor in mapped.items()}
     try:
         model.load_state_dict(fitted, strict=True, assign=True)
     except RuntimeError as exc:  # shapes: load_state_dict lists every mismatch, one a line
         details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        raise CheckpointError(f"checkpoint does not fit the redshift model: {_listing(details)}") from None
+        raise CheckpointError(f"checkpoint does not fit the redshift model: {listing(details)}") from None
     if any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers())):
         raise CheckpointError("checkpoint does not fit the redshift model: a tensor was left unloaded")
     return model.eval()
@@ -274,7 +274,8 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _listing(names: list[str]) -> str:
+def listing(names: list[str]) -> str:
+    """The first few names, and how many more: for errors that must stay one readable line."""
     shown = ", ".join(names[:_SHOWN])
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "") if names else "none"
 

@@ -50,6 +50,7 @@ from services.worker.checkpoints import (
     LegacyCheckpointError,
     build_model,
     converted_path,
+    listing,
     load_state_dict,
     map_names,
     save_state_dict,
@@ -225,9 +226,8 @@ def to_our_names(flat: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return mapped
     by_order = _match_by_order(flat, reference)
     if by_order is None:
-        shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
         raise CheckpointError(f"{len(unmapped)} of {len(flat)} tensors have names that map onto none of the model's "
-                              f"({shown}), and their shapes do not match the model's in order either")
+                              f"({listing(unmapped)}), and their shapes do not match the model's in order either")
     event(log, "checkpoint_names_matched_by_order", logging.WARNING, tensors=len(by_order),
           unmapped=len(unmapped), first_unmapped=unmapped[0])
     return by_order
