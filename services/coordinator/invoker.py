@@ -54,7 +54,6 @@ class Outcome:
     response: dict[str, Any] | None = None
     error: str | None = None
     report: dict[str, float | None] = field(default_factory=dict)
-    throttles: int = 0
 
 
 @dataclass
@@ -97,7 +96,6 @@ class Invoker:
 
     def invoke(self, payload: dict[str, Any]) -> Outcome:
         body = json.dumps(payload).encode()
-        throttles = 0
         for retry in range(self.retries + 1):
             try:
                 response = self.client.invoke(FunctionName=self.function, Payload=body, LogType="Tail",
@@ -106,25 +104,24 @@ class Invoker:
                 code = exc.response.get("Error", {}).get("Code", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if (code in _RETRYABLE_CODES or status in (429, 500, 502, 503, 504)) and retry < self.retries:
-                    throttles += 1
                     self.stats.add(throttles=1)
                     self._pause(retry, code or str(status))
                     continue
                 self.stats.add(transport_errors=1)
-                return Outcome(False, error=f"{code or status}: {exc}", throttles=throttles)
+                return Outcome(False, error=f"{code or status}: {exc}")
             except ReadTimeoutError as exc:  # the invocation may still be running: not safe to retry here
                 self.stats.add(transport_errors=1)
-                return Outcome(False, error=f"no answer within the read timeout: {exc}", throttles=throttles)
+                return Outcome(False, error=f"no answer within the read timeout: {exc}")
             except (ConnectionError, BotoCoreError) as exc:
                 if retry < self.retries:
                     self.stats.add(transport_errors=1)
                     self._pause(retry, type(exc).__name__)
                     continue
-                return Outcome(False, error=f"{type(exc).__name__}: {exc}", throttles=throttles)
-            return self._outcome(response, throttles)
-        return Outcome(False, error="gave up after retries", throttles=throttles)  # pragma: no cover (loop returns)
+                return Outcome(False, error=f"{type(exc).__name__}: {exc}")
+            return self._outcome(response)
+        return Outcome(False, error="gave up after retries")  # pragma: no cover (loop returns)
 
-    def _outcome(self, response: dict[str, Any], throttles: int) -> Outcome:
+    def _outcome(self, response: dict[str, Any]) -> Outcome:
         self.stats.add(invocations=1)
         tail = base64.b64decode(response.get("LogResult") or b"").decode(errors="replace")
         report = parse_report(tail)
@@ -137,11 +134,10 @@ class Invoker:
             self.stats.add(function_errors=1)
             message = answer.get("errorMessage") if isinstance(answer, dict) else str(answer)
             kind = answer.get("errorType", response["FunctionError"]) if isinstance(answer, dict) else "Error"
-            return Outcome(False, error=f"{kind}: {message}", report=report, throttles=throttles)
+            return Outcome(False, error=f"{kind}: {message}", report=report)
         if not isinstance(answer, dict):
-            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report,
-                           throttles=throttles)
-        return Outcome(True, response=answer, report=report, throttles=throttles)
+            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report)
+        return Outcome(True, response=answer, report=report)
 
     def _pause(self, retry: int, reason: str) -> None:
         delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**retry))  # full jitter

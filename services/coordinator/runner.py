@@ -18,7 +18,7 @@ from typing import Any
 
 from services.contracts import result_key
 from services.coordinator.invoker import Invoker
-from services.coordinator.state import TERMINAL, Attempt, JobStore, RankJournal, RankRecord
+from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
 from services.logs import event as log_event
 
 log = logging.getLogger("cosmic.coordinator.runner")
@@ -38,7 +38,6 @@ class JobRunner:
         self.deadline = time.monotonic() + deadline_s
         self.cancelled = threading.Event()
         self.ranks: dict[int, RankRecord] = {}
-        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"job-{self.job_id}", daemon=True)
 
     def start(self) -> JobRunner:
@@ -163,14 +162,3 @@ class JobRunner:
         record.state = state
         assert self.journal is not None
         self.journal.record(record)
-
-    # -- progress ---------------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        tally: dict[str, int] = {}
-        for record in list(self.ranks.values()):
-            tally[record.state] = tally.get(record.state, 0) + 1
-        return tally
-
-    @property
-    def done(self) -> bool:
-        return self.manifest.get("state") in TERMINAL and not self.thread.is_alive()

@@ -18,7 +18,7 @@ from services.coordinator.payload import JobRequest
 from services.coordinator.planning import PlanError, choose_partitions, partition_label, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
-from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
+from services.coordinator.state import MANIFEST_VERSION, TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
 from services.logs import event as log_event
 from services.rendezvous.address import current_address
 from services.s3store import S3Store
@@ -74,7 +74,8 @@ class Coordinator:
         warnings += self._preflight(request.function or self.settings.worker_function, concurrency)
         now = time.time()
         manifest = {
-            "version": 1, "job_id": job_id, "state": "queued", "submitted_at": now, "request": request.model_dump(),
+            "version": MANIFEST_VERSION, "job_id": job_id, "state": "queued", "submitted_at": now,
+            "request": request.model_dump(),
             "function": request.function or self.settings.worker_function, "max_concurrency": concurrency,
             "max_attempts": request.max_attempts or self.settings.max_attempts, "rendezvous": rendezvous,
             "communicator": job_plan.comm_name is not None, "assignment": job_plan.assignment,

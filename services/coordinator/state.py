@@ -32,9 +32,7 @@ from typing import Any
 from services.s3store import S3Store
 
 MANIFEST_VERSION = 1
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-RANK_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
 
 def new_job_id() -> str:
