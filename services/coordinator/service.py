@@ -221,6 +221,9 @@ class Coordinator:
 
     def summary(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
+        return self._summary(job_id, manifest)
+
+    def _summary(self, job_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
         if manifest["state"] not in TERMINAL:
             raise JobConflict(f"job {job_id} is {manifest['state']}: its report comes when it ends")
         request = manifest["request"]
@@ -233,7 +236,7 @@ class Coordinator:
         if name not in plots.PLOTS:
             raise JobNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}")
         bucket, manifest = self._manifest(job_id)
-        document = self.summary(job_id)
+        document = self._summary(job_id, manifest)
         if name == "predicted_vs_true":
             predictions, labels = finish.result_arrays(self.store, manifest)
             if predictions is None or labels is None:
