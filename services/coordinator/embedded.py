@@ -397,7 +397,7 @@ def _write_record(stack: Stack) -> None:
 # -- seeding ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Seeded:
-    """What :func:`seed` put in the stack's S3: the bucket, the checkpoint's key, the partitions' keys."""
+    """What :func:`seed_store` put in S3: the bucket, the checkpoint's key, the partitions' keys."""
 
     bucket: str
     checkpoint_key: str
@@ -406,31 +406,38 @@ class Seeded:
 
 
 def seed(stack: Stack, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
-    """Make the demo checkpoint and partitions (a child process: torch stays out of here) and upload
-    them to ``cosmicai-data`` where the example payload looks: the model folder and ``{size}/{i}.pt``.
-
-    Objects already there with the same size are skipped, so seeding a reattached stack is cheap.
-    """
-    assets = _make_assets(sizes, count)
+    """Make the demo checkpoint and partitions and upload them to the stack's ``cosmicai-data``."""
     from services.s3store import S3Store
 
-    store = S3Store(_s3_client(stack))
-    _ensure_bucket(store, STATE_BUCKET)
+    return seed_store(S3Store(_s3_client(stack)), STATE_BUCKET, sizes, count)
+
+
+def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
+    """Make the demo checkpoint and partitions (a child process: torch stays out of here) and upload
+    them to ``bucket`` (made if missing) where the example payload looks: the model folder and
+    ``{size}/{i}.pt``. Used by the embedded stack and by compose's init step alike.
+
+    Objects already there with the same size are skipped, so seeding again is cheap.
+    """
+    assets = _make_assets(sizes, count)
+    _ensure_bucket(store, bucket)
     checkpoint = Path(assets["checkpoint"])
     uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
     keys: dict[str, list[str]] = {}
     for size, paths in assets["partitions"].items():
         keys[size] = [f"{size}/{Path(path).name}" for path in paths]
         uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
+    present: dict[str, dict[str, int]] = {}  # one listing per folder
     uploaded = 0
     for path, key in uploads:
         folder = key.rsplit("/", 1)[0] + "/"
-        present = {name: size for name, _, size in store.objects(STATE_BUCKET, folder)}
-        if present.get(key) != path.stat().st_size:
-            store.client.upload_file(str(path), STATE_BUCKET, key)
+        if folder not in present:
+            present[folder] = {name: size for name, _, size in store.objects(bucket, folder)}
+        if present[folder].get(key) != path.stat().st_size:
+            store.client.upload_file(str(path), bucket, key)
             uploaded += 1
-    event(log, "embedded_seeded", bucket=STATE_BUCKET, objects=len(uploads), uploaded=uploaded)
-    return Seeded(STATE_BUCKET, uploads[0][1], keys, uploaded)
+    event(log, "embedded_seeded", bucket=bucket, objects=len(uploads), uploaded=uploaded)
+    return Seeded(bucket, uploads[0][1], keys, uploaded)
 
 
 def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
