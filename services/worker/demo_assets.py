@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must be at least 1")
     root = cache_dir()
     if not (root / "checkpoints" / CHECKPOINT_NAME).exists():
-        _say("fitting the demo checkpoint (about 40 s, once) ...")
+        _say("fitting the demo checkpoint (once; about 2 minutes on 2 cores) ...")
     try:
         checkpoint = demo_checkpoint(root)
         partitions: dict[str, list[str]] = {}
