@@ -26,6 +26,15 @@ LEGACY_KEYS = {"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", "S3_OBJECT_TYPE", "WORLD
                "DATA_PREFIX", "DATA_PATH", "RESULT_PATH", "BATCH_SIZE"}
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) -> ``(host, port)``: the rendezvous endpoint, as events,
+    the coordinator's settings and the deploy's stack outputs carry it; ValueError otherwise."""
+    match = _HOST_PORT.match(endpoint.strip())
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{endpoint!r} is not host:port")
+    return match["host"].strip("[]"), int(match["port"])
+
+
 class FieldError(ValueError):
     """Input that cannot be used, naming the offending ``field`` and the ``reason``: the one shape
     of the errors at every boundary (worker events, job requests, settings files)."""
@@ -248,9 +257,10 @@ def _validate(event: WorkerEvent) -> None:
     if event.mode == "script" and not (event.script and event.model_bucket and event.model_prefix):
         raise EventError("script", "script mode needs script, model_bucket and model_prefix")
     if event.rendezvous is not None:
-        match = _HOST_PORT.match(event.rendezvous)
-        if not match or not 0 < int(match["port"]) < 65536:
-            raise EventError("rendezvous", f"must be host:port, got {event.rendezvous!r}")
+        try:
+            split_endpoint(event.rendezvous)
+        except ValueError:
+            raise EventError("rendezvous", f"must be host:port, got {event.rendezvous!r}") from None
         if not event.comm_name:
             raise EventError("comm_name", "required with rendezvous (the job's secret)")
     if not isinstance(event.collective_timeout_s, int | float) or not 0 < event.collective_timeout_s <= 900:

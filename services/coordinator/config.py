@@ -8,14 +8,13 @@ talks to AWS, to LocalStack plus the local runtime under compose, and to the emb
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services import envconfig
+from services.contracts import split_endpoint
 
 ENV_PREFIX = "COSMIC_"
-_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,12 @@ class CoordinatorSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.coordinator_port <= 65535:
             raise envconfig.SettingsError(f"coordinator_port must be within 0..65535, got {self.coordinator_port}")
-        if self.rendezvous_endpoint and not _HOST_PORT.match(self.rendezvous_endpoint):
-            raise envconfig.SettingsError(
-                f"COSMIC_RENDEZVOUS_ENDPOINT must be host:port, got {self.rendezvous_endpoint!r}")
+        if self.rendezvous_endpoint:
+            try:
+                split_endpoint(self.rendezvous_endpoint)
+            except ValueError:
+                raise envconfig.SettingsError(
+                    f"COSMIC_RENDEZVOUS_ENDPOINT must be host:port, got {self.rendezvous_endpoint!r}") from None
         for name in ("max_world_size", "max_concurrency_limit", "max_body_bytes", "max_attempts"):
             if getattr(self, name) < 1:
                 raise envconfig.SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")

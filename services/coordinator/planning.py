@@ -8,12 +8,14 @@ fixed ``"fmi_pair"``, so two jobs on one rendezvous server cross-paired).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import posixpath
 import secrets
+import socket
 from dataclasses import dataclass
 
-from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number
+from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number, split_endpoint
 from services.coordinator.payload import JobRequest
 from services.s3store import S3Store
 
@@ -115,3 +117,25 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
 def partition_label(prefix: str) -> str:
     """The size label of a prefix (``.../25MB`` -> ``25MB``), as the seed table names rows."""
     return posixpath.basename(prefix.rstrip("/"))
+
+
+def current_address(endpoint: str) -> str:
+    """``endpoint`` with its host name replaced by the IPv4 address it resolves to now.
+
+    On AWS the rendezvous name is a Route 53 record its task rewrites whenever it is replaced, with a
+    short TTL; a sandbox's resolver may still hold the old answer (or a cached "no such name"), so
+    the coordinator resolves the name when a job starts and hands every rank the same address.
+
+    An address stays as it is. Raises OSError when the name does not resolve.
+    """
+    host, port = split_endpoint(endpoint)
+    try:
+        ipaddress.ip_address(host)
+        return endpoint
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # a malformed name (an empty label) fails in the IDNA codec, not in DNS
+        raise OSError(f"{host!r} is not a valid host name: {exc}") from None
+    return f"{found[0][4][0]}:{port}"

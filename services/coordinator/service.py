@@ -15,12 +15,11 @@ from services.coordinator import finish, plots, summary
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.payload import JobRequest
-from services.coordinator.planning import PlanError, choose_partitions, partition_label, plan
+from services.coordinator.planning import PlanError, choose_partitions, current_address, partition_label, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
 from services.coordinator.state import MANIFEST_VERSION, TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
 from services.logs import event as log_event
-from services.rendezvous.address import current_address
 from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.coordinator")

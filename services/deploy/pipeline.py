@@ -19,10 +19,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from services import __version__
+from services.contracts import split_endpoint
 from services.deploy import images, smoke, templates
 from services.deploy.settings import DeploySettings
 from services.deploy.stacks import StackDeployer, StackError, StackResult
-from services.rendezvous.address import split_endpoint
 
 
 class DeployError(RuntimeError):

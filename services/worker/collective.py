@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from services.contracts import WorkerEvent, collective_summary_key
+from services.contracts import WorkerEvent, collective_summary_key, split_endpoint
 from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
 from services.worker.accuracy import OUTLIER_THRESHOLD
@@ -74,7 +74,6 @@ def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.
         return "skipped"
     if job.attempt > 1:
         return "skipped"  # a retried rank's peers finished long ago; waiting for them would only time out
-    from services.rendezvous.address import split_endpoint
     from services.rendezvous.comm import Communicator  # lazily: only ranks with a rendezvous pay for it
     from services.rendezvous.errors import CommError, RendezvousError
 

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from services.contracts import WorkerEvent, WorkerResult
+from services.contracts import WorkerEvent, WorkerResult, split_endpoint
 from services.s3store import S3Store
 
 
@@ -30,7 +30,6 @@ def check_s3(job: WorkerEvent, store: S3Store) -> dict[str, Any]:
 
 
 def check_pairing(job: WorkerEvent) -> dict[str, Any]:
-    from services.rendezvous.address import split_endpoint
     from services.rendezvous.client import pair  # lazily: only a selftest with a rendezvous needs it
     from services.rendezvous.comm import link_name
     from services.rendezvous.netio import recv_exactly

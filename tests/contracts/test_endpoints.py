@@ -1,10 +1,11 @@
-"""Endpoints as ``host:port``, and resolving the rendezvous name to the address it has now."""
+"""The rendezvous endpoint as ``host:port`` (the contract), and the address its name has now (the coordinator)."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.rendezvous.address import current_address, split_endpoint
+from services.contracts import split_endpoint
+from services.coordinator.planning import current_address
 
 
 @pytest.mark.parametrize(("endpoint", "expected"), [
