@@ -21,7 +21,7 @@ from services import logs
 from services.contracts import legacy_item
 from services.coordinator import config, finish
 from services.coordinator.payload import JobRequest
-from services.coordinator.planning import choose_partitions, partition_label, plan
+from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.state import RankRecord, cancel_key
 from services.logs import event as log_event
@@ -53,12 +53,10 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     items_key = f"jobs/{job_id.replace('/', '_')}/items.json"
     store.put(bucket, items_key, json.dumps(items).encode(), "application/json")
     log_event(log, "planned", job_id=job_id, world_size=len(items), partitions=len(partitions))
-    return {"job": {"job_id": job_id, "request": request.model_dump(), "world_size": len(items),
-                    "partitions": [[p.key, p.size] for p in job_plan.partitions], "input_bytes": job_plan.input_bytes,
-                    "partition_label": partition_label(request.data_prefix), "submitted_at": time.time(),
-                    "function": request.function or settings.worker_function, "communicator": False,
+    return {"job": {"job_id": job_id, "submitted_at": time.time(), "communicator": False,
+                    **job_plan.manifest_facts(request, request.function or settings.worker_function),
                     "events": [{"partitions": list(e.partitions)} for e in job_plan.events]},
-            "items": {"Bucket": bucket, "Key": items_key}, "max_concurrency": request.max_concurrency or len(items)}
+            "items": {"Bucket": bucket, "Key": items_key}, "max_concurrency": job_plan.max_concurrency}
 
 
 def summarize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import posixpath
 import secrets
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number, split_endpoint
 from services.coordinator.payload import JobRequest
@@ -40,10 +41,19 @@ class Plan:
     events: tuple[WorkerEvent, ...]
     assignment: str
     comm_name: str | None
+    #: How many ranks run at once: the request's ``max_concurrency`` (else all), within the limit.
+    max_concurrency: int
 
     @property
     def input_bytes(self) -> int:
         return sum(p.size for p in self.partitions)
+
+    def manifest_facts(self, request: JobRequest, function: str) -> dict[str, Any]:
+        """The job's description that the summary reads (``finish.write_summary``), the same
+        whether the coordinator or the Step Functions plan step ran the job."""
+        return {"request": request.model_dump(), "function": function, "world_size": len(self.events),
+                "partitions": [[p.key, p.size] for p in self.partitions], "input_bytes": self.input_bytes,
+                "partition_label": partition_label(request.data_prefix)}
 
 
 def list_partitions(store: S3Store, bucket: str, prefix: str) -> list[Partition]:
@@ -83,8 +93,13 @@ def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]
 
 
 def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, function_timeout_s: float,
-         max_world_size: int, rendezvous: str | None, cancel_key: str) -> Plan:
-    """The events of a job whose partitions are known; raises PlanError for impossible requests."""
+         max_world_size: int, rendezvous: str | None, cancel_key: str,
+         max_concurrency_limit: int | None = None) -> Plan:
+    """The events of a job whose partitions are known; raises PlanError for impossible requests.
+
+    ``max_concurrency_limit`` caps how many ranks run at once (the coordinator's
+    COSMIC_MAX_CONCURRENCY_LIMIT; None: no cap, as under Step Functions).
+    """
     count = len(partitions)
     world_size = request.world_size or count
     if world_size > max_world_size:
@@ -100,6 +115,11 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
     if communicator and concurrency < world_size:
         raise PlanError("max_concurrency", f"the communicator needs all {world_size} ranks at once, "
                                            f"max_concurrency is {concurrency}; raise it or set communicator false")
+    if max_concurrency_limit is not None:
+        concurrency = min(concurrency, max_concurrency_limit)
+        if communicator and concurrency < world_size:
+            raise PlanError("world_size", f"the communicator needs all ranks at once; this coordinator runs at most "
+                                          f"{max_concurrency_limit} (COSMIC_MAX_CONCURRENCY_LIMIT)")
     comm_name = secrets.token_hex(16) if communicator else None
     checkpoint = (Checkpoint(request.checkpoint.bucket, request.checkpoint.key, request.checkpoint.sha256)
                   if request.checkpoint else None)
@@ -111,7 +131,7 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
                     checkpoint=checkpoint, rendezvous=rendezvous if communicator else None, comm_name=comm_name,
                     cancel_key=cancel_key, collective_timeout_s=min(120.0, function_timeout_s / 4))
         for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
-    return Plan(tuple(partitions), events, assignment, comm_name)
+    return Plan(tuple(partitions), events, assignment, comm_name, concurrency)
 
 
 def partition_label(prefix: str) -> str:

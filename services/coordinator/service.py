@@ -15,7 +15,7 @@ from services.coordinator import finish, plots, summary
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.payload import JobRequest
-from services.coordinator.planning import PlanError, choose_partitions, current_address, partition_label, plan
+from services.coordinator.planning import choose_partitions, current_address, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
 from services.coordinator.state import MANIFEST_VERSION, TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
@@ -57,11 +57,8 @@ class Coordinator:
         rendezvous, warnings = self._rendezvous_address()
         job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker_timeout,
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
-                        cancel_key=cancel_key(job_id))
-        concurrency = min(request.max_concurrency or len(job_plan.events), self.settings.max_concurrency_limit)
-        if job_plan.comm_name and concurrency < len(job_plan.events):
-            raise PlanError("world_size", f"the communicator needs all ranks at once; this coordinator runs at most "
-                                          f"{self.settings.max_concurrency_limit} (COSMIC_MAX_CONCURRENCY_LIMIT)")
+                        cancel_key=cancel_key(job_id), max_concurrency_limit=self.settings.max_concurrency_limit)
+        concurrency = job_plan.max_concurrency
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
             raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}")
@@ -74,14 +71,11 @@ class Coordinator:
         now = time.time()
         manifest = {
             "version": MANIFEST_VERSION, "job_id": job_id, "state": "queued", "submitted_at": now,
-            "request": request.model_dump(),
-            "function": request.function or self.settings.worker_function, "max_concurrency": concurrency,
-            "max_attempts": request.max_attempts or self.settings.max_attempts, "rendezvous": rendezvous,
-            "communicator": job_plan.comm_name is not None, "assignment": job_plan.assignment,
-            "partitions": [[p.key, p.size] for p in job_plan.partitions], "input_bytes": job_plan.input_bytes,
-            "partition_label": partition_label(request.data_prefix), "world_size": len(job_plan.events),
-            "events": [event.to_dict() for event in job_plan.events], "idempotency_key": idempotency,
-            "error": None, "warnings": warnings,
+            **job_plan.manifest_facts(request, request.function or self.settings.worker_function),
+            "max_concurrency": concurrency, "max_attempts": request.max_attempts or self.settings.max_attempts,
+            "rendezvous": rendezvous, "communicator": job_plan.comm_name is not None,
+            "assignment": job_plan.assignment, "events": [event.to_dict() for event in job_plan.events],
+            "idempotency_key": idempotency, "error": None, "warnings": warnings,
         }
         self.jobs.save_manifest(bucket, manifest)
         log_event(log, "job_submitted", job_id=job_id, world_size=len(job_plan.events),
