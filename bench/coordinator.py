@@ -27,6 +27,7 @@ from services.coordinator import config
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.service import Coordinator
+from services.coordinator.state import TERMINAL
 from services.s3server import S3Server
 from services.s3store import S3Store
 
@@ -57,7 +58,7 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int) -> tuple[flo
     coordinator = Coordinator(config.load(max_concurrency_limit=sandboxes, invoke_retries=12), store)
     started = time.perf_counter()
     job_id, _, _ = coordinator.submit(payload("rate", 10, ranks, sandboxes))
-    while coordinator.status(job_id)["state"] not in ("succeeded", "failed", "cancelled"):
+    while coordinator.status(job_id)["state"] not in TERMINAL:
         time.sleep(0.05)
     wall = time.perf_counter() - started
     status = coordinator.status(job_id)

@@ -23,6 +23,7 @@ from services.coordinator import config
 from services.coordinator.embedded import ensure_stack, seed
 from services.coordinator.payload import JobRequest
 from services.coordinator.service import Coordinator
+from services.coordinator.state import TERMINAL
 
 
 def run_job(coordinator: Coordinator, world_size: int, label: str) -> tuple[float, float, str]:
@@ -31,7 +32,7 @@ def run_job(coordinator: Coordinator, world_size: int, label: str) -> tuple[floa
                          world_size=world_size)
     started = time.perf_counter()
     job_id, _, _ = coordinator.submit(request)
-    while coordinator.status(job_id)["state"] not in ("succeeded", "failed", "cancelled"):
+    while coordinator.status(job_id)["state"] not in TERMINAL:
         time.sleep(0.02)
     wall = time.perf_counter() - started
     status = coordinator.status(job_id)

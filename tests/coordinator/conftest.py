@@ -24,13 +24,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("fastapi")
 pytest.importorskip("awslambdaric")
 
+from services.coordinator.state import TERMINAL  # noqa: E402
 from services.ports import free_port, free_ports  # noqa: E402
 from services.s3store import S3Store  # noqa: E402
 from tests.rendezvous.conftest import REPO  # noqa: E402
 
 PARTITIONS = 6
 SANDBOXES = 4
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:

@@ -38,13 +38,12 @@ from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
 from services.ports import free_port, free_ports
 from services.s3server import S3Server
+from tests.conftest import CREDENTIALS
 from tests.processes import runtime_process
 from tests.rendezvous.conftest import REPO
 
 ZONE = "cosmic.test."
 DOMAIN = "rendezvous.cosmic.test"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1"}
 PARTS = ("storage", "worker", "rendezvous", "coordinator")
 
 
