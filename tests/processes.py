@@ -1,4 +1,5 @@
-"""Starting the local Lambda runtime as a child process, the same way in every test that needs one."""
+"""Starting the local Lambda runtime and the rendezvous server as child processes, the same way in
+every test that needs one."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.ports import free_port
+from services.ports import free_port, free_ports
 from tests.rendezvous.conftest import REPO
 
 
@@ -31,6 +33,35 @@ def runtime_process(log: Path, *options: str, env: dict[str, str] | None = None,
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def rendezvous_process(log: Path, startup_s: float = 15.0) -> Iterator[str]:
+    """``python -m services.rendezvous`` on loopback; yields its ``host:port`` once /healthz answers,
+    and requires a clean exit on SIGTERM afterwards."""
+    port, health_port = free_ports(2)
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port",
+                                    str(port), "--health-host", "127.0.0.1", "--health-port", str(health_port)],
+                                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_s
+        while not _healthy(health_port):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0

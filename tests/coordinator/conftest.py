@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("awslambdaric")
 
 from services.coordinator.state import TERMINAL  # noqa: E402
-from services.ports import free_port, free_ports  # noqa: E402
+from services.ports import free_port  # noqa: E402
 from services.s3store import S3Store  # noqa: E402
+from tests.processes import rendezvous_process, runtime_process  # noqa: E402
 from tests.rendezvous.conftest import REPO  # noqa: E402
 
 PARTITIONS = 6
@@ -59,7 +60,6 @@ class Stack:
     rendezvous: str
     bucket: str
     store: S3Store
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL_LAMBDA": self.lambda_endpoint,
@@ -98,28 +98,12 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     torch.save(RedshiftModel().state_dict(), buffer)
     store.put(bucket, "Anomaly Detection/Fine_Tune_Model/tiny.pt", buffer.getvalue())
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}
-    runtime_port, rendezvous_port, health_port = free_ports(3)
-    runtime_log, rendezvous_log = folder / "runtime.log", folder / "rendezvous.log"
-    processes = [
-        _start([sys.executable, "-m", "services.worker", "--port", str(runtime_port), "--sandboxes", str(SANDBOXES),
-                "--timeout", "120", "--handler", "tests.coordinator.flaky_handler.handler"], runtime_log, env),
-        _start([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port", str(rendezvous_port),
-                "--health-host", "127.0.0.1", "--health-port", str(health_port)], rendezvous_log, env),
-    ]
-    try:
-        _wait_for(lambda: "listening" in runtime_log.read_text(), "runtime", 60, runtime_log)
-        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{health_port}/healthz"), "rendezvous", 15, rendezvous_log)
-        yield Stack(s3_endpoint, f"http://127.0.0.1:{runtime_port}", f"127.0.0.1:{rendezvous_port}", bucket, store,
-                    processes)
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    runtime_options = ["--sandboxes", str(SANDBOXES), "--timeout", "120", "--handler",
+                       "tests.coordinator.flaky_handler.handler"]
+    with runtime_process(folder / "runtime.log", *runtime_options,
+                         env={"COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}) as lambda_endpoint, \
+            rendezvous_process(folder / "rendezvous.log") as rendezvous:
+        yield Stack(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
 
 
 @dataclass

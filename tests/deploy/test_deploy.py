@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,13 +32,14 @@ pytest.importorskip("awslambdaric")
 
 import boto3
 
+from services.contracts import split_endpoint
 from services.deploy import images, templates
 from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
-from services.ports import free_port, free_ports
+from services.ports import free_port
 from services.s3server import S3Server
 from tests.conftest import CREDENTIALS
-from tests.processes import runtime_process
+from tests.processes import rendezvous_process, runtime_process
 from tests.rendezvous.conftest import REPO
 
 ZONE = "cosmic.test."
@@ -95,32 +95,19 @@ class Cloud:
         return dict(self.client("cloudformation").describe_stacks(StackName=f"cosmic-{part}")["Stacks"][0])
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     folder = tmp_path_factory.mktemp("deploy")
-    pairing_port, health_port = free_ports(2)
     with S3Server(log_path=folder / "moto.log", module="tests.deploy.moto_server", cwd=REPO) as moto:
         runtime_env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": moto.endpoint, "COSMIC_WORKER_FUNCTION": "cosmic-worker",
                        "COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}
-        rendezvous = _start([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port",
-                             str(pairing_port), "--health-host", "127.0.0.1", "--health-port", str(health_port)],
-                            folder / "rendezvous.log")
-        try:
-            with runtime_process(folder / "runtime.log", "--sandboxes", "2", "--timeout", "60",
-                                 env=runtime_env) as runtime:
-                route53 = boto3.client("route53", endpoint_url=moto.endpoint, region_name="us-east-1",
-                                       aws_access_key_id="testing", aws_secret_access_key="testing")
-                zone = route53.create_hosted_zone(Name=ZONE, CallerReference="cosmic-deploy-test")["HostedZone"]
-                yield Cloud(moto.endpoint, runtime, pairing_port, zone["Id"].rsplit("/", 1)[-1])
-        finally:
-            rendezvous.send_signal(signal.SIGTERM)
-            rendezvous.wait(timeout=20)
+        runtime_options = ["--sandboxes", "2", "--timeout", "60"]
+        with rendezvous_process(folder / "rendezvous.log") as rendezvous, \
+                runtime_process(folder / "runtime.log", *runtime_options, env=runtime_env) as runtime:
+            cloud = Cloud(moto.endpoint, runtime, split_endpoint(rendezvous)[1], zone_id="")
+            zone = cloud.client("route53").create_hosted_zone(Name=ZONE, CallerReference="cosmic-deploy-test")
+            cloud.zone_id = zone["HostedZone"]["Id"].rsplit("/", 1)[-1]
+            yield cloud
 
 
 def _report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
