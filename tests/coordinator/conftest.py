@@ -3,7 +3,6 @@ real worker handler, the rendezvous server; the coordinator itself as a child pr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
@@ -85,19 +84,12 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 @pytest.fixture(scope="session")
 def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from services.worker.model import RedshiftModel
-    from tests.worker.conftest import partition_bytes
+    from tests.worker.conftest import seed_bucket
 
     folder = tmp_path_factory.mktemp("coordinator-stack")
     store = S3Store()
-    bucket = "cosmic-coord-" + secrets.token_hex(4)
-    store.client.create_bucket(Bucket=bucket)
-    for index in range(1, PARTITIONS + 1):
-        store.put(bucket, f"tiny/{index}.pt", partition_bytes(index))
     torch.manual_seed(5)
-    buffer = io.BytesIO()
-    torch.save(RedshiftModel().state_dict(), buffer)
-    store.put(bucket, "Anomaly Detection/Fine_Tune_Model/tiny.pt", buffer.getvalue())
-
+    bucket, _, _ = seed_bucket(store, "cosmic-coord-", PARTITIONS, RedshiftModel())
     runtime_options = ["--sandboxes", str(SANDBOXES), "--timeout", "120", "--handler",
                        "tests.coordinator.flaky_handler.handler"]
     with runtime_process(folder / "runtime.log", *runtime_options,

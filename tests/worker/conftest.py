@@ -63,16 +63,23 @@ class World:
         return sorted(self.store.keys(self.bucket, prefix))
 
 
-@pytest.fixture(scope="session")
-def world(s3_endpoint: str, tiny_model: RedshiftModel) -> World:
-    store = S3Store()
-    bucket = "cosmic-test-" + secrets.token_hex(4)
+def seed_bucket(store: S3Store, name_prefix: str, count: int, model: RedshiftModel) -> tuple[str, list[str], str]:
+    """A fresh bucket with ``count`` tiny partitions at ``tiny/{i}.pt`` and ``model``'s checkpoint in
+    the legacy model folder: ``(bucket, partition keys, checkpoint key)``."""
+    bucket = name_prefix + secrets.token_hex(4)
     store.client.create_bucket(Bucket=bucket)
-    keys = [f"tiny/{index}.pt" for index in (1, 2)]
+    keys = [f"tiny/{index}.pt" for index in range(1, count + 1)]
     for index, key in enumerate(keys, start=1):
         store.put(bucket, key, partition_bytes(index))
     buffer = io.BytesIO()
-    torch.save(tiny_model.state_dict(), buffer)
+    torch.save(model.state_dict(), buffer)
     checkpoint_key = "Anomaly Detection/Fine_Tune_Model/tiny.pt"
     store.put(bucket, checkpoint_key, buffer.getvalue())
+    return bucket, keys, checkpoint_key
+
+
+@pytest.fixture(scope="session")
+def world(s3_endpoint: str, tiny_model: RedshiftModel) -> World:
+    store = S3Store()
+    bucket, keys, checkpoint_key = seed_bucket(store, "cosmic-test-", 2, tiny_model)
     return World(store, bucket, keys, checkpoint_key)
