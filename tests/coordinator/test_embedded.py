@@ -30,8 +30,8 @@ from services import cli
 from services.coordinator import embedded
 from services.coordinator.client import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
 from services.ports import free_port
+from tests.rendezvous.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 STACK_TIMEOUT = 90
 
 

@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,8 @@ from services.coordinator.summary import (
     summarize,
 )
 from services.worker.accuracy import redshift_metrics
+from tests.rendezvous.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 X86 = 0.0000166667
 
 

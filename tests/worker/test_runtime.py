@@ -22,8 +22,8 @@ from botocore.config import Config  # noqa: E402
 
 from services.ports import free_port  # noqa: E402
 from tests.processes import runtime_process  # noqa: E402
+from tests.rendezvous.conftest import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 2
 
 
