@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,24 +18,33 @@ from tests.rendezvous.conftest import REPO
 
 
 @contextmanager
-def runtime_process(log: Path, *options: str, env: dict[str, str] | None = None,
-                    startup_s: float = 60.0) -> Iterator[str]:
-    """``python -m services.worker --port P *options``; yields its endpoint URL once it listens, and
+def _child(args: list[str], log: Path, ready: Callable[[], bool], startup_s: float,
+           env: dict[str, str] | None = None) -> Iterator[None]:
+    """``python -m *args`` from the repository, its output in ``log``; returns once ``ready()``, and
     requires a clean exit on SIGTERM afterwards."""
-    port = free_port()
     environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.worker", "--port", str(port), *options],
-                                   cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=environ, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + startup_s
-        while "listening" not in log.read_text():
+        while not ready():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+@contextmanager
+def runtime_process(log: Path, *options: str, env: dict[str, str] | None = None,
+                    startup_s: float = 60.0) -> Iterator[str]:
+    """``python -m services.worker --port P *options``; yields its endpoint URL once it listens."""
+    port = free_port()
+    with _child(["services.worker", "--port", str(port), *options], log, lambda: "listening" in log.read_text(),
+                startup_s, env):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _healthy(port: int) -> bool:
@@ -48,20 +57,8 @@ def _healthy(port: int) -> bool:
 
 @contextmanager
 def rendezvous_process(log: Path, startup_s: float = 15.0) -> Iterator[str]:
-    """``python -m services.rendezvous`` on loopback; yields its ``host:port`` once /healthz answers,
-    and requires a clean exit on SIGTERM afterwards."""
+    """``python -m services.rendezvous`` on loopback; yields its ``host:port`` once /healthz answers."""
     port, health_port = free_ports(2)
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1", "--port",
-                                    str(port), "--health-host", "127.0.0.1", "--health-port", str(health_port)],
-                                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup_s
-        while not _healthy(health_port):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    with _child(["services.rendezvous", "--host", "127.0.0.1", "--port", str(port), "--health-host", "127.0.0.1",
+                 "--health-port", str(health_port)], log, lambda: _healthy(health_port), startup_s):
         yield f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
