@@ -84,7 +84,7 @@ CMD ["--host", "0.0.0.0", "--port", "8000"]
 # numpy/boto3/safetensors/awslambdaric ~100 MB = ~1.4 GB uncompressed, under Lambda's 10 GB limit.
 # It stays root: Lambda runs the function as its own unprivileged user with a read-only /var/task,
 # and the base image has no useradd. Under compose the same image also runs the local runtime
-# (`python3 -m services.worker`, see compose.yaml) and the demo-data seeding.
+# (`python3 -m services.local.runtime`, see compose.yaml) and the demo-data seeding.
 FROM ${LAMBDA_PYTHON} AS worker
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

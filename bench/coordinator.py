@@ -28,7 +28,7 @@ from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.service import Coordinator
 from services.coordinator.state import TERMINAL
-from services.s3server import S3Server
+from services.local.s3server import S3Server
 from services.s3store import S3Store
 
 BUCKET = "cosmic-bench-coordinator"

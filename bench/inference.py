@@ -12,7 +12,7 @@ of the per-round ratios to the legacy loop of the same round.
 
 Columns: samples/s; ratio to the legacy loop; mean and max |prediction - fp32 model| (the legacy
 loop's own predictions are the fp32 reference); MAE and NMAD against the true redshifts
-(:func:`services.worker.accuracy.redshift_metrics`).
+(:func:`services.accuracy.redshift_metrics`).
 
 Run: ``.venv/bin/python bench/inference.py [--samples 2556] [--repeats 5] [--fit-steps N]``
 """
@@ -30,7 +30,7 @@ import torch
 from _harness import write_report
 from torch.utils.data import DataLoader, TensorDataset
 
-from services.worker.accuracy import redshift_metrics
+from services.accuracy import redshift_metrics
 from services.worker.demo_assets import FIT_STEPS, fit
 from services.worker.inference import Predictor, available_threads, cpu_has_bf16, resolve_precision
 from services.worker.synthetic import partition

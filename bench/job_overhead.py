@@ -20,10 +20,10 @@ import time
 from _harness import write_report
 
 from services.coordinator import config
-from services.coordinator.embedded import ensure_stack, seed
 from services.coordinator.payload import JobRequest
 from services.coordinator.service import Coordinator
 from services.coordinator.state import TERMINAL
+from services.local.stack import ensure_stack, seed
 
 
 def run_job(coordinator: Coordinator, world_size: int, label: str) -> tuple[float, float, str]:

@@ -34,7 +34,7 @@ PAYLOAD = {"job": "bench", "rank": 3, "partitions": ["100MB/1.pt", "100MB/2.pt"]
 def start_runtime(sandboxes: int, label: str, handler: str = "noop_handler.handler") -> tuple[Any, str]:
     port = free_port()
     log = OUT / f"{label}.stderr.log"
-    proc = spawn([sys.executable, "-m", "services.worker", "--port", str(port), "--sandboxes", str(sandboxes),
+    proc = spawn([sys.executable, "-m", "services.local.runtime", "--port", str(port), "--sandboxes", str(sandboxes),
                   "--handler", handler, "--log-level", "WARNING"], log)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

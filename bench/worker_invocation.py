@@ -27,7 +27,7 @@ import boto3
 from _harness import BENCH, OUT, REPO, children_killed_on_exit, stop, write_report
 from lambda_runtime import client, start_runtime
 
-from services.s3server import S3Server
+from services.local.s3server import S3Server
 from services.worker.demo_assets import demo_checkpoint, demo_partitions
 
 BUCKET = "cosmic-bench"

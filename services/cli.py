@@ -14,15 +14,16 @@ from services import __version__
 
 #: Subcommands that exist: name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("services.demo", "run the main job end to end on this machine"),
+    "demo": ("services.client.demo", "run the main job end to end on this machine"),
     "rendezvous": ("services.rendezvous.cli", "run the TCPunch-compatible rendezvous server"),
-    "worker": ("services.worker.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
+    "runtime": ("services.local.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
+    "worker": ("services.local.runtime.cli", "the same as `cosmic runtime` (its former name)"),
     "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
     "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
-    "submit": ("services.coordinator.cmd_submit", "submit a job to the coordinator and follow it"),
-    "status": ("services.coordinator.cmd_status", "a job's progress, or the list of jobs"),
-    "report": ("services.coordinator.cmd_report", "a job's cost and duration report, and its plots"),
-    "sweep": ("services.coordinator.cmd_sweep", "jobs over world sizes and partition sizes, and their table"),
+    "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),
+    "status": ("services.client.status", "a job's progress, or the list of jobs"),
+    "report": ("services.client.report", "a job's cost and duration report, and its plots"),
+    "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

@@ -15,7 +15,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server as a child process; the standard variables point boto3 at it for the session."""
     pytest.importorskip("moto")
-    from services.s3server import S3Server
+    from services.local.s3server import S3Server
 
     saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL_S3"]}
     with S3Server(log_path=tmp_path_factory.mktemp("s3") / "moto.log") as server:

@@ -40,9 +40,9 @@ def _child(args: list[str], log: Path, ready: Callable[[], bool], startup_s: flo
 @contextmanager
 def runtime_process(log: Path, *options: str, env: dict[str, str] | None = None,
                     startup_s: float = 60.0) -> Iterator[str]:
-    """``python -m services.worker --port P *options``; yields its endpoint URL once it listens."""
+    """``python -m services.local.runtime --port P *options``; yields its endpoint URL once it listens."""
     port = free_port()
-    with _child(["services.worker", "--port", str(port), *options], log, lambda: "listening" in log.read_text(),
+    with _child(["services.local.runtime", "--port", str(port), *options], log, lambda: "listening" in log.read_text(),
                 startup_s, env):
         yield f"http://127.0.0.1:{port}"
 

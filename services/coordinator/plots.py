@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from services.worker.accuracy import redshift_metrics
+from services.accuracy import redshift_metrics
 
 #: Beyond this many points a scatter turns into an unreadable blot (and a slow PNG): hexbin instead.
 HEXBIN_ABOVE = 5_000

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from services.accuracy import redshift_metrics
 from services.coordinator.pricing import Prices
-from services.worker.accuracy import redshift_metrics
 
 STATES = ("succeeded", "failed", "cancelled")
 #: Relative tolerance within which our accuracy and the workers' collective summary agree.

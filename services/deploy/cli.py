@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from services import envconfig
-from services.coordinator.commands import EXAMPLE_PAYLOAD
+from services.client.commands import EXAMPLE_PAYLOAD
 from services.deploy.settings import ENV_PREFIX, DeploySettings
 
 _VALUE_OPTIONS: dict[str, tuple[type, str]] = {

@@ -1,1 +1,1 @@
-"""The worker service: the local Lambda runtime (and, later, the inference handler it serves)."""
+"""The worker service: the Lambda handler and the inference engine it runs."""

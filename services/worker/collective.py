@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from services.accuracy import OUTLIER_THRESHOLD
 from services.contracts import WorkerEvent, collective_summary_key, split_endpoint
 from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
-from services.worker.accuracy import OUTLIER_THRESHOLD
 from services.worker.rankreport import RankTally
 
 log = logging.getLogger("cosmic.worker.collective")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from services.accuracy import redshift_metrics
 from services.cache import cache_dir
 from services.logs import event
-from services.worker.accuracy import redshift_metrics
 from services.worker.data import SAMPLES_PER_PARTITION, save_partition
 from services.worker.model import RedshiftModel
 from services.worker.synthetic import partition

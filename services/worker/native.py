@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from services.accuracy import redshift_metrics
 from services.contracts import WorkerEvent, WorkerResult, labels_key, predictions_key, result_key
 from services.logs import event as log_event
 from services.s3store import S3Store
-from services.worker.accuracy import redshift_metrics
 from services.worker.collective import summarise
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint

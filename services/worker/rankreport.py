@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.contracts import WorkerEvent
+from services.memory import peak_rss_kib
 from services.worker.data import BYTES_PER_SAMPLE
-from services.worker.memory import peak_rss_kib
 
 MEANINGS = {
     "total_cpu_time (seconds)": "wall time of the inference loop (same as infer_s)",

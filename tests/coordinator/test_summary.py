@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from services.accuracy import redshift_metrics
 from services.coordinator.pricing import PricesError, load_prices
 from services.coordinator.summary import (
     Invocation,
@@ -22,7 +23,6 @@ from services.coordinator.summary import (
     seed_table_row,
     summarize,
 )
-from services.worker.accuracy import redshift_metrics
 from tests.rendezvous.conftest import REPO
 
 X86 = 0.0000166667
@@ -307,7 +307,7 @@ def test_unknown_formats_are_refused(prices):
 def test_the_coordinator_imports_neither_torch_nor_the_worker():
     code = ("import sys, services.coordinator.summary, services.coordinator.plots, services.coordinator.pricing\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('services.worker.')\n"
-            "       and m != 'services.worker.accuracy' or m == 'matplotlib.pyplot']\n"
+            "       and m != 'services.accuracy' or m == 'matplotlib.pyplot']\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 

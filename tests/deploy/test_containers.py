@@ -232,7 +232,7 @@ def test_coordinator_image_can_run_the_step_functions_handlers(stages: dict[str,
 def test_entrypoints_name_real_modules(stages: dict[str, Stage]) -> None:
     assert stages["rendezvous"].all("ENTRYPOINT") == ['["python", "-m", "services.rendezvous"]']
     assert stages["coordinator"].all("ENTRYPOINT") == ['["python", "-m", "services.coordinator"]']
-    for package in ("rendezvous", "coordinator", "worker"):
+    for package in ("rendezvous", "coordinator", "local/runtime"):  # the worker image's compose entrypoint is the last
         assert (ROOT / "services" / package / "__main__.py").is_file()
 
 
@@ -348,7 +348,7 @@ def test_worker_runs_the_local_runtime(compose: dict[str, Any]) -> None:
     worker = compose["services"]["worker"]
     assert worker["build"]["target"] == "worker"
     entrypoint = worker["entrypoint"]
-    assert entrypoint[:3] == ["python3", "-m", "services.worker"]
+    assert entrypoint[:3] == ["python3", "-m", "services.local.runtime"]
     options = dict(zip(entrypoint[3::2], entrypoint[4::2], strict=True))
     assert options == {"--host": "0.0.0.0", "--port": "8080", "--sandboxes": "4"}
     assert "127.0.0.1:8080:8080" in worker["ports"]
@@ -364,7 +364,7 @@ def test_init_seeds_where_the_payload_looks(compose: dict[str, Any]) -> None:
     assert spec and spec.loader
     seed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed)
-    from services.coordinator import embedded
+    from services.local import stack as embedded
 
     payload = yaml.safe_load((ROOT / "examples/payload.json").read_text())
     assert seed.seed_store is embedded.seed_store, "compose seeds with the embedded stack's own code"

@@ -36,8 +36,8 @@ from services.contracts import split_endpoint
 from services.deploy import images, templates
 from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
+from services.local.s3server import S3Server
 from services.ports import free_port
-from services.s3server import S3Server
 from tests.conftest import CREDENTIALS
 from tests.processes import rendezvous_process, runtime_process
 from tests.rendezvous.conftest import REPO

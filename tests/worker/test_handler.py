@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from services.accuracy import redshift_metrics  # noqa: E402
 from services.contracts import (  # noqa: E402
     EventError,
     collective_summary_key,
@@ -22,7 +23,6 @@ from services.contracts import (  # noqa: E402
     result_key,
 )
 from services.worker import handler as handler_module  # noqa: E402
-from services.worker.accuracy import redshift_metrics  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
 from services.worker.data import PartitionError, load_partition  # noqa: E402
 from services.worker.legacy_script import ScriptFailed  # noqa: E402

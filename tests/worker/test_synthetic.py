@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from services.worker.accuracy import redshift_metrics  # noqa: E402
+from services.accuracy import redshift_metrics  # noqa: E402
 from services.worker.data import SAMPLES_PER_PARTITION  # noqa: E402
 from services.worker.synthetic import partition  # noqa: E402
 

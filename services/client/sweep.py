@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.coordinator.client import ApiClient
-from services.coordinator.commands import EXAMPLE_PAYLOAD, handles_errors, load_payload, sweep
+from services.client.api import ApiClient
+from services.client.commands import EXAMPLE_PAYLOAD, handles_errors, load_payload, sweep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

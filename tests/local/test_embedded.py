@@ -27,8 +27,8 @@ pytest.importorskip("moto")
 pytest.importorskip("awslambdaric")
 
 from services import cli
-from services.coordinator import embedded
-from services.coordinator.client import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
+from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
+from services.local import stack as embedded
 from services.ports import free_port
 from tests.rendezvous.conftest import REPO
 
@@ -122,7 +122,7 @@ def _check_seed(stack: embedded.Stack, cache: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.timeout(STACK_TIMEOUT)
 def test_the_stack_survives_its_starter_and_a_dead_one_is_replaced(cache: Path) -> None:
     starter = subprocess.Popen(
-        [sys.executable, "-c", "import json, time\nfrom services.coordinator.embedded import ensure_stack\n"
+        [sys.executable, "-c", "import json, time\nfrom services.local.stack import ensure_stack\n"
                                "print(json.dumps(ensure_stack(sandboxes=1).pids), flush=True)\ntime.sleep(300)"],
         stdout=subprocess.PIPE, text=True, cwd=REPO, env=os.environ.copy(), start_new_session=True)
     try:
@@ -225,9 +225,9 @@ def test_cosmic_status_without_a_coordinator_fails_with_the_hint(monkeypatch: py
 
 
 def test_the_coordinator_side_never_imports_torch() -> None:
-    modules = ["services.coordinator.embedded", "services.coordinator.client", "services.coordinator.commands",
-               "services.coordinator.cmd_submit", "services.coordinator.cmd_status", "services.coordinator.cmd_report",
-               "services.coordinator.cmd_sweep", "services.coordinator.cli", "services.demo",
+    modules = ["services.local.stack", "services.client.api", "services.client.commands",
+               "services.client.submit", "services.client.status", "services.client.report",
+               "services.client.sweep", "services.coordinator.cli", "services.client.demo",
                "services.coordinator.summary", "services.coordinator.plots"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
         "print('torch' in sys.modules)"

@@ -2,7 +2,7 @@
 
 The commands themselves are small modules (``cmd_submit``, ``cmd_status``, ``cmd_report``,
 ``cmd_sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
-the coordinator through :class:`~services.coordinator.client.ApiClient` only, so they work the
+the coordinator through :class:`~services.client.api.ApiClient` only, so they work the
 same against ``cosmic serve --embedded`` on this machine and a coordinator deployed elsewhere;
 ``cosmic demo`` reuses :func:`sweep`. Nothing here imports torch.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.coordinator.client import ApiClient, ApiError, JobTimeout
+from services.client.api import ApiClient, ApiError, JobTimeout
 
 #: The base payload of ``cosmic sweep`` when none is given: the legacy payload, on the demo data.
 EXAMPLE_PAYLOAD = Path(__file__).resolve().parents[2] / "examples" / "payload.json"
@@ -195,7 +195,7 @@ def count_partitions(bucket: str, prefix: str) -> int:
 
     environ = dict(os.environ)
     if not (environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")):
-        from services.coordinator.embedded import running_stack
+        from services.local.stack import running_stack
 
         stack = running_stack()
         if stack is not None:

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from services.coordinator.client import ApiClient
-from services.coordinator.commands import REPORT_FORMATS, handles_errors, write_report_files
+from services.client.api import ApiClient
+from services.client.commands import REPORT_FORMATS, handles_errors, write_report_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""``python -m services.worker`` and ``cosmic worker``: serve the Invoke API from warm sandboxes."""
+"""``python -m services.local.runtime`` and ``cosmic worker``: serve the Invoke API from warm sandboxes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import threading
 
 from services import envconfig, logs
+from services.local.runtime.config import ENV_PREFIX, RuntimeSettings
 from services.logs import event
-from services.worker.runtime.config import ENV_PREFIX, RuntimeSettings
 
 _OPTIONS = {"worker_host": "--host", "worker_port": "--port", "worker_function": "--function",
             "worker_handler": "--handler", "sandboxes": "--sandboxes", "worker_timeout": "--timeout",
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     except envconfig.SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
-    from services.worker.runtime.front import InvokeApi, Pool
+    from services.local.runtime.front import InvokeApi, Pool
 
     pool = Pool(settings)
     try:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.worker",
+    parser = argparse.ArgumentParser(prog="python -m services.local.runtime",
                                      description="Local Lambda runtime: the Invoke API in front of warm sandboxes.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

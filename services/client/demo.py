@@ -8,7 +8,7 @@ the communicator to agree on a collective summary. It ends with the seed table u
 hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
 
 This process never imports torch: the demo data is made by a child process (see
-:mod:`services.coordinator.embedded`), and the workers run in the runtime's sandboxes.
+:mod:`services.local.stack`), and the workers run in the runtime's sandboxes.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cosmic demo: {problem}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    from services.coordinator.client import ApiError
-    from services.coordinator.embedded import EmbeddedError  # boto3, not torch
+    from services.client.api import ApiError
+    from services.local.stack import EmbeddedError  # boto3, not torch
 
     try:
         ok = _demo(args, sandboxes)
@@ -70,8 +70,8 @@ def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
 
 
 def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
-    from services.coordinator.client import ApiClient
-    from services.coordinator.embedded import ensure_stack, seed, stack_dir
+    from services.client.api import ApiClient
+    from services.local.stack import ensure_stack, seed, stack_dir
 
     print(f"[1/5] starting a fresh embedded stack: moto's S3 server, the local Lambda runtime "
           f"({sandboxes} sandboxes), the rendezvous server (logs in {stack_dir()})", flush=True)
@@ -98,8 +98,8 @@ def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
 
 def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m services.coordinator`` on a free port, with the stack's environment; waits for /healthz."""
-    from services.coordinator.client import ApiClient
-    from services.coordinator.embedded import EmbeddedError, log_tail
+    from services.client.api import ApiClient
+    from services.local.stack import EmbeddedError, log_tail
     from services.ports import free_port
 
     port = free_port()
@@ -120,7 +120,7 @@ def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[byt
 
 
 def _sweep(client: Any, args: argparse.Namespace) -> bool:
-    from services.coordinator.commands import EXAMPLE_PAYLOAD, load_payload, sweep, write_report_files
+    from services.client.commands import EXAMPLE_PAYLOAD, load_payload, sweep, write_report_files
 
     sizes = ", ".join(str(n) for n in args.world_sizes)
     print(f"[4/5] a sweep over world sizes {sizes}: one job each on the {args.partitions} partitions of "

@@ -153,7 +153,8 @@ def test_response_over_six_megabytes_is_refused_as_lambda_does(runtime: str) -> 
 
 def test_handler_that_cannot_be_imported_fails_the_start_at_once() -> None:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "services.worker", "--port", str(free_port()), "--sandboxes", "1",
+    result = subprocess.run([sys.executable, "-m", "services.local.runtime", "--port", str(free_port()),
+                             "--sandboxes", "1",
                              "--handler", "tests.worker.no_such_module.handler"],
                             capture_output=True, text=True, timeout=60, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -163,6 +164,6 @@ def test_handler_that_cannot_be_imported_fails_the_start_at_once() -> None:
 
 
 def test_bad_setting_is_a_clear_error() -> None:
-    result = subprocess.run([sys.executable, "-m", "services.worker"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COSMIC_SANDBOXES": "0"}, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "services.local.runtime"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "COSMIC_SANDBOXES": "0"}, cwd=REPO)
     assert result.returncode == 2 and "sandboxes must be at least 1" in result.stderr

@@ -19,10 +19,10 @@ import time
 import urllib.parse
 from typing import Any
 
+from services.local.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.local.runtime.httpjson import JsonHandler
+from services.local.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
 from services.logs import event
-from services.worker.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
-from services.worker.runtime.httpjson import JsonHandler
-from services.worker.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
 
 log = logging.getLogger("cosmic.worker.runtime")
 _INVOKE = re.compile(r"^/2015-03-31/functions/(?P<name>[^/?]+)/invocations(?:\?.*)?$")

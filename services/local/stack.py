@@ -1,6 +1,6 @@
 """The embedded stack: S3, Lambda and the rendezvous server as local processes, for one machine.
 
-No Docker and no AWS: moto's S3 server, the local Lambda runtime (``python -m services.worker``)
+No Docker and no AWS: moto's S3 server, the local Lambda runtime (``python -m services.local.runtime``)
 and the rendezvous server run as three child processes on free loopback ports, and
 :meth:`Stack.export` points boto3 and the coordinator at them through the standard variables.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from services.cache import cache_dir
+from services.local.s3server import s3_answers
 from services.logs import event
 from services.ports import free_ports
-from services.s3server import s3_answers
 
 log = logging.getLogger("cosmic.coordinator.embedded")
 
@@ -201,10 +201,10 @@ def _start(sandboxes: int) -> Stack:
         s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
                     s3_port, "moto.server", _child_env(None, MOTO_PORT=str(s3_port)))
         started.append(s3)
-        runtime = _spawn("runtime", [sys.executable, "-m", "services.worker", "--host", "127.0.0.1",
+        runtime = _spawn("runtime", [sys.executable, "-m", "services.local.runtime", "--host", "127.0.0.1",
                                      "--port", str(runtime_port), "--sandboxes", str(sandboxes),
                                      "--function", WORKER_FUNCTION],
-                         runtime_port, "services.worker", _child_env(f"http://127.0.0.1:{s3_port}"))
+                         runtime_port, "services.local.runtime", _child_env(f"http://127.0.0.1:{s3_port}"))
         started.append(runtime)
         rendezvous = _spawn("rendezvous", [sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1",
                                            "--port", str(pair_port), "--health-host", "127.0.0.1",

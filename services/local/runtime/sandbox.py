@@ -27,10 +27,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
-from services.worker.memory import peak_rss_kib
-from services.worker.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
-from services.worker.runtime.httpjson import JsonHandler
+from services.memory import peak_rss_kib
 
 log = logging.getLogger("cosmic.worker.runtime")
 _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.coordinator.client import ApiClient
-from services.coordinator.commands import handles_errors, load_payload
+from services.client.api import ApiClient
+from services.client.commands import handles_errors, load_payload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

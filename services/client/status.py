@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Any
 
-from services.coordinator.client import ApiClient
-from services.coordinator.commands import handles_errors
+from services.client.api import ApiClient
+from services.client.commands import handles_errors
 
 RANK_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
