@@ -46,6 +46,14 @@ def parse_report(log_tail: str) -> dict[str, float | None]:
     return report  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """Concurrent executions a function may have, and where the number comes from (for messages)."""
+
+    limit: int
+    source: str
+
+
 @dataclass
 class Outcome:
     """One invocation's result: the worker's answer, or its error, and what Lambda reported."""
@@ -85,14 +93,19 @@ class Invoker:
             retries={"total_max_attempts": 1}, read_timeout=function_timeout_s + READ_MARGIN_S, connect_timeout=10,
             max_pool_connections=max(1, pool_size), tcp_keepalive=True))
 
-    def concurrency_headroom(self) -> int | None:
-        """The account's unreserved concurrent executions (AWS), or None where the API has no such call."""
+    def capacity(self) -> Capacity | None:
+        """How many of this function's invocations may run at once: its reserved concurrency when
+        set, else the account's unreserved concurrency (shared with every other function, so a job
+        within it can still be throttled). None where the endpoint answers neither call."""
         try:
+            reserved = self.client.get_function_concurrency(FunctionName=self.function)
+            if reserved.get("ReservedConcurrentExecutions") is not None:
+                return Capacity(int(reserved["ReservedConcurrentExecutions"]), "reserved concurrency of the function")
             limits = self.client.get_account_settings().get("AccountLimit", {})
         except (ClientError, BotoCoreError):
-            return None  # the local runtime and LocalStack need no preflight
+            return None
         value = limits.get("UnreservedConcurrentExecutions")
-        return int(value) if value is not None else None
+        return Capacity(int(value), "unreserved concurrency of the account") if value is not None else None
 
     def invoke(self, payload: dict[str, Any]) -> Outcome:
         body = json.dumps(payload).encode()

@@ -101,10 +101,10 @@ class Coordinator:
             return endpoint, [message]
 
     def _preflight(self, function: str, concurrency: int) -> list[str]:
-        """Warn before a job that cannot all run at once (on AWS: the account's Lambda concurrency)."""
-        headroom = self._invoker(function).concurrency_headroom()
-        if headroom is not None and headroom < concurrency:
-            message = (f"the account allows {headroom} unreserved concurrent Lambda executions, the job wants "
+        """Warn before a job that cannot all run at once (the function's or the account's concurrency)."""
+        capacity = self._invoker(function).capacity()
+        if capacity is not None and capacity.limit < concurrency:
+            message = (f"{function} may run {capacity.limit} at once ({capacity.source}), the job wants "
                        f"{concurrency} at once: the rest will be throttled and retried")
             log_event(log, "preflight_warning", logging.WARNING, function=function, message=message)
             return [message]

@@ -56,6 +56,18 @@ def test_a_rendezvous_name_that_does_not_resolve_is_passed_on_with_a_warning(sta
     assert api.wait(body["job_id"])["state"] == "succeeded"
 
 
+def test_a_job_wider_than_the_functions_capacity_is_warned_at_submit(api, stack: Stack) -> None:
+    """The runtime's sandboxes are the function's reserved concurrency, read as on AWS."""
+    status, body = api.call("POST", "/jobs", stack.payload(file_limit="6", world_size=6, communicator=False))
+    assert status == 202, body
+    assert any(f"may run {SANDBOXES} at once (reserved concurrency of the function)" in warning
+               and "wants 6" in warning for warning in body["warnings"]), body
+    assert api.wait(body["job_id"])["state"] == "succeeded"
+    status, narrow = api.call("POST", "/jobs", stack.payload(world_size=2, communicator=False))
+    assert status == 202 and not narrow["warnings"], narrow
+    assert api.wait(narrow["job_id"])["state"] == "succeeded"
+
+
 def detail_of(body: Any) -> str:
     return json.dumps(body["detail"])
 

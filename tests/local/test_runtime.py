@@ -100,6 +100,34 @@ def test_concurrency_limit_answers_429(runtime: str) -> None:
     assert sorted(outcomes) == ["429", "ok", "ok"]
 
 
+def test_capacity_is_read_through_the_control_plane_as_on_aws(runtime: str) -> None:
+    """The sandbox count is the function's reserved concurrency and the account's limit."""
+    lambda_client = client(runtime)
+    assert lambda_client.get_function_concurrency(FunctionName="cosmic-worker")["ReservedConcurrentExecutions"] == 2
+    function = lambda_client.get_function(FunctionName="cosmic-worker")
+    assert function["Concurrency"]["ReservedConcurrentExecutions"] == 2
+    configuration = function["Configuration"]
+    assert (configuration["FunctionName"], configuration["MemorySize"], configuration["Timeout"]) == \
+        ("cosmic-worker", 2048, TIMEOUT_S)
+    assert configuration["FunctionArn"].endswith(":function:cosmic-worker")
+    limits = lambda_client.get_account_settings()["AccountLimit"]
+    assert (limits["ConcurrentExecutions"], limits["UnreservedConcurrentExecutions"]) == (2, 0)
+    assert [f["FunctionName"] for f in lambda_client.list_functions()["Functions"]] == ["cosmic-worker"]
+    with pytest.raises(lambda_client.exceptions.ResourceNotFoundException):
+        lambda_client.get_function_concurrency(FunctionName="no-such-function")
+
+
+def test_every_answer_carries_a_request_id(runtime: str) -> None:
+    lambda_client = client(runtime)
+    answers = [lambda_client.get_account_settings(), lambda_client.invoke(FunctionName="cosmic-worker", Payload=b"{}"),
+               lambda_client.invoke(FunctionName="cosmic-worker", InvocationType="DryRun")]
+    for answer in answers:
+        assert answer["ResponseMetadata"]["HTTPHeaders"].get("x-amzn-requestid")
+    with pytest.raises(lambda_client.exceptions.ResourceNotFoundException) as missing:
+        lambda_client.invoke(FunctionName="nothing", Payload=b"{}")
+    assert missing.value.response["ResponseMetadata"]["HTTPHeaders"].get("x-amzn-requestid")
+
+
 def test_handler_error_is_shaped_as_lambda_does(runtime: str) -> None:
     response, body = invoke(runtime, {"action": "raise", "value": "x"})
     assert response["StatusCode"] == 200 and response["FunctionError"] == "Unhandled"

@@ -17,11 +17,14 @@ import re
 import threading
 import time
 import urllib.parse
+import uuid
 from typing import Any
 
+from services.local.runtime import control
 from services.local.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.httpjson import JsonHandler
 from services.local.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
+from services.local.runtime.sandbox import region as _region
 from services.logs import event
 
 log = logging.getLogger("cosmic.worker.runtime")
@@ -90,7 +93,19 @@ class _InvokeHandler(JsonHandler):
 
     def _error(self, status: int, kind: str, message: str, **extra: str) -> None:
         body = json.dumps({"Type": "User", "message": message, **extra}).encode()
-        self.respond(status, body, {"x-amzn-ErrorType": kind})
+        self.respond(status, body, {"x-amzn-ErrorType": kind, "x-amzn-RequestId": str(uuid.uuid4())})
+
+    def do_GET(self) -> None:
+        """The control plane's read calls (:mod:`control`): capacity, as AWS answers them."""
+        try:
+            body = control.answer(self.path, self.server.settings, self.server.names, _region(), function_name)
+        except control.NotFound as missing:
+            self._error(404, "ResourceNotFoundException", f"Function not found: {missing}")
+            return
+        if body is None:
+            self._error(404, "UnknownOperationException", f"unknown operation GET {self.path}")
+            return
+        self.respond(200, json.dumps(body).encode(), {"x-amzn-RequestId": str(uuid.uuid4())})
 
     def do_POST(self) -> None:
         match = _INVOKE.match(self.path)

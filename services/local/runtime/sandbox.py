@@ -109,7 +109,7 @@ class Sandbox:
 
     def __init__(self, index: int, settings: RuntimeSettings) -> None:
         self.index, self.settings = index, settings
-        self.function_arn = f"arn:aws:lambda:{_region()}:{_ACCOUNT}:function:{settings.worker_function}"
+        self.function_arn = f"arn:aws:lambda:{region()}:{_ACCOUNT}:function:{settings.worker_function}"
         self._api = _RuntimeApi(self)
         threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
         self._work: queue.Queue[tuple[Invocation, int]] = queue.Queue(maxsize=1)
@@ -141,7 +141,7 @@ class Sandbox:
                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.worker_memory_mb),
                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker_function}",
                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
-               "AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(),
+               "AWS_REGION": region(), "AWS_DEFAULT_REGION": region(),
                "COSMIC_THREADS": str(self.settings.threads_per_sandbox),
                "PYTHONUNBUFFERED": "1"}
         self._spawned_at = time.monotonic()
@@ -298,7 +298,8 @@ class Sandbox:
         self.start()
 
 
-def _region() -> str:
+def region() -> str:
+    """The region the runtime reports in ARNs and log lines, as the environment names it."""
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
