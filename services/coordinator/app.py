@@ -13,11 +13,14 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import __version__
 from services.coordinator import summary as summaries
+from services.coordinator.limits import BodyLimit, errors_with_excerpts
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import PlanError
 from services.coordinator.service import Coordinator, JobConflict, JobNotFound
@@ -43,12 +46,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     guarded = [Depends(authorised)]
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse({"detail": f"the body must be at most {settings.max_body_bytes} bytes"}, 413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder(errors_with_excerpts(list(exc.errors())))}, 422)
 
     @app.exception_handler(PlanError)
     async def plan_error(_: Request, exc: PlanError) -> JSONResponse:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from typing import Any
 
 from services.coordinator.state import JobStore, manifest_key
+from services.memory import peak_rss_kib
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
 from tests.rendezvous.conftest import REPO
 
@@ -98,6 +103,50 @@ def test_bad_payloads_are_422_naming_the_field(api: Api, stack: Stack) -> None:
     status, body = api.call("POST", "/jobs", raw=b"x" * 100_000)
     assert status == 413, body
     assert api.call("GET", "/jobs/j-nope")[0] == 404
+
+
+def _send_chunked(url: str, chunk: bytes, most_chunks: int, time_limit_s: float = 30.0) -> tuple[bytes, int]:
+    """POST a chunked body of up to ``most_chunks`` chunks, stopping once the server answers;
+    returns the answer's bytes and how many chunks went out."""
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    sent, answer = 0, b""
+    deadline = time.monotonic() + time_limit_s
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        while sent < most_chunks and time.monotonic() < deadline:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(frame)
+            except OSError:  # the server answered and closed while we were still sending
+                break
+            sent += 1
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            while chunk_in := sock.recv(65536):
+                answer += chunk_in
+                if b"\r\n\r\n" in answer and len(answer) > 4096:
+                    break
+    return answer, sent
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(api: Api) -> None:
+    """A body with no Content-Length was read whole (~1 GB for 200 MB) and echoed in the 422."""
+    before = peak_rss_kib(api.process.pid)
+    chunk = b"[" + b"1," * 32_767 + b"1"  # 64 KiB; up to 200 MB in all
+    answer, sent = _send_chunked(api.url, chunk, most_chunks=3_200)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert len(answer) < 1024, "an error quotes no more than an excerpt of the input"
+    assert sent < 100, f"{sent} chunks of 64 KiB went out before the 413: the body was read on past the limit"
+    assert (peak_rss_kib(api.process.pid) or 0) - (before or 0) < 64 * 1024
+
+
+def test_a_validation_error_quotes_an_excerpt_of_the_input(api: Api, stack: Stack) -> None:
+    status, body = api.call("POST", "/jobs", stack.payload(S3_object_name="a" * 50_000))
+    assert status == 422 and "S3_object_name" in detail_of(body)
+    assert len(json.dumps(body)) < 2_000, len(json.dumps(body))
 
 
 def test_second_active_job_on_a_result_path_is_409_and_idempotency_key_returns_the_same_job(
