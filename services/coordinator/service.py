@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from services.coordinator import finish, plots, summary
+from services.coordinator import finish, plots, report
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.payload import JobRequest
@@ -236,7 +236,7 @@ class Coordinator:
                 raise JobNotFound(f"job {job_id} has no labelled predictions to plot")
             return plots.predicted_vs_true(predictions, labels)
         if name == "duration_cost":
-            return plots.duration_and_cost_vs_world_size([summary.seed_table_row(document)])
+            return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])
         ranks = self.jobs.ranks(bucket, job_id, manifest["world_size"])
         return plots.rank_timeline(finish.invocations(ranks), manifest["submitted_at"])
 
