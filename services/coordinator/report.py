@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from services.coordinator.summary import COST_BASIS, LEGACY_BASIS
+from services.coordinator.summary import COST_BASIS, LEGACY_BASIS, Summary
 
 COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory", "Cost ($, estimate)",
            "Legacy cost ($, estimate)")
@@ -25,7 +25,7 @@ CSV_DIGITS = {"duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd":
 ROW_KEYS = ("partition", "world_size", "requests", "duration_s", "memory_mb", "cost_usd", "legacy_cost_usd")
 
 
-def seed_table_row(summary: dict[str, Any]) -> dict[str, Any]:
+def seed_table_row(summary: Summary) -> dict[str, Any]:
     """One row of the table users made by hand, from a summary: raw numbers, formatted on render."""
     return {"partition": summary.get("partition_label"), "world_size": summary["world_size"],
             "requests": summary["invocations"]["attempts"], "duration_s": summary["rank_duration_s"]["mean"],
@@ -89,7 +89,7 @@ def _money(value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def render_report(summary: dict[str, Any], fmt: str) -> str:
+def render_report(summary: Summary, fmt: str) -> str:
     """A job's report: ``json`` (the summary), ``md`` (for people) or ``csv`` (the table row)."""
     if fmt == "json":
         return json.dumps(summary, indent=2, allow_nan=False) + "\n"
@@ -102,7 +102,7 @@ def render_report(summary: dict[str, Any], fmt: str) -> str:
     return "\n".join(sections)
 
 
-def _md_heading(summary: dict[str, Any]) -> str:
+def _md_heading(summary: Summary) -> str:
     label = summary["partition_label"] or "-"
     memory = f"{_cell('memory_mb', summary['peak_memory_mb'])} of {_cell('memory_mb', summary['configured_memory_mb'])}"
     return (f"# Job {summary['job_id']}\n\n"
@@ -113,7 +113,7 @@ def _md_heading(summary: dict[str, Any]) -> str:
             f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n")
 
 
-def _md_accuracy(summary: dict[str, Any]) -> str:
+def _md_accuracy(summary: Summary) -> str:
     accuracy, collective = summary["accuracy"], summary["collective"]
     lines = ["## Accuracy", ""]
     if accuracy is None:
@@ -127,7 +127,7 @@ def _md_accuracy(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _md_cost(summary: dict[str, Any]) -> str:
+def _md_cost(summary: Summary) -> str:
     cost = summary["cost"]
     lines = ["## Cost (estimate)", "", f"{cost['prices']}; {cost['note']}", "", "| item | $ |", "|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {_money(cost[name])} |"
@@ -138,7 +138,7 @@ def _md_cost(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _md_failures(summary: dict[str, Any]) -> str:
+def _md_failures(summary: Summary) -> str:
     lines = ["## Failed ranks", ""]
     failed = summary["failed_ranks"]
     lines += [f"- rank {f['rank']} ({f['state']} after {f['attempts']} attempt{'s' if f['attempts'] > 1 else ''}): "

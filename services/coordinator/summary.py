@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -86,6 +86,97 @@ class JobFacts:
     architecture: str = "x86_64"
 
 
+class InvocationCounts(TypedDict):
+    attempts: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    retried_ranks: list[int]
+    cold_starts: int
+
+
+class DurationStats(TypedDict):
+    """Seconds; None when no rank succeeded."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    mean: float | None
+
+
+class Cost(TypedDict):
+    lambda_compute: float
+    lambda_requests: float
+    s3_requests: float
+    total: float
+    currency: str
+    prices: str
+    basis: str
+    note: str
+
+
+class LegacyCost(TypedDict):
+    total: float | None
+    basis: str
+
+
+class Collective(TypedDict):
+    """``status``: ``not run``, ``agreed`` or ``disagreed``; ``compared``: metric -> ours, theirs, difference."""
+
+    status: str
+    agreed: bool | None
+    max_relative_difference: float | None
+    compared: dict[str, dict[str, Any]]
+    tolerance: NotRequired[float]
+
+
+class FailedRank(TypedDict):
+    rank: int
+    attempts: int
+    state: str
+    error: str | None
+
+
+class FailedAttempt(TypedDict):
+    rank: int
+    attempt: int
+    error: str | None
+
+
+class Summary(TypedDict):
+    """``{result_path}/summary.json`` (schema ``cosmic.summary/1``): what :func:`summarize` returns,
+    and what the report, the API and the CLI read back. ``accuracy`` is
+    :func:`services.accuracy.redshift_metrics`, None without labels."""
+
+    schema: str
+    job_id: str
+    function: str
+    region: str
+    architecture: str
+    result_path: str
+    partition_label: str | None
+    partitions: int
+    world_size: int
+    samples: int | None
+    input_bytes: int
+    submitted_at: float
+    finished_at: float
+    wall_time_s: float
+    samples_per_s: float | None
+    invocations: InvocationCounts
+    rank_duration_s: DurationStats
+    configured_memory_mb: float | None
+    peak_memory_mb: float | None
+    gb_seconds: float
+    cost: Cost
+    legacy_cost: LegacyCost
+    accuracy: dict[str, float | None] | None
+    collective: Collective
+    failed_ranks: list[FailedRank]
+    failed_attempts: list[FailedAttempt]
+
+
 def combined_data(rank_documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The legacy ``{result_path}/combined_data.json``: the rank documents, untouched, in rank order.
 
@@ -104,7 +195,7 @@ def combined_data(rank_documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: list[dict[str, Any]],
               predictions: np.ndarray | None, labels: np.ndarray | None, collective: dict[str, Any] | None,
-              prices: Prices) -> dict[str, Any]:
+              prices: Prices) -> Summary:
     """The ``{result_path}/summary.json`` document: sizes, times, memory, cost, accuracy, faults.
 
     Every number is JSON-serialisable and finite (a metric that is undefined is ``None``).
@@ -115,7 +206,7 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
     accuracy = redshift_metrics(predictions, labels) if labels is not None and predictions is not None else None
     durations = [inv.duration_ms / 1000 for inv in _final_successes(invocations)]
     wall = facts.finished_at - facts.submitted_at
-    summary = {
+    summary: Summary = {
         "schema": SCHEMA,
         "job_id": facts.job_id, "function": facts.function, "region": facts.region,
         "architecture": facts.architecture, "result_path": facts.result_path,
@@ -156,15 +247,17 @@ def _final_successes(invocations: list[Invocation]) -> list[Invocation]:
     return [best[rank] for rank in sorted(best)]
 
 
-def _invocation_counts(invocations: list[Invocation]) -> dict[str, Any]:
-    counts: dict[str, Any] = {"attempts": len(invocations)}
-    counts.update({state: sum(inv.state == state for inv in invocations) for state in STATES})
-    counts["retried_ranks"] = sorted({inv.rank for inv in invocations if inv.attempt > 1})
-    counts["cold_starts"] = sum(inv.init_duration_ms is not None for inv in invocations)
-    return counts
+def _invocation_counts(invocations: list[Invocation]) -> InvocationCounts:
+    def count(state: str) -> int:
+        return sum(inv.state == state for inv in invocations)
+
+    return {"attempts": len(invocations), "succeeded": count("succeeded"), "failed": count("failed"),
+            "cancelled": count("cancelled"),
+            "retried_ranks": sorted({inv.rank for inv in invocations if inv.attempt > 1}),
+            "cold_starts": sum(inv.init_duration_ms is not None for inv in invocations)}
 
 
-def _duration_stats(durations: list[float]) -> dict[str, Any]:
+def _duration_stats(durations: list[float]) -> DurationStats:
     """p50/p95/max/mean of per-rank REPORT durations in seconds (numpy's linear percentiles)."""
     if not durations:
         return {"count": 0, "p50": None, "p95": None, "max": None, "mean": None}
@@ -178,7 +271,7 @@ def gb_seconds(invocations: list[Invocation]) -> float:
     return sum(inv.billed_duration_ms / 1000 * inv.memory_size_mb / 1024 for inv in invocations)
 
 
-def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> dict[str, Any]:
+def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> Cost:
     """The job's bill at list prices, split by what is billed."""
     compute = gb_seconds(invocations) * prices.gb_second(facts.architecture)
     requests = len(invocations) * prices.lambda_requests_per_million / 1e6
@@ -188,7 +281,7 @@ def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> 
             "basis": COST_BASIS, "note": prices.note}
 
 
-def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str = "x86_64") -> dict[str, Any]:
+def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str = "x86_64") -> LegacyCost:
     """The seed table's figure, kept for comparison: requests x mean duration x memory *used*."""
     durations = [inv.duration_ms / 1000 for inv in _final_successes(invocations)]
     if not durations:
@@ -199,7 +292,7 @@ def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str
 
 
 def collective_agreement(accuracy: dict[str, float] | None, samples: int | None,
-                         collective: dict[str, Any] | None) -> dict[str, Any]:
+                         collective: dict[str, Any] | None) -> Collective:
     """Whether the workers' collective summary matches ours, metric by metric (relative 1e-4).
 
     Only what both sides have is compared: a collective run without labels has no accuracy.
@@ -234,10 +327,10 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def failed_ranks(invocations: list[Invocation]) -> list[dict[str, Any]]:
+def failed_ranks(invocations: list[Invocation]) -> list[FailedRank]:
     """Ranks with no successful attempt, each with its attempts and its last error."""
     done = {inv.rank for inv in invocations if inv.state == "succeeded"}
-    result = []
+    result: list[FailedRank] = []
     for rank in sorted({inv.rank for inv in invocations} - done):
         tries = sorted((inv for inv in invocations if inv.rank == rank), key=lambda inv: inv.attempt)
         result.append({"rank": rank, "attempts": len(tries), "state": tries[-1].state,
