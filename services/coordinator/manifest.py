@@ -88,9 +88,10 @@ class Manifest(BaseModel):
         failed_ranks: rank (as text, as JSON keys are) -> its last error, once the job ended.
     """
 
+    # extra keys are ignored: the derived fields come back on read, and a newer coordinator may add some
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    version: Literal[1] = VERSION
+    version: int = VERSION
     job_id: str = Field(min_length=1)
     state: JobState = "queued"
     submitted_at: float
@@ -114,23 +115,23 @@ class Manifest(BaseModel):
     summary_error: str | None = None
     failed_ranks: dict[str, str | None] | None = None
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field
     @property
     def world_size(self) -> int:
         return len(self.events)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field
     @property
     def input_bytes(self) -> int:
         return sum(partition.size for partition in self.partitions)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field
     @property
     def partition_label(self) -> str:
         """The data prefix's last component (``25MB``), as the seed table names rows."""
         return partition_label(self.request.data_prefix)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field
     @property
     def communicator(self) -> bool:
         """Whether the ranks were linked for the collective summary (they share a secret name)."""
