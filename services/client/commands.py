@@ -163,14 +163,14 @@ def _first_failure(status: dict[str, Any]) -> str | None:
 
 
 def _seed_row(summary: dict[str, Any]) -> dict[str, Any]:
-    from services.coordinator.summary import seed_table_row
+    from services.coordinator.report import seed_table_row
 
     return seed_table_row(summary)
 
 
 def _write_table(result: SweepResult, out: Path) -> str:
     from services.coordinator.plots import duration_and_cost_vs_world_size
-    from services.coordinator.summary import render_table
+    from services.coordinator.report import render_table
 
     for name, fmt in (("sweep.md", "md"), ("sweep.csv", "csv")):
         path = out / name

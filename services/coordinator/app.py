@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import __version__
-from services.coordinator import summary as summaries
+from services.coordinator import report as reports
 from services.coordinator.limits import BodyLimit, errors_with_excerpts
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import PlanError
@@ -100,7 +100,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         document = coordinator.summary(job_id)
         if format == "json":
             return JSONResponse(document)
-        return PlainTextResponse(summaries.render_report(document, format), media_type=_MEDIA[format])
+        return PlainTextResponse(reports.render_report(document, format), media_type=_MEDIA[format])
 
     @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded)
     def plot(job_id: str, name: str) -> Response:

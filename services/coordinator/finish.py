@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
 from services.coordinator import summary
+from services.coordinator.manifest import Manifest
 from services.coordinator.pricing import Prices
 from services.coordinator.state import RankRecord
 from services.s3store import S3Store, StoreError
@@ -37,16 +39,15 @@ def _parallel(function: Callable[[int], T], count: int) -> list[T]:
         return list(pool.map(function, range(count)))
 
 
-def result_arrays(store: S3Store, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def result_arrays(store: S3Store, manifest: Manifest) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Every rank's predictions, in rank order, and the labels when every rank has them."""
-    request = manifest["request"]
-    bucket, path = request["data_bucket"], request["result_path"]
+    bucket, path = manifest.request.data_bucket, manifest.request.result_path
 
     def read(rank: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         predicted = _npy(store, bucket, predictions_key(path, rank))
         return predicted, (_npy(store, bucket, labels_key(path, rank)) if predicted is not None else None)
 
-    pairs = [pair for pair in _parallel(read, manifest["world_size"]) if pair[0] is not None]
+    pairs = [pair for pair in _parallel(read, manifest.world_size) if pair[0] is not None]
     predictions = [predicted for predicted, _ in pairs]
     labels = [label for _, label in pairs]
     if not predictions:
@@ -74,35 +75,40 @@ def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
     return found
 
 
-def write_summary(store: S3Store, prices: Prices, manifest: dict[str, Any],
-                  ranks: dict[int, RankRecord]) -> dict[str, Any]:
-    """Write ``combined_data.json`` and ``summary.json``; returns the summary."""
-    request = manifest["request"]
-    data_bucket, result_path = request["data_bucket"], request["result_path"]
+@dataclass(frozen=True)
+class WrittenSummary:
+    """What :func:`write_summary` wrote: the summary's ``s3://`` URI and the document itself."""
+
+    key: str
+    document: summary.Summary
+
+
+def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dict[int, RankRecord]) -> WrittenSummary:
+    """Write ``combined_data.json`` and ``summary.json`` beside the ranks' results."""
+    data_bucket, result_path = manifest.request.data_bucket, manifest.request.result_path
+
     def read(rank: int) -> Any:
         record = ranks.get(rank)
         if record is not None and record.state != "succeeded":
             return None
         return store.get_json(data_bucket, result_key(result_path, rank))
 
-    documents = [document for document in _parallel(read, manifest["world_size"])
-                 if isinstance(document, dict) and document.get("job_id", manifest["job_id"]) == manifest["job_id"]]
+    documents = [document for document in _parallel(read, manifest.world_size)
+                 if isinstance(document, dict) and document.get("job_id", manifest.job_id) == manifest.job_id]
     predictions, labels = result_arrays(store, manifest)
-    collective = store.get_json(data_bucket, collective_summary_key(result_path)) if manifest["communicator"] else None
-    if isinstance(collective, dict) and collective.get("job_id") != manifest["job_id"]:
+    collective = store.get_json(data_bucket, collective_summary_key(result_path)) if manifest.communicator else None
+    if isinstance(collective, dict) and collective.get("job_id") != manifest.job_id:
         collective = None  # an older job's summary at the same path
-    events = manifest.get("events", [])
     facts = summary.JobFacts(
-        job_id=manifest["job_id"], function=manifest["function"],
+        job_id=manifest.job_id, function=manifest.function,
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        world_size=manifest["world_size"], partition_label=manifest["partition_label"],
-        partitions=len(manifest["partitions"]), input_bytes=manifest["input_bytes"],
-        submitted_at=manifest["submitted_at"], finished_at=time.time(), result_path=result_path,
+        world_size=manifest.world_size, partition_label=manifest.partition_label,
+        partitions=len(manifest.partitions), input_bytes=manifest.input_bytes,
+        submitted_at=manifest.submitted_at, finished_at=time.time(), result_path=result_path,
         # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
-        s3_gets=sum(len(e["partitions"]) for e in events) + 2 * manifest["world_size"],
-        s3_puts=3 * manifest["world_size"])
+        s3_gets=sum(len(e.partitions) for e in manifest.events) + 2 * manifest.world_size,
+        s3_puts=3 * manifest.world_size)
     document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
     store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
     store.put_json(data_bucket, f"{result_path}/summary.json", document)
-    manifest["summary_key"] = f"s3://{data_bucket}/{result_path}/summary.json"
-    return document
+    return WrittenSummary(f"s3://{data_bucket}/{result_path}/summary.json", document)

@@ -14,7 +14,6 @@ import posixpath
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number, split_endpoint
 from services.coordinator.payload import JobRequest
@@ -43,17 +42,6 @@ class Plan:
     comm_name: str | None
     #: How many ranks run at once: the request's ``max_concurrency`` (else all), within the limit.
     max_concurrency: int
-
-    @property
-    def input_bytes(self) -> int:
-        return sum(p.size for p in self.partitions)
-
-    def manifest_facts(self, request: JobRequest, function: str) -> dict[str, Any]:
-        """The job's description that the summary reads (``finish.write_summary``), the same
-        whether the coordinator or the Step Functions plan step ran the job."""
-        return {"request": request.model_dump(), "function": function, "world_size": len(self.events),
-                "partitions": [[p.key, p.size] for p in self.partitions], "input_bytes": self.input_bytes,
-                "partition_label": partition_label(request.data_prefix)}
 
 
 def list_partitions(store: S3Store, bucket: str, prefix: str) -> list[Partition]:

@@ -66,7 +66,7 @@ def predicted_vs_true(predictions: np.ndarray, labels: np.ndarray) -> bytes:
 def duration_and_cost_vs_world_size(rows: Sequence[dict[str, Any]]) -> bytes:
     """Mean rank duration and job cost against world size, one line per partition size.
 
-    ``rows`` are :func:`services.coordinator.summary.seed_table_row` dicts.
+    ``rows`` are :func:`services.coordinator.report.seed_table_row` dicts.
     """
     if not rows:
         raise ValueError("duration_and_cost_vs_world_size: no rows to plot")

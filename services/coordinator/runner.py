@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Any
 
-from services.contracts import result_key
+from services.contracts import WorkerEvent, result_key
 from services.coordinator.invoker import Invoker
+from services.coordinator.manifest import Manifest
 from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
 from services.logs import event as log_event
 
@@ -25,14 +27,20 @@ log = logging.getLogger("cosmic.coordinator.runner")
 
 
 class JobRunner:
-    """Drives one job from its manifest to a terminal state."""
+    """Drives one job from its manifest to a terminal state.
 
-    def __init__(self, jobs: JobStore, bucket: str, manifest: dict[str, Any], invoker: Invoker,
-                 finish: Callable[[str, dict[str, Any], dict[int, RankRecord]], None], deadline_s: float,
+    ``manifest`` is the job's current manifest; only this runner replaces it (:meth:`_update`),
+    and readers in other threads take it whole, so they never see half a change. ``finish``
+    writes the job's summary and returns its ``s3://`` URI.
+    """
+
+    def __init__(self, jobs: JobStore, bucket: str, manifest: Manifest, invoker: Invoker,
+                 finish: Callable[[str, Manifest, dict[int, RankRecord]], str], deadline_s: float,
                  resuming: bool = False) -> None:
         self.jobs, self.bucket, self.manifest, self.invoker = jobs, bucket, manifest, invoker
-        self.job_id: str = manifest["job_id"]
+        self.job_id = manifest.job_id
         self._finish = finish
+        self._manifest_lock = threading.Lock()
         self.resuming = resuming
         self.journal: RankJournal | None = None
         self.deadline = time.monotonic() + deadline_s
@@ -45,7 +53,15 @@ class JobRunner:
         return self
 
     def cancel(self) -> None:
+        """Stop scheduling ranks; the manifest notes that a cancel was asked for."""
         self.cancelled.set()
+        self._update(cancel_requested=True)
+
+    def _update(self, **changes: Any) -> Manifest:
+        """Replace the manifest by one with ``changes``; returns it (not yet written)."""
+        with self._manifest_lock:
+            self.manifest = self.manifest.model_copy(update=changes)
+            return self.manifest
 
     # -- the job ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -53,12 +69,10 @@ class JobRunner:
             self._schedule()
         except Exception as exc:  # a coordinator bug or S3 outage must still end the job visibly
             log_event(log, "job_crashed", logging.ERROR, job_id=self.job_id, error=repr(exc))
-            self.manifest["error"] = f"coordinator error: {exc}"
-            self.manifest["state"] = "failed"
-            self.jobs.save_manifest(self.bucket, self.manifest)
+            self.jobs.save_manifest(self.bucket, self._update(error=f"coordinator error: {exc}", state="failed"))
 
     def _schedule(self) -> None:
-        events = self.manifest["events"]
+        events = self.manifest.events
         self.ranks = self.jobs.ranks(self.bucket, self.job_id, len(events))
         self.journal = RankJournal(self.jobs, self.bucket, self.job_id)
         try:
@@ -71,51 +85,51 @@ class JobRunner:
             self.journal.close()
         self._complete()
 
-    def _fan_out(self, events: list[dict[str, Any]]) -> None:
+    def _fan_out(self, events: tuple[WorkerEvent, ...]) -> None:
         todo = [rank for rank, record in self.ranks.items() if record.state != "succeeded"]
-        self.manifest["state"] = "running"
-        self.manifest.setdefault("started_at", time.time())
-        self.jobs.save_manifest(self.bucket, self.manifest)
+        started_at = self.manifest.started_at if self.manifest.started_at is not None else time.time()
+        self.jobs.save_manifest(self.bucket, self._update(state="running", started_at=started_at))
         log_event(log, "job_running", job_id=self.job_id, ranks=len(events), to_run=len(todo))
-        with ThreadPoolExecutor(max_workers=max(1, self.manifest["max_concurrency"]),
+        with ThreadPoolExecutor(max_workers=max(1, self.manifest.max_concurrency),
                                 thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
             futures = [pool.submit(self._run_rank, rank, events[rank]) for rank in todo]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
-                self.manifest["error"] = "job deadline passed (COSMIC_JOB_DEADLINE_S)"
+                self._update(error="job deadline passed (COSMIC_JOB_DEADLINE_S)")
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
 
     def _complete(self) -> None:
         states = {record.state for record in self.ranks.values()}
-        if "failed" in states or self.manifest.get("error"):
+        if "failed" in states or self.manifest.error:
             state = "failed"
         elif "cancelled" in states or "pending" in states:
             state = "cancelled"
         else:
             state = "succeeded"
+        ending: dict[str, Any] = {}
         try:
-            self._finish(self.bucket, self.manifest, self.ranks)
+            ending["summary_key"] = self._finish(self.bucket, self.manifest, self.ranks)
         except Exception as exc:  # the ranks' results stay in S3; the job says why it has no summary
             log_event(log, "summary_failed", logging.ERROR, job_id=self.job_id, error=repr(exc))
-            self.manifest["summary_error"] = str(exc)
-        final = {**self.manifest, "state": state, "finished_at": time.time(),
-                 "failed_ranks": {str(r.rank): r.attempts[-1].error for r in self.ranks.values()
-                                  if r.state == "failed" and r.attempts}}
+            ending["summary_error"] = str(exc)
+        ending.update(state=state, finished_at=time.time(),
+                      failed_ranks={str(r.rank): r.attempts[-1].error for r in self.ranks.values()
+                                    if r.state == "failed" and r.attempts})
         self.jobs.compact(self.bucket, self.job_id, self.ranks)
-        self.jobs.save_manifest(self.bucket, final)
-        request = final["request"]
-        self.jobs.release_result_path(self.bucket, self.job_id, request["data_bucket"], request["result_path"])
-        self.manifest.update(final)  # only now does a reader see the job ended: everything is in S3 first
+        final = self.jobs.save_manifest(self.bucket, self.manifest.model_copy(update=ending))
+        request = final.request
+        self.jobs.release_result_path(self.bucket, self.job_id, request.data_bucket, request.result_path)
+        self._update(**ending)  # only now does a reader see the job ended: everything is in S3 first
         log_event(log, "job_done", job_id=self.job_id, state=state,
-                  seconds=round(self.manifest["finished_at"] - self.manifest["submitted_at"], 3))
+                  seconds=round(final.finished_at - final.submitted_at, 3))
 
-    def _settle_interrupted(self, record: RankRecord, event: dict[str, Any]) -> None:
+    def _settle_interrupted(self, record: RankRecord, event: WorkerEvent) -> None:
         """A rank not known finished after a restart: finished if its results for this job are in S3
         (its last journal entry may not have been flushed), else its interrupted attempt is lost."""
-        key = result_key(event["result_path"], record.rank)
-        document = self.jobs.store.get_json(event["result_bucket"], key)
+        key = result_key(event.result_path, record.rank)
+        document = self.jobs.store.get_json(event.result_bucket, key)
         finished = (isinstance(document, dict) and document.get("job_id") == self.job_id
                     and document.get("status") == "succeeded")
         if finished:
@@ -134,9 +148,9 @@ class JobRunner:
         log_event(log, "rank_settled", job_id=self.job_id, rank=record.rank, state=record.state)
 
     # -- one rank ---------------------------------------------------------------------------
-    def _run_rank(self, rank: int, event: dict[str, Any]) -> None:
+    def _run_rank(self, rank: int, event: WorkerEvent) -> None:
         record = self.ranks[rank]
-        budget = self.manifest["max_attempts"]
+        budget = self.manifest.max_attempts
         tried = 0
         while tried < budget:
             if self.cancelled.is_set() or time.monotonic() > self.deadline:
@@ -145,7 +159,7 @@ class JobRunner:
             attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time())
             record.attempts.append(attempt)
             self._save(record, "running")
-            outcome = self.invoker.invoke({**event, "attempt": attempt.attempt})
+            outcome = self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict())
             tried += 1
             attempt.ended_at, attempt.report = time.time(), outcome.report
             if outcome.ok:

@@ -11,14 +11,15 @@ import threading
 import time
 from typing import Any
 
-from services.coordinator import finish, plots, summary
+from services.coordinator import finish, plots, report
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.invoker import Invoker, InvokeStats
+from services.coordinator.manifest import Manifest, ManifestError
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, current_address, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
-from services.coordinator.state import MANIFEST_VERSION, TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
+from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
 from services.logs import event as log_event
 from services.s3store import S3Store
 
@@ -67,19 +68,14 @@ class Coordinator:
             if winner != job_id:  # another request with the same key won the race
                 self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
                 return winner, False, []
-        warnings += self._preflight(request.function or self.settings.worker_function, concurrency)
-        now = time.time()
-        manifest = {
-            "version": MANIFEST_VERSION, "job_id": job_id, "state": "queued", "submitted_at": now,
-            **job_plan.manifest_facts(request, request.function or self.settings.worker_function),
-            "max_concurrency": concurrency, "max_attempts": request.max_attempts or self.settings.max_attempts,
-            "rendezvous": rendezvous, "communicator": job_plan.comm_name is not None,
-            "assignment": job_plan.assignment, "events": [event.to_dict() for event in job_plan.events],
-            "idempotency_key": idempotency, "error": None, "warnings": warnings,
-        }
-        self.jobs.save_manifest(bucket, manifest)
+        function = request.function or self.settings.worker_function
+        warnings += self._preflight(function, concurrency)
+        manifest = Manifest.from_plan(job_id, request, job_plan, function=function,
+                                      max_attempts=request.max_attempts or self.settings.max_attempts,
+                                      rendezvous=rendezvous, idempotency_key=idempotency, warnings=warnings)
+        manifest = self.jobs.save_manifest(bucket, manifest)
         log_event(log, "job_submitted", job_id=job_id, world_size=len(job_plan.events),
-                  partitions=len(job_plan.partitions), function=manifest["function"], communicator=bool(rendezvous))
+                  partitions=len(job_plan.partitions), function=function, communicator=bool(rendezvous))
         self._start(bucket, manifest)
         return job_id, True, warnings
 
@@ -110,11 +106,11 @@ class Coordinator:
             return [message]
         return []
 
-    def _start(self, bucket: str, manifest: dict[str, Any], resuming: bool = False) -> None:
-        runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest["function"]), self._finish,
+    def _start(self, bucket: str, manifest: Manifest, resuming: bool = False) -> None:
+        runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest.function), self._finish,
                            self.settings.job_deadline_s, resuming=resuming)
         with self._lock:
-            self._runners[manifest["job_id"]] = runner
+            self._runners[manifest.job_id] = runner
         runner.start()
 
     def _invoker(self, function: str) -> Invoker:
@@ -130,8 +126,12 @@ class Coordinator:
         """Restart every job a previous coordinator left running; returns their ids."""
         resumed = []
         for bucket, job_id in self.jobs.active_job_ids():
-            found = self.jobs.manifest(job_id)
-            if found is None or found[1].get("state") in TERMINAL or job_id in self._runners:
+            try:
+                found = self.jobs.manifest(job_id)
+            except ManifestError as exc:  # one unreadable job must not keep the others from resuming
+                log_event(log, "job_unreadable", logging.ERROR, job_id=job_id, error=str(exc))
+                continue
+            if found is None or found[1].state in TERMINAL or job_id in self._runners:
                 continue
             log_event(log, "job_resumed", job_id=job_id)
             self._start(bucket, found[1], resuming=True)
@@ -140,29 +140,27 @@ class Coordinator:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
-        if manifest["state"] in TERMINAL:
-            raise JobConflict(f"job {job_id} is already {manifest['state']}")
-        request = manifest["request"]
-        self.store.put(request["data_bucket"], cancel_key(job_id), b"cancelled\n", "text/plain")  # workers see it
+        if manifest.state in TERMINAL:
+            raise JobConflict(f"job {job_id} is already {manifest.state}")
+        self.store.put(manifest.request.data_bucket, cancel_key(job_id), b"cancelled\n", "text/plain")  # workers see it
         runner = self._runners.get(job_id)
         if runner is not None:
             runner.cancel()
-            runner.manifest["cancel_requested"] = True
         log_event(log, "job_cancel_requested", job_id=job_id)
         return self.status(job_id)
 
     def retry(self, job_id: str) -> dict[str, Any]:
         """Re-run only the failed ranks of a finished job (their attempt numbers continue)."""
         bucket, manifest = self._manifest(job_id)
-        if manifest["state"] != "failed":
-            raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest['state']}")
-        request = manifest["request"]
-        holder = self.jobs.take_result_path(bucket, job_id, request["data_bucket"], request["result_path"])
+        if manifest.state != "failed":
+            raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest.state}")
+        request = manifest.request
+        holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
             raise JobConflict(f"job {holder} is now writing to the same result path")
-        manifest.update(state="queued", error=None, summary_error=None, retried_at=time.time())
-        self.jobs.save_manifest(bucket, manifest)
-        self._start(bucket, manifest)
+        manifest = manifest.model_copy(update={"state": "queued", "error": None, "summary_error": None,
+                                               "retried_at": time.time()})
+        self._start(bucket, self.jobs.save_manifest(bucket, manifest))
         return self.status(job_id)
 
     # -- reading --------------------------------------------------------------------------------
@@ -170,7 +168,7 @@ class Coordinator:
         with self._lock:
             return sum(1 for runner in self._runners.values() if runner.thread.is_alive())
 
-    def _manifest(self, job_id: str) -> tuple[str, dict[str, Any]]:
+    def _manifest(self, job_id: str) -> tuple[str, Manifest]:
         runner = self._runners.get(job_id)
         if runner is not None:
             return runner.bucket, runner.manifest
@@ -182,18 +180,18 @@ class Coordinator:
     def status(self, job_id: str) -> dict[str, Any]:
         bucket, manifest = self._manifest(job_id)
         runner = self._runners.get(job_id)
-        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest["world_size"])
+        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
         counts: dict[str, int] = {}
         for record in ranks.values():
             counts[record.state] = counts.get(record.state, 0) + 1
-        request = manifest["request"]
+        request = manifest.request
         return {
-            "job_id": job_id, "state": manifest["state"], "submitted_at": manifest["submitted_at"],
-            "finished_at": manifest.get("finished_at"), "world_size": manifest["world_size"],
-            "partitions": len(manifest["partitions"]), "function": manifest["function"],
-            "communicator": manifest["communicator"], "result": f"s3://{request['data_bucket']}/{request['result_path']}",
-            "ranks_by_state": counts, "error": manifest.get("error"), "failed_ranks": manifest.get("failed_ranks", {}),
-            "summary_key": manifest.get("summary_key"), "warnings": manifest.get("warnings", []),
+            "job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
+            "finished_at": manifest.finished_at, "world_size": manifest.world_size,
+            "partitions": len(manifest.partitions), "function": manifest.function,
+            "communicator": manifest.communicator, "result": f"s3://{request.data_bucket}/{request.result_path}",
+            "ranks_by_state": counts, "error": manifest.error, "failed_ranks": manifest.failed_ranks or {},
+            "summary_key": manifest.summary_key, "warnings": list(manifest.warnings),
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
                  "error": a.error, "duration_ms": a.report.get("duration_ms"),
@@ -208,21 +206,24 @@ class Coordinator:
                 _, manifest = self._manifest(job_id)
             except JobNotFound:
                 continue
-            listed.append({"job_id": job_id, "state": manifest["state"], "submitted_at": manifest["submitted_at"],
-                           "world_size": manifest["world_size"], "result_path": manifest["request"]["result_path"]})
+            except ManifestError as exc:  # one unreadable job must not hide the others
+                log_event(log, "job_unreadable", logging.ERROR, job_id=job_id, error=str(exc))
+                continue
+            listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
+                           "world_size": manifest.world_size, "result_path": manifest.request.result_path})
         return listed
 
     def summary(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
         return self._summary(job_id, manifest)
 
-    def _summary(self, job_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        if manifest["state"] not in TERMINAL:
-            raise JobConflict(f"job {job_id} is {manifest['state']}: its report comes when it ends")
-        request = manifest["request"]
-        document = self.store.get_json(request["data_bucket"], f"{request['result_path']}/summary.json")
+    def _summary(self, job_id: str, manifest: Manifest) -> dict[str, Any]:
+        if manifest.state not in TERMINAL:
+            raise JobConflict(f"job {job_id} is {manifest.state}: its report comes when it ends")
+        request = manifest.request
+        document = self.store.get_json(request.data_bucket, f"{request.result_path}/summary.json")
         if document is None or document.get("job_id") != job_id:
-            raise JobNotFound(f"{job_id} has no summary ({manifest.get('summary_error') or 'not written'})")
+            raise JobNotFound(f"{job_id} has no summary ({manifest.summary_error or 'not written'})")
         return document
 
     def plot(self, job_id: str, name: str) -> bytes:
@@ -236,9 +237,10 @@ class Coordinator:
                 raise JobNotFound(f"job {job_id} has no labelled predictions to plot")
             return plots.predicted_vs_true(predictions, labels)
         if name == "duration_cost":
-            return plots.duration_and_cost_vs_world_size([summary.seed_table_row(document)])
-        ranks = self.jobs.ranks(bucket, job_id, manifest["world_size"])
-        return plots.rank_timeline(finish.invocations(ranks), manifest["submitted_at"])
+            return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])
+        ranks = self.jobs.ranks(bucket, job_id, manifest.world_size)
+        return plots.rank_timeline(finish.invocations(ranks), manifest.submitted_at)
 
-    def _finish(self, bucket: str, manifest: dict[str, Any], ranks: dict[int, RankRecord]) -> None:
-        finish.write_summary(self.store, self.prices, manifest, ranks)
+    def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
+        """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""
+        return finish.write_summary(self.store, self.prices, manifest, ranks).key

@@ -2,7 +2,7 @@
 
 Layout in the state bucket (``COSMIC_STATE_BUCKET``, else the payload's ``bucket``)::
 
-    jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state
+    jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state (:mod:`.manifest`)
     jobs/{job_id}/journal/{t}.json  rank records changed since the previous segment (every attempt
                                     of a rank, with its REPORT figures), one segment per flush
     jobs/{job_id}/ranks.json        every rank's record, compacted from the journal when a job ends
@@ -29,9 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.coordinator.manifest import Manifest, read_manifest, write_manifest
 from services.s3store import S3Store
 
-MANIFEST_VERSION = 1
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -141,17 +141,19 @@ class JobStore:
         return None
 
     # -- documents --------------------------------------------------------------------------
-    def save_manifest(self, bucket: str, manifest: dict[str, Any]) -> None:
-        manifest["updated_at"] = time.time()
-        self.store.put_json(bucket, manifest_key(manifest["job_id"]), manifest)
-        self.remember(manifest["job_id"], bucket)
+    def save_manifest(self, bucket: str, manifest: Manifest) -> Manifest:
+        """Write the job's manifest; returns it as written (stamped with ``updated_at``)."""
+        written = write_manifest(self.store, bucket, manifest_key(manifest.job_id), manifest)
+        self.remember(manifest.job_id, bucket)
+        return written
 
-    def manifest(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+    def manifest(self, job_id: str) -> tuple[str, Manifest] | None:
+        """``(bucket, manifest)`` of the job, None when there is no such job; ManifestError when unreadable."""
         bucket = self.locate(job_id)
         if bucket is None:
             return None
-        document = self.store.get_json(bucket, manifest_key(job_id))
-        return (bucket, document) if document is not None else None
+        manifest = read_manifest(self.store, bucket, manifest_key(job_id))
+        return (bucket, manifest) if manifest is not None else None
 
     def ranks(self, bucket: str, job_id: str, world_size: int) -> dict[int, RankRecord]:
         """Every rank's record: the compacted file, then the journal's segments in order; ranks never
@@ -207,7 +209,7 @@ class JobStore:
             holder = self.store.get_json(bucket, key) or {}
             holder_id = str(holder.get("job_id", ""))
             found = self.manifest(holder_id) if holder_id else None
-            if found is not None and found[1].get("state") not in TERMINAL:
+            if found is not None and found[1].state not in TERMINAL:
                 return holder_id
             self.store.delete(bucket, key)  # a lock left by a finished or vanished job
         return "unknown"

@@ -1,4 +1,4 @@
-"""A finished job's summary, cost and report, as plain functions over data the caller gathered.
+"""A finished job's summary and cost, as plain functions over data the caller gathered.
 
 No S3 and no HTTP here: the caller reads the rank documents, predictions, labels, the workers'
 collective summary and Lambda's REPORT lines, and passes them in, so that every figure can be
@@ -8,16 +8,15 @@ Cost is what AWS would bill, at list prices: billed duration x *configured* memo
 attempt (failed ones are billed too), plus one request per attempt, plus the job's S3 requests.
 Beside it stands the legacy formula users' seed table used (requests x mean duration x memory
 *used*), labelled as such: it is about 3x too low at 10,240 MB, and showing both explains the gap.
+
+The numbers only: :mod:`.report` renders them as tables and text.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -87,6 +86,97 @@ class JobFacts:
     architecture: str = "x86_64"
 
 
+class InvocationCounts(TypedDict):
+    attempts: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    retried_ranks: list[int]
+    cold_starts: int
+
+
+class DurationStats(TypedDict):
+    """Seconds; None when no rank succeeded."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    mean: float | None
+
+
+class Cost(TypedDict):
+    lambda_compute: float
+    lambda_requests: float
+    s3_requests: float
+    total: float
+    currency: str
+    prices: str
+    basis: str
+    note: str
+
+
+class LegacyCost(TypedDict):
+    total: float | None
+    basis: str
+
+
+class Collective(TypedDict):
+    """``status``: ``not run``, ``agreed`` or ``disagreed``; ``compared``: metric -> ours, theirs, difference."""
+
+    status: str
+    agreed: bool | None
+    max_relative_difference: float | None
+    compared: dict[str, dict[str, Any]]
+    tolerance: NotRequired[float]
+
+
+class FailedRank(TypedDict):
+    rank: int
+    attempts: int
+    state: str
+    error: str | None
+
+
+class FailedAttempt(TypedDict):
+    rank: int
+    attempt: int
+    error: str | None
+
+
+class Summary(TypedDict):
+    """``{result_path}/summary.json`` (schema ``cosmic.summary/1``): what :func:`summarize` returns,
+    and what the report, the API and the CLI read back. ``accuracy`` is
+    :func:`services.accuracy.redshift_metrics`, None without labels."""
+
+    schema: str
+    job_id: str
+    function: str
+    region: str
+    architecture: str
+    result_path: str
+    partition_label: str | None
+    partitions: int
+    world_size: int
+    samples: int | None
+    input_bytes: int
+    submitted_at: float
+    finished_at: float
+    wall_time_s: float
+    samples_per_s: float | None
+    invocations: InvocationCounts
+    rank_duration_s: DurationStats
+    configured_memory_mb: float | None
+    peak_memory_mb: float | None
+    gb_seconds: float
+    cost: Cost
+    legacy_cost: LegacyCost
+    accuracy: dict[str, float | None] | None
+    collective: Collective
+    failed_ranks: list[FailedRank]
+    failed_attempts: list[FailedAttempt]
+
+
 def combined_data(rank_documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The legacy ``{result_path}/combined_data.json``: the rank documents, untouched, in rank order.
 
@@ -105,7 +195,7 @@ def combined_data(rank_documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: list[dict[str, Any]],
               predictions: np.ndarray | None, labels: np.ndarray | None, collective: dict[str, Any] | None,
-              prices: Prices) -> dict[str, Any]:
+              prices: Prices) -> Summary:
     """The ``{result_path}/summary.json`` document: sizes, times, memory, cost, accuracy, faults.
 
     Every number is JSON-serialisable and finite (a metric that is undefined is ``None``).
@@ -116,7 +206,7 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
     accuracy = redshift_metrics(predictions, labels) if labels is not None and predictions is not None else None
     durations = [inv.duration_ms / 1000 for inv in _final_successes(invocations)]
     wall = facts.finished_at - facts.submitted_at
-    summary = {
+    summary: Summary = {
         "schema": SCHEMA,
         "job_id": facts.job_id, "function": facts.function, "region": facts.region,
         "architecture": facts.architecture, "result_path": facts.result_path,
@@ -157,15 +247,17 @@ def _final_successes(invocations: list[Invocation]) -> list[Invocation]:
     return [best[rank] for rank in sorted(best)]
 
 
-def _invocation_counts(invocations: list[Invocation]) -> dict[str, Any]:
-    counts: dict[str, Any] = {"attempts": len(invocations)}
-    counts.update({state: sum(inv.state == state for inv in invocations) for state in STATES})
-    counts["retried_ranks"] = sorted({inv.rank for inv in invocations if inv.attempt > 1})
-    counts["cold_starts"] = sum(inv.init_duration_ms is not None for inv in invocations)
-    return counts
+def _invocation_counts(invocations: list[Invocation]) -> InvocationCounts:
+    def count(state: str) -> int:
+        return sum(inv.state == state for inv in invocations)
+
+    return {"attempts": len(invocations), "succeeded": count("succeeded"), "failed": count("failed"),
+            "cancelled": count("cancelled"),
+            "retried_ranks": sorted({inv.rank for inv in invocations if inv.attempt > 1}),
+            "cold_starts": sum(inv.init_duration_ms is not None for inv in invocations)}
 
 
-def _duration_stats(durations: list[float]) -> dict[str, Any]:
+def _duration_stats(durations: list[float]) -> DurationStats:
     """p50/p95/max/mean of per-rank REPORT durations in seconds (numpy's linear percentiles)."""
     if not durations:
         return {"count": 0, "p50": None, "p95": None, "max": None, "mean": None}
@@ -179,7 +271,7 @@ def gb_seconds(invocations: list[Invocation]) -> float:
     return sum(inv.billed_duration_ms / 1000 * inv.memory_size_mb / 1024 for inv in invocations)
 
 
-def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> dict[str, Any]:
+def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> Cost:
     """The job's bill at list prices, split by what is billed."""
     compute = gb_seconds(invocations) * prices.gb_second(facts.architecture)
     requests = len(invocations) * prices.lambda_requests_per_million / 1e6
@@ -189,7 +281,7 @@ def job_cost(facts: JobFacts, invocations: list[Invocation], prices: Prices) -> 
             "basis": COST_BASIS, "note": prices.note}
 
 
-def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str = "x86_64") -> dict[str, Any]:
+def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str = "x86_64") -> LegacyCost:
     """The seed table's figure, kept for comparison: requests x mean duration x memory *used*."""
     durations = [inv.duration_ms / 1000 for inv in _final_successes(invocations)]
     if not durations:
@@ -200,7 +292,7 @@ def legacy_cost(invocations: list[Invocation], prices: Prices, architecture: str
 
 
 def collective_agreement(accuracy: dict[str, float] | None, samples: int | None,
-                         collective: dict[str, Any] | None) -> dict[str, Any]:
+                         collective: dict[str, Any] | None) -> Collective:
     """Whether the workers' collective summary matches ours, metric by metric (relative 1e-4).
 
     Only what both sides have is compared: a collective run without labels has no accuracy.
@@ -235,10 +327,10 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def failed_ranks(invocations: list[Invocation]) -> list[dict[str, Any]]:
+def failed_ranks(invocations: list[Invocation]) -> list[FailedRank]:
     """Ranks with no successful attempt, each with its attempts and its last error."""
     done = {inv.rank for inv in invocations if inv.state == "succeeded"}
-    result = []
+    result: list[FailedRank] = []
     for rank in sorted({inv.rank for inv in invocations} - done):
         tries = sorted((inv for inv in invocations if inv.rank == rank), key=lambda inv: inv.attempt)
         result.append({"rank": rank, "attempts": len(tries), "state": tries[-1].state,
@@ -257,143 +349,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-# -- the seed-style table and the report ---------------------------------------------------------
-COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory", "Cost ($, estimate)",
-           "Legacy cost ($, estimate)")
-CSV_COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory (MB)",
-               "Cost ($; estimate at Lambda list prices)",
-               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula; about 3x too low)")
-#: CSV keeps numbers numeric but drops float noise (a mean of 6.55 s is not 6.549999999999999).
-CSV_DIGITS = {"duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8}
-ROW_KEYS = ("partition", "world_size", "requests", "duration_s", "memory_mb", "cost_usd", "legacy_cost_usd")
-
-
-def seed_table_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """One row of the table users made by hand, from a summary: raw numbers, formatted on render."""
-    return {"partition": summary.get("partition_label"), "world_size": summary["world_size"],
-            "requests": summary["invocations"]["attempts"], "duration_s": summary["rank_duration_s"]["mean"],
-            "memory_mb": summary["peak_memory_mb"], "cost_usd": summary["cost"]["total"],
-            "legacy_cost_usd": summary["legacy_cost"]["total"], "prices": summary["cost"]["prices"]}
-
-
-def render_table(rows: list[dict[str, Any]], fmt: str) -> str:
-    """The seed table as ``md``, ``csv`` or ``text``; md and text end with what the costs mean."""
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows([[_csv_cell(key, row.get(key)) for key in ROW_KEYS] for row in rows])
-        return out.getvalue()
-    cells = [[_cell(key, row.get(key)) for key in ROW_KEYS] for row in rows]
-    if fmt == "md":
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(line) + " |" for line in cells]
-    elif fmt == "text":
-        widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells, strict=False)]
-        lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
-                 for line in (COLUMNS, *cells)]
-    else:
-        raise ValueError(f"render_table: fmt must be md, csv or text, got {fmt!r}")
-    return "\n".join([*lines, "", *_footnotes(rows)]) + "\n"
-
-
-def _csv_cell(key: str, value: Any) -> Any:
-    if value is None:
-        return ""
-    return round(value, CSV_DIGITS[key]) if key in CSV_DIGITS else value
-
-
-def _footnotes(rows: list[dict[str, Any]]) -> list[str]:
-    """What the two cost columns mean, so that a pasted table carries its own caveat."""
-    prices = "; ".join(sorted({row["prices"] for row in rows if row.get("prices")})) or "Lambda list prices"
-    return [f"Both costs are estimates at {prices}.", f"Cost: what AWS would bill, {COST_BASIS}.",
-            f"Legacy cost: {LEGACY_BASIS}."]
-
-
-def _cell(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if key == "memory_mb":
-        return f"{value / 1024:.1f}GB" if value >= 1024 else f"{value:.0f}MB"
-    if key == "duration_s":
-        return f"{value:.2f}"
-    if key in ("cost_usd", "legacy_cost_usd"):
-        return _money(value)
-    return str(value)
-
-
-def _money(value: float) -> str:
-    """Dollars to four significant digits without exponents: 12.35, 0.1580, 0.0006676."""
-    if value >= 1:
-        return f"{value:,.2f}"
-    if value <= 0:
-        return f"{value:.4f}"
-    decimals = min(max(4, 3 - math.floor(math.log10(value))), 12)
-    return f"{value:.{decimals}f}"
-
-
-def render_report(summary: dict[str, Any], fmt: str) -> str:
-    """A job's report: ``json`` (the summary), ``md`` (for people) or ``csv`` (the table row)."""
-    if fmt == "json":
-        return json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    if fmt == "csv":
-        return render_table([seed_table_row(summary)], "csv")
-    if fmt != "md":
-        raise ValueError(f"render_report: fmt must be json, md or csv, got {fmt!r}")
-    sections = [_md_heading(summary), render_table([seed_table_row(summary)], "md"), _md_accuracy(summary),
-                _md_cost(summary), _md_failures(summary)]
-    return "\n".join(sections)
-
-
-def _md_heading(summary: dict[str, Any]) -> str:
-    label = summary["partition_label"] or "-"
-    memory = f"{_cell('memory_mb', summary['peak_memory_mb'])} of {_cell('memory_mb', summary['configured_memory_mb'])}"
-    return (f"# Job {summary['job_id']}\n\n"
-            f"- function `{summary['function']}` in {summary['region']} ({summary['architecture']}), "
-            f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
-            f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "
-            f"{summary['wall_time_s']:.2f} s from submission to done\n"
-            f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n")
-
-
-def _md_accuracy(summary: dict[str, Any]) -> str:
-    accuracy, collective = summary["accuracy"], summary["collective"]
-    lines = ["## Accuracy", ""]
-    if accuracy is None:
-        lines.append("No labels: accuracy not computed.")
-    else:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {_or_dash(value, '.6g')} |" for name, value in accuracy.items()]
-    worst = collective["max_relative_difference"]
-    lines += ["", f"Workers' collective summary: {collective['status']}"
-              + (f" (max relative difference {worst:.2e})" if worst is not None else "") + "."]
-    return "\n".join(lines) + "\n"
-
-
-def _md_cost(summary: dict[str, Any]) -> str:
-    cost = summary["cost"]
-    lines = ["## Cost (estimate)", "", f"{cost['prices']}; {cost['note']}", "", "| item | $ |", "|---|---|"]
-    lines += [f"| {name.replace('_', ' ')} | {_money(cost[name])} |"
-              for name in ("lambda_compute", "lambda_requests", "s3_requests", "total")]
-    legacy = summary["legacy_cost"]["total"]
-    lines += ["", f"{summary['gb_seconds']:.1f} GB-s billed: {COST_BASIS}.",
-              f"Legacy cost: {_money(legacy) if legacy is not None else '-'} ({LEGACY_BASIS})."]
-    return "\n".join(lines) + "\n"
-
-
-def _md_failures(summary: dict[str, Any]) -> str:
-    lines = ["## Failed ranks", ""]
-    failed = summary["failed_ranks"]
-    lines += [f"- rank {f['rank']} ({f['state']} after {f['attempts']} attempt{'s' if f['attempts'] > 1 else ''}): "
-              f"{f['error'] or 'no error text'}" for f in failed] or ["None."]
-    retried = [a for a in summary["failed_attempts"] if a["rank"] not in {f["rank"] for f in failed}]
-    if retried:
-        lines += ["", "Failed attempts that a retry recovered:", ""]
-        lines += [f"- rank {a['rank']} attempt {a['attempt']}: {a['error'] or 'no error text'}" for a in retried]
-    return "\n".join(lines) + "\n"
-
-
-def _or_dash(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)

@@ -14,15 +14,8 @@ import pytest
 
 from services.accuracy import redshift_metrics
 from services.coordinator.pricing import PricesError, load_prices
-from services.coordinator.summary import (
-    Invocation,
-    JobFacts,
-    combined_data,
-    render_report,
-    render_table,
-    seed_table_row,
-    summarize,
-)
+from services.coordinator.report import render_report, render_table, seed_table_row
+from services.coordinator.summary import Invocation, JobFacts, combined_data, summarize
 from tests.rendezvous.conftest import REPO
 
 X86 = 0.0000166667
@@ -305,7 +298,8 @@ def test_unknown_formats_are_refused(prices):
 
 
 def test_the_coordinator_imports_neither_torch_nor_the_worker():
-    code = ("import sys, services.coordinator.summary, services.coordinator.plots, services.coordinator.pricing\n"
+    code = ("import sys, services.coordinator.summary, services.coordinator.report, services.coordinator.plots\n"
+            "import services.coordinator.pricing\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('services.worker.')\n"
             "       and m != 'services.accuracy' or m == 'matplotlib.pyplot']\n"
             "assert not bad, bad\n")

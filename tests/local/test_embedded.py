@@ -228,7 +228,7 @@ def test_the_coordinator_side_never_imports_torch() -> None:
     modules = ["services.local.stack", "services.client.api", "services.client.commands",
                "services.client.submit", "services.client.status", "services.client.report",
                "services.client.sweep", "services.coordinator.cli", "services.client.demo",
-               "services.coordinator.summary", "services.coordinator.plots"]
+               "services.coordinator.summary", "services.coordinator.report", "services.coordinator.plots"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
         "print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

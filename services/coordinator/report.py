@@ -1,0 +1,154 @@
+"""A job's summary rendered for people: the seed table users made by hand, and the report.
+
+The numbers come from :mod:`.summary` (``summary.json``); this module only chooses columns and
+formats. It reads the summary as a document, never recomputes a figure, so that a report
+rendered from a summary read back from S3 says exactly what was written there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from services.coordinator.summary import COST_BASIS, LEGACY_BASIS, Summary
+
+COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory", "Cost ($, estimate)",
+           "Legacy cost ($, estimate)")
+CSV_COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory (MB)",
+               "Cost ($; estimate at Lambda list prices)",
+               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula; about 3x too low)")
+#: CSV keeps numbers numeric but drops float noise (a mean of 6.55 s is not 6.549999999999999).
+CSV_DIGITS = {"duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8}
+ROW_KEYS = ("partition", "world_size", "requests", "duration_s", "memory_mb", "cost_usd", "legacy_cost_usd")
+
+
+def seed_table_row(summary: Summary) -> dict[str, Any]:
+    """One row of the table users made by hand, from a summary: raw numbers, formatted on render."""
+    return {"partition": summary.get("partition_label"), "world_size": summary["world_size"],
+            "requests": summary["invocations"]["attempts"], "duration_s": summary["rank_duration_s"]["mean"],
+            "memory_mb": summary["peak_memory_mb"], "cost_usd": summary["cost"]["total"],
+            "legacy_cost_usd": summary["legacy_cost"]["total"], "prices": summary["cost"]["prices"]}
+
+
+def render_table(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The seed table as ``md``, ``csv`` or ``text``; md and text end with what the costs mean."""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([[_csv_cell(key, row.get(key)) for key in ROW_KEYS] for row in rows])
+        return out.getvalue()
+    cells = [[_cell(key, row.get(key)) for key in ROW_KEYS] for row in rows]
+    if fmt == "md":
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(line) + " |" for line in cells]
+    elif fmt == "text":
+        widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells, strict=False)]
+        lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+                 for line in (COLUMNS, *cells)]
+    else:
+        raise ValueError(f"render_table: fmt must be md, csv or text, got {fmt!r}")
+    return "\n".join([*lines, "", *_footnotes(rows)]) + "\n"
+
+
+def _csv_cell(key: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, CSV_DIGITS[key]) if key in CSV_DIGITS else value
+
+
+def _footnotes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the two cost columns mean, so that a pasted table carries its own caveat."""
+    prices = "; ".join(sorted({row["prices"] for row in rows if row.get("prices")})) or "Lambda list prices"
+    return [f"Both costs are estimates at {prices}.", f"Cost: what AWS would bill, {COST_BASIS}.",
+            f"Legacy cost: {LEGACY_BASIS}."]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "memory_mb":
+        return f"{value / 1024:.1f}GB" if value >= 1024 else f"{value:.0f}MB"
+    if key == "duration_s":
+        return f"{value:.2f}"
+    if key in ("cost_usd", "legacy_cost_usd"):
+        return _money(value)
+    return str(value)
+
+
+def _money(value: float) -> str:
+    """Dollars to four significant digits without exponents: 12.35, 0.1580, 0.0006676."""
+    if value >= 1:
+        return f"{value:,.2f}"
+    if value <= 0:
+        return f"{value:.4f}"
+    decimals = min(max(4, 3 - math.floor(math.log10(value))), 12)
+    return f"{value:.{decimals}f}"
+
+
+def render_report(summary: Summary, fmt: str) -> str:
+    """A job's report: ``json`` (the summary), ``md`` (for people) or ``csv`` (the table row)."""
+    if fmt == "json":
+        return json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return render_table([seed_table_row(summary)], "csv")
+    if fmt != "md":
+        raise ValueError(f"render_report: fmt must be json, md or csv, got {fmt!r}")
+    sections = [_md_heading(summary), render_table([seed_table_row(summary)], "md"), _md_accuracy(summary),
+                _md_cost(summary), _md_failures(summary)]
+    return "\n".join(sections)
+
+
+def _md_heading(summary: Summary) -> str:
+    label = summary["partition_label"] or "-"
+    memory = f"{_cell('memory_mb', summary['peak_memory_mb'])} of {_cell('memory_mb', summary['configured_memory_mb'])}"
+    return (f"# Job {summary['job_id']}\n\n"
+            f"- function `{summary['function']}` in {summary['region']} ({summary['architecture']}), "
+            f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
+            f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "
+            f"{summary['wall_time_s']:.2f} s from submission to done\n"
+            f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n")
+
+
+def _md_accuracy(summary: Summary) -> str:
+    accuracy, collective = summary["accuracy"], summary["collective"]
+    lines = ["## Accuracy", ""]
+    if accuracy is None:
+        lines.append("No labels: accuracy not computed.")
+    else:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {_or_dash(value, '.6g')} |" for name, value in accuracy.items()]
+    worst = collective["max_relative_difference"]
+    lines += ["", f"Workers' collective summary: {collective['status']}"
+              + (f" (max relative difference {worst:.2e})" if worst is not None else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_cost(summary: Summary) -> str:
+    cost = summary["cost"]
+    lines = ["## Cost (estimate)", "", f"{cost['prices']}; {cost['note']}", "", "| item | $ |", "|---|---|"]
+    lines += [f"| {name.replace('_', ' ')} | {_money(cost[name])} |"
+              for name in ("lambda_compute", "lambda_requests", "s3_requests", "total")]
+    legacy = summary["legacy_cost"]["total"]
+    lines += ["", f"{summary['gb_seconds']:.1f} GB-s billed: {COST_BASIS}.",
+              f"Legacy cost: {_money(legacy) if legacy is not None else '-'} ({LEGACY_BASIS})."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_failures(summary: Summary) -> str:
+    lines = ["## Failed ranks", ""]
+    failed = summary["failed_ranks"]
+    lines += [f"- rank {f['rank']} ({f['state']} after {f['attempts']} attempt{'s' if f['attempts'] > 1 else ''}): "
+              f"{f['error'] or 'no error text'}" for f in failed] or ["None."]
+    retried = [a for a in summary["failed_attempts"] if a["rank"] not in {f["rank"] for f in failed}]
+    if retried:
+        lines += ["", "Failed attempts that a retry recovered:", ""]
+        lines += [f"- rank {a['rank']} attempt {a['attempt']}: {a['error'] or 'no error text'}" for a in retried]
+    return "\n".join(lines) + "\n"
+
+
+def _or_dash(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
