@@ -46,7 +46,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     store = S3Store()
     partitions = choose_partitions(store, request)
     job_id = f"legacy-{request.result_path}"  # what the worker calls a job it got as a legacy item
-    job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=settings.worker_timeout,
+    job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=settings.worker.timeout,
                     max_world_size=settings.max_world_size, rendezvous=None, cancel_key=cancel_key(job_id))
     items = [legacy_item(e) for e in job_plan.events]
     bucket = settings.state_bucket or request.bucket
@@ -54,7 +54,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     store.put(bucket, items_key, json.dumps(items).encode(), "application/json")
     log_event(log, "planned", job_id=job_id, world_size=len(items), partitions=len(partitions))
     return {"job": {"job_id": job_id, "submitted_at": time.time(), "communicator": False,
-                    **job_plan.manifest_facts(request, request.function or settings.worker_function),
+                    **job_plan.manifest_facts(request, request.function or settings.worker.function),
                     "events": [{"partitions": list(e.partitions)} for e in job_plan.events]},
             "items": {"Bucket": bucket, "Key": items_key}, "max_concurrency": job_plan.max_concurrency}
 

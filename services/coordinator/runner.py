@@ -82,7 +82,7 @@ class JobRunner:
             futures = [pool.submit(self._run_rank, rank, events[rank]) for rank in todo]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
-                self.manifest["error"] = "job deadline passed (COSMIC_JOB_DEADLINE_S)"
+                self.manifest["error"] = "job deadline passed (COSMIC_COORDINATOR_JOB_DEADLINE_S)"
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank

@@ -1,6 +1,6 @@
 """Job state in S3: the manifest, one record per rank, the locks. S3 holds the truth, not memory.
 
-Layout in the state bucket (``COSMIC_STATE_BUCKET``, else the payload's ``bucket``)::
+Layout in the state bucket (``COSMIC_COORDINATOR_STATE_BUCKET``, else the payload's ``bucket``)::
 
     jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state
     jobs/{job_id}/journal/{t}.json  rank records changed since the previous segment (every attempt

@@ -121,8 +121,8 @@ class Stack:
             env.setdefault(name, LOCAL_CREDENTIAL)
         for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
             env.setdefault(name, REGION)
-        env["COSMIC_RENDEZVOUS_ENDPOINT"] = self.rendezvous_endpoint
-        env["COSMIC_STATE_BUCKET"] = STATE_BUCKET
+        env["COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT"] = self.rendezvous_endpoint
+        env["COSMIC_COORDINATOR_STATE_BUCKET"] = STATE_BUCKET
         env["COSMIC_WORKER_FUNCTION"] = WORKER_FUNCTION
 
     def alive(self) -> bool:
