@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import envconfig
 from services.cache import cache_dir
+from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
 from services.ports import free_ports
@@ -159,10 +161,10 @@ def _record_path() -> Path:
 def ensure_stack(sandboxes: int | None = None, fresh: bool = False) -> Stack:
     """The running stack, reattached when its recorded processes are alive, else started anew.
 
-    ``sandboxes`` (argument, else ``COSMIC_SANDBOXES``, else 4) is the runtime's concurrency; a
-    live stack with a different explicit count is replaced. ``fresh`` always replaces it.
+    ``sandboxes`` (argument, else the runtime's ``COSMIC_RUNTIME_SANDBOXES``, else 4) is the runtime's
+    concurrency; a live stack with a different explicit count is replaced. ``fresh`` always replaces it.
     """
-    wanted = sandboxes or int(os.environ.get("COSMIC_SANDBOXES") or 0) or None
+    wanted = sandboxes or envconfig.lookup(RuntimeSettings, "sandboxes") or None
     if wanted is not None and wanted < 1:
         raise EmbeddedError(f"sandboxes must be at least 1, got {wanted}")
     with _locked():

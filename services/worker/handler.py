@@ -39,7 +39,7 @@ class _Sandbox:
         logs.configure()
         self.settings = worker_settings.load()
         self.store = S3Store()
-        self.models = ModelCache(self.store, Path(self.settings.worker_scratch_dir), self.settings.worker_precision)
+        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision)
         self.invocations = 0
 
 
@@ -59,14 +59,14 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     log_event(log, "invocation_start", job_id=job.job_id, rank=job.rank, attempt=job.attempt, mode=job.mode,
               partitions=len(job.partitions), request_id=request_id, warm=sandbox.invocations > 1)
     if job.mode == "script":
-        result = run_script(job, sandbox.store, Path(sandbox.settings.worker_scratch_dir),
-                            sandbox.settings.worker_script_timeout)
+        result = run_script(job, sandbox.store, Path(sandbox.settings.scratch_dir),
+                            sandbox.settings.script_timeout)
     elif job.mode == "selftest":
         result = run_selftest(job, sandbox.store)
     else:
         runtime = {"import_s": round(IMPORT_S, 3), "sandbox_invocation": sandbox.invocations,
                    "request_id": request_id}
-        result = run_native(job, sandbox.store, sandbox.models, sandbox.settings.worker_prefetch, runtime)
+        result = run_native(job, sandbox.store, sandbox.models, sandbox.settings.prefetch, runtime)
     result.timings_s["total"] = round(time.perf_counter() - started, 4)
     if sandbox.invocations == 1:
         result.timings_s["import"] = round(IMPORT_S, 4)  # paid once per sandbox, before this invocation

@@ -42,7 +42,7 @@ class Pool:
     def start(self) -> None:
         for sandbox in self.sandboxes:
             sandbox.start()
-        deadline = time.monotonic() + self.settings.worker_init_timeout
+        deadline = time.monotonic() + self.settings.init_timeout
         for sandbox in self.sandboxes:
             sandbox.wait_ready(max(deadline - time.monotonic(), 0))
 
@@ -57,7 +57,7 @@ class Pool:
 
     def invoke(self, sandbox: Sandbox, invocation: Invocation) -> Outcome:
         try:
-            sandbox.wait_ready(self.settings.worker_init_timeout)
+            sandbox.wait_ready(self.settings.init_timeout)
             return sandbox.invoke(invocation)
         finally:
             self.release(sandbox)
@@ -80,9 +80,9 @@ class InvokeApi(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, settings: RuntimeSettings, pool: Pool) -> None:
-        super().__init__((settings.worker_host, settings.worker_port), _InvokeHandler)
+        super().__init__((settings.host, settings.port), _InvokeHandler)
         self.settings, self.pool = settings, pool
-        self.names = {settings.worker_function, "function"}
+        self.names = {settings.worker.function, "function"}
 
 
 class _InvokeHandler(JsonHandler):
