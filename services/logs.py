@@ -2,19 +2,40 @@
 
 Every service logs through :func:`event`, which takes the event name and its context as
 keywords, so a line can be grepped by eye and parsed by machine alike. ``COSMIC_LOG_FORMAT``
-(``text`` or ``json``) and ``COSMIC_LOG_LEVEL`` choose the output. Standard library only.
+(``text`` or ``json``) and ``COSMIC_LOG_LEVEL`` choose the output (:class:`LogSettings`).
+Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from services import envconfig
 
 _FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How every service writes its log lines: ``COSMIC_LOG_<FIELD>``, shared by all of them."""
+
+    ENV_PREFIX: ClassVar[str] = "COSMIC_LOG_"
+
+    #: ``text`` (``key=value``) or ``json`` (one object per line, for CloudWatch).
+    format: str = "text"
+    #: The root logger's level.
+    level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.format.lower() not in _FORMATS:
+            raise envconfig.SettingsError(f"log format must be one of {', '.join(_FORMATS)}, got {self.format!r}")
+        if not isinstance(logging.getLevelName(self.level.upper()), int):
+            raise envconfig.SettingsError(f"unknown log level {self.level!r}")
 
 
 class _Formatter(logging.Formatter):
@@ -52,12 +73,8 @@ _CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 
 def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
     """Send every log line to ``stream`` (stderr) in the chosen format; idempotent."""
-    fmt = (fmt or os.environ.get("COSMIC_LOG_FORMAT") or "text").lower()
-    if fmt not in _FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
-    level_name = (level or os.environ.get("COSMIC_LOG_LEVEL") or "INFO").upper()
-    if not isinstance(logging.getLevelName(level_name), int):
-        raise ValueError(f"unknown log level {level_name!r}")
+    settings = envconfig.load(LogSettings, None, None, format=fmt or None, level=level or None)
+    fmt, level_name = settings.format.lower(), settings.level.upper()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(as_json=fmt == "json"))
     root = logging.getLogger()
