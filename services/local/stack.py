@@ -457,13 +457,11 @@ def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
 
 
 def _s3_client(stack: Stack) -> Any:
-    import boto3
-    from botocore.config import Config
+    """The stack's own S3, whatever this process's AWS variables say (see :func:`services.s3store.s3_client`)."""
+    from services.s3store import s3_client
 
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-                        aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
-                        config=Config(connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"},
-                                      retries={"mode": "standard", "max_attempts": 3}))
+    return s3_client(stack.s3_endpoint, REGION, LOCAL_CREDENTIAL, LOCAL_CREDENTIAL, connect_timeout=5,
+                     read_timeout=60, attempts=3)
 
 
 def _ensure_bucket(store: Any, bucket: str) -> None:

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from services.aws import aws_region
 from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
@@ -109,7 +110,7 @@ class Sandbox:
 
     def __init__(self, index: int, settings: RuntimeSettings) -> None:
         self.index, self.settings = index, settings
-        self.function_arn = f"arn:aws:lambda:{_region()}:{_ACCOUNT}:function:{settings.worker.function}"
+        self.function_arn = f"arn:aws:lambda:{aws_region()}:{_ACCOUNT}:function:{settings.worker.function}"
         self._api = _RuntimeApi(self)
         threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
         self._work: queue.Queue[tuple[Invocation, int]] = queue.Queue(maxsize=1)
@@ -141,7 +142,7 @@ class Sandbox:
                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.memory_mb),
                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker.function}",
                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
-               "AWS_REGION": _region(), "AWS_DEFAULT_REGION": _region(),
+               "AWS_REGION": aws_region(), "AWS_DEFAULT_REGION": aws_region(),
                "COSMIC_WORKER_THREADS": str(self.settings.threads_per_sandbox),
                "PYTHONUNBUFFERED": "1"}
         self._spawned_at = time.monotonic()
@@ -296,10 +297,6 @@ class Sandbox:
             self._work.get_nowait()
         self._warm = False
         self.start()
-
-
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _timestamp() -> str:
