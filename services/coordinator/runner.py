@@ -5,6 +5,9 @@ a synchronous invocation. Every attempt's start and end is written to the rank's
 anything else happens, so a coordinator killed at any moment restarts (``resume``) knowing which
 ranks finished: those are never run again; a rank caught running is re-invoked with the next
 attempt number, and since a rank writes only its own keys the re-run replaces, never duplicates.
+
+Every line the job thread and its rank threads log carries the job's ``job_id`` (and a rank's
+``rank``), set once (:func:`services.logs.with_keys`) and carried into the pool's threads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from services import logs
 from services.contracts import result_key
 from services.coordinator.invoker import Invoker
 from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
@@ -49,10 +53,14 @@ class JobRunner:
 
     # -- the job ----------------------------------------------------------------------------
     def _run(self) -> None:
+        with logs.with_keys(job_id=self.job_id):
+            self._run_job()
+
+    def _run_job(self) -> None:
         try:
             self._schedule()
         except Exception as exc:  # a coordinator bug or S3 outage must still end the job visibly
-            log_event(log, "job_crashed", logging.ERROR, job_id=self.job_id, error=repr(exc))
+            log_event(log, "job_crashed", logging.ERROR, error=repr(exc))
             self.manifest["error"] = f"coordinator error: {exc}"
             self.manifest["state"] = "failed"
             self.jobs.save_manifest(self.bucket, self.manifest)
@@ -76,10 +84,16 @@ class JobRunner:
         self.manifest["state"] = "running"
         self.manifest.setdefault("started_at", time.time())
         self.jobs.save_manifest(self.bucket, self.manifest)
-        log_event(log, "job_running", job_id=self.job_id, ranks=len(events), to_run=len(todo))
+        log_event(log, "job_running", ranks=len(events), to_run=len(todo))
+
+        @logs.carry  # the pool's threads log with this job's keys, and each with its rank
+        def run_rank(rank: int, event: dict[str, Any]) -> None:
+            with logs.with_keys(rank=rank):
+                self._run_rank(rank, event)
+
         with ThreadPoolExecutor(max_workers=max(1, self.manifest["max_concurrency"]),
                                 thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
-            futures = [pool.submit(self._run_rank, rank, events[rank]) for rank in todo]
+            futures = [pool.submit(run_rank, rank, events[rank]) for rank in todo]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
                 self.manifest["error"] = "job deadline passed (COSMIC_COORDINATOR_JOB_DEADLINE_S)"
@@ -98,7 +112,7 @@ class JobRunner:
         try:
             self._finish(self.bucket, self.manifest, self.ranks)
         except Exception as exc:  # the ranks' results stay in S3; the job says why it has no summary
-            log_event(log, "summary_failed", logging.ERROR, job_id=self.job_id, error=repr(exc))
+            log_event(log, "summary_failed", logging.ERROR, error=repr(exc))
             self.manifest["summary_error"] = str(exc)
         final = {**self.manifest, "state": state, "finished_at": time.time(),
                  "failed_ranks": {str(r.rank): r.attempts[-1].error for r in self.ranks.values()
@@ -108,7 +122,7 @@ class JobRunner:
         request = final["request"]
         self.jobs.release_result_path(self.bucket, self.job_id, request["data_bucket"], request["result_path"])
         self.manifest.update(final)  # only now does a reader see the job ended: everything is in S3 first
-        log_event(log, "job_done", job_id=self.job_id, state=state,
+        log_event(log, "job_done", state=state,
                   seconds=round(self.manifest["finished_at"] - self.manifest["submitted_at"], 3))
 
     def _settle_interrupted(self, record: RankRecord, event: dict[str, Any]) -> None:
@@ -131,7 +145,7 @@ class JobRunner:
         else:
             return
         self._save(record, "succeeded" if finished else "pending")
-        log_event(log, "rank_settled", job_id=self.job_id, rank=record.rank, state=record.state)
+        log_event(log, "rank_settled", rank=record.rank, state=record.state)
 
     # -- one rank ---------------------------------------------------------------------------
     def _run_rank(self, rank: int, event: dict[str, Any]) -> None:
@@ -154,8 +168,7 @@ class JobRunner:
                 self._save(record, attempt.state)
                 return
             attempt.state, attempt.error = "failed", outcome.error
-            log_event(log, "rank_attempt_failed", logging.WARNING, job_id=self.job_id, rank=rank,
-                      attempt=attempt.attempt, error=outcome.error)
+            log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
             self._save(record, "failed")
 
     def _save(self, record: RankRecord, state: str) -> None:

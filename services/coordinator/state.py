@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services import logs
 from services.s3store import S3Store
 
 MANIFEST_VERSION = 1
@@ -239,7 +240,7 @@ class RankJournal:
         self._dirty: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"journal-{job_id[-6:]}", daemon=True)
+        self._thread = threading.Thread(target=logs.carry(self._loop), name=f"journal-{job_id[-6:]}", daemon=True)
         self._thread.start()
 
     def record(self, record: RankRecord) -> None:
