@@ -121,7 +121,7 @@ _CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 
 def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
     """Send every log line to ``stream`` (stderr) in the chosen format; idempotent."""
-    settings = envconfig.load(LogSettings, None, None, format=fmt or None, level=level or None)
+    settings = envconfig.load(LogSettings, format=fmt or None, level=level or None)
     fmt, level_name = settings.format.lower(), settings.level.upper()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(as_json=fmt == "json"))
