@@ -73,7 +73,7 @@ ENV MPLCONFIGDIR=/tmp/matplotlib \
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-# listening beyond loopback: the coordinator refuses to start unless COSMIC_API_TOKEN is set
+# listening beyond loopback: the coordinator refuses to start unless COSMIC_COORDINATOR_API_TOKEN is set
 ENTRYPOINT ["python", "-m", "services.coordinator"]
 CMD ["--host", "0.0.0.0", "--port", "8000"]
 

@@ -6,18 +6,37 @@ checkpoint and partitions into ``COSMIC_CACHE_DIR``, then they are uploaded to t
 missing. Objects already there with the same size are skipped, so a rerun is cheap.
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations``: the tests load this file without registering it as a
+# module, and a dataclass can only resolve string annotations (ClassVar) through its module
 
 import json
-import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
+from services import envconfig
 from services.local.stack import EmbeddedError, seed_store
 from services.s3store import S3Store
 
-BUCKET = os.environ.get("COSMIC_STATE_BUCKET", "cosmicai-data")
-SIZES = os.environ.get("COSMIC_SEED_SIZES", "25MB").split()
-COUNT = int(os.environ.get("COSMIC_SEED_COUNT", "4"))
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """What the init step seeds: ``COSMIC_SEED_<FIELD>``."""
+
+    ENV_PREFIX: ClassVar[str] = "COSMIC_SEED_"
+    ENV_ALIASES: ClassVar[Mapping[str, str]] = {"bucket": "COSMIC_STATE_BUCKET"}
+
+    #: The bucket examples/payload.json reads (made if missing).
+    bucket: str = "cosmicai-data"
+    #: Partition sizes, separated by spaces.
+    sizes: str = "25MB"
+    #: Partitions of each size.
+    count: int = 4
+
+
+SETTINGS = envconfig.load(SeedSettings)
+BUCKET, SIZES, COUNT = SETTINGS.bucket, SETTINGS.sizes.split(), SETTINGS.count
 
 
 def main() -> int:

@@ -3,12 +3,16 @@
 Endpoints come from the standard variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), so
 the same code talks to AWS, LocalStack under compose, and moto's server on loopback. Off AWS the
 endpoint is a bare host, so path-style addressing is used there (no bucket subdomains).
+
+:func:`s3_client` is the one way an S3 client is made. Callers that must not take this process's
+environment (the embedded stack's own moto server, where a user's ``AWS_REGION`` would make moto
+refuse ``CreateBucket``; a command pointed at another stack) pass endpoint, region and
+credentials explicitly; whatever they leave out, boto3 resolves from the environment as usual.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +21,8 @@ import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from services.aws import s3_endpoint
 
 
 class StoreError(RuntimeError):
@@ -29,11 +35,20 @@ class Blob:
     etag: str
 
 
-def _config() -> Config:
-    custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
-    return Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=8, tcp_keepalive=True,
-                  connect_timeout=10, read_timeout=120,
-                  s3={"addressing_style": "path" if custom_endpoint else "auto"})
+def s3_client(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,
+              secret_key: str | None = None, *, connect_timeout: float = 10, read_timeout: float = 120,
+              attempts: int = 5, pool: int = 8) -> Any:
+    """A boto3 S3 client; every argument left None is boto3's to resolve (standard variables, profile).
+
+    Path-style addressing off AWS (an endpoint given here or in the standard variables): a bare
+    host has no bucket subdomains.
+    """
+    custom_endpoint = bool(endpoint_url or s3_endpoint())
+    config = Config(retries={"mode": "standard", "max_attempts": attempts}, max_pool_connections=pool,
+                    tcp_keepalive=True, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                    s3={"addressing_style": "path" if custom_endpoint else "auto"})
+    return _session().client("s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key,
+                             aws_secret_access_key=secret_key, config=config)
 
 
 def _session() -> boto3.Session:
@@ -48,7 +63,7 @@ class S3Store:
     """One boto3 S3 client, kept for the life of the sandbox (warm invocations reuse its connections)."""
 
     def __init__(self, client: Any | None = None) -> None:
-        self.client = client or _session().client("s3", config=_config())
+        self.client = client or s3_client()
 
     def keys(self, bucket: str, prefix: str) -> Iterator[str]:
         """Every key under ``prefix``, following continuation tokens (no 1,000-key cap)."""

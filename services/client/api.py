@@ -12,18 +12,19 @@ every failure is an :class:`ApiError` whose message says what to do:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import IO, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar
+
+from services import envconfig
 
 #: Where the coordinator listens unless ``COSMIC_COORDINATOR_URL`` says otherwise (its own default address).
 DEFAULT_URL = "http://127.0.0.1:8000"
-URL_VARIABLE = "COSMIC_COORDINATOR_URL"
-TOKEN_VARIABLE = "COSMIC_API_TOKEN"  # the coordinator's ``api_token`` setting (services/coordinator/config.py)
 #: Seconds per request; long jobs are followed by polling, never by one long request.
 REQUEST_TIMEOUT = 30.0
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -47,9 +48,25 @@ class JobTimeout(TimeoutError):
     """The job did not end within :meth:`ApiClient.wait`'s timeout (it keeps running)."""
 
 
+@dataclass(frozen=True)
+class ClientSettings:
+    """The coordinator as its clients reach it: ``COSMIC_COORDINATOR_<FIELD>``, the coordinator's own prefix,
+    so that one ``COSMIC_COORDINATOR_API_TOKEN`` serves a coordinator and the commands run beside it."""
+
+    ENV_PREFIX: ClassVar[str] = "COSMIC_COORDINATOR_"
+    ENV_ALIASES: ClassVar[Mapping[str, str]] = {"api_token": "COSMIC_API_TOKEN"}
+
+    #: The coordinator's base URL.
+    url: str = DEFAULT_URL
+    #: The bearer token its API requires (its ``api_token`` setting, services/coordinator/config.py).
+    api_token: str = ""
+
+
 def settings() -> tuple[str, str]:
-    """``(url, token)`` from ``COSMIC_COORDINATOR_URL`` (default :data:`DEFAULT_URL`) and ``COSMIC_API_TOKEN``."""
-    return os.environ.get(URL_VARIABLE) or DEFAULT_URL, os.environ.get(TOKEN_VARIABLE, "")
+    """``(url, token)`` from ``COSMIC_COORDINATOR_URL`` (default :data:`DEFAULT_URL`) and
+    ``COSMIC_COORDINATOR_API_TOKEN`` (formerly ``COSMIC_API_TOKEN``)."""
+    loaded = envconfig.load(ClientSettings)
+    return loaded.url, loaded.api_token
 
 
 class ApiClient:

@@ -190,18 +190,21 @@ def count_partitions(bucket: str, prefix: str) -> int:
     """
     from botocore.exceptions import BotoCoreError
 
+    from services.aws import aws_region, s3_endpoint
     from services.coordinator.planning import list_partitions
-    from services.s3store import S3Store, StoreError
+    from services.s3store import S3Store, StoreError, s3_client
 
     environ = dict(os.environ)
-    if not (environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")):
+    if not s3_endpoint(environ):
         from services.local.stack import running_stack
 
         stack = running_stack()
         if stack is not None:
             stack.export(environ)
     try:
-        store = S3Store(_s3_client(environ))
+        store = S3Store(s3_client(s3_endpoint(environ), aws_region(environ), environ.get("AWS_ACCESS_KEY_ID"),
+                                  environ.get("AWS_SECRET_ACCESS_KEY"), connect_timeout=5, read_timeout=30,
+                                  attempts=2))
         found = len(list_partitions(store, bucket, prefix))
     except (StoreError, BotoCoreError, OSError) as exc:
         raise CommandError(f"cannot count the partitions under s3://{bucket}/{prefix}/ ({exc}); "
@@ -210,15 +213,3 @@ def count_partitions(bucket: str, prefix: str) -> int:
         raise CommandError(f"no partitions under s3://{bucket}/{prefix}/")
     return found
 
-
-def _s3_client(environ: dict[str, str]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint,
-                        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                        aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID"),
-                        aws_secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY"),
-                        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2},
-                                      s3={"addressing_style": "path" if endpoint else "auto"}))

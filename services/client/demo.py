@@ -105,7 +105,7 @@ def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[byt
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"[3/5] starting the coordinator at {url} (a random API token; log {log_path})", flush=True)
-    env = {**os.environ, "COSMIC_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "COSMIC_COORDINATOR_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "services.coordinator", "--port", str(port)],
                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)

@@ -41,7 +41,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             return
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
                                                           settings.api_token.encode()):
-            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <COSMIC_API_TOKEN>)",
+            raise HTTPException(401, "a bearer token is required "
+                                     "(Authorization: Bearer <COSMIC_COORDINATOR_API_TOKEN>)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorised)]

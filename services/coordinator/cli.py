@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         stack.export()
         seed(stack)  # the demo data and checkpoint, where examples/payload.json points (made once, ~1 min)
     try:
-        settings = config.load(coordinator_host=args.host, coordinator_port=args.port)
+        settings = config.load(host=args.host, port=args.port)
     except envconfig.SettingsError as exc:
         print(f"cosmic serve: {exc}")
         return 2
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     coordinator = Coordinator(settings)
     resumed = coordinator.resume()
-    event(log, "coordinator_start", host=settings.coordinator_host, port=settings.coordinator_port,
+    event(log, "coordinator_start", host=settings.host, port=settings.port,
           resumed=len(resumed), token=bool(settings.api_token))
-    uvicorn.run(create_app(coordinator), host=settings.coordinator_host, port=settings.coordinator_port,
+    uvicorn.run(create_app(coordinator), host=settings.host, port=settings.port,
                 log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -1,4 +1,8 @@
-"""Every setting of the coordinator: ``COSMIC_<FIELD>`` variables, then these defaults.
+"""Every setting of the coordinator: ``COSMIC_COORDINATOR_<FIELD>`` variables, then these defaults.
+
+The worker function's name and timeout are the worker's (``COSMIC_WORKER_FUNCTION``,
+``COSMIC_WORKER_TIMEOUT``, :mod:`services.function`): the local runtime reads the same ones.
+Settings renamed to the prefix keep their old names as aliases (``ENV_ALIASES``).
 
 Endpoints are not settings of ours: boto3 reads the standard ``AWS_ENDPOINT_URL_S3`` and
 ``AWS_ENDPOINT_URL_LAMBDA`` (and region, profile, credentials) itself, so the same coordinator
@@ -9,31 +13,40 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from services import envconfig
 from services.contracts import split_endpoint
+from services.function import WorkerFunction
 
-ENV_PREFIX = "COSMIC_"
+ENV_PREFIX = "COSMIC_COORDINATOR_"
 
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
     """Where the coordinator listens, what it invokes, where it keeps state, and its limits."""
 
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
+    ENV_ALIASES: ClassVar[Mapping[str, str]] = {
+        "api_token": "COSMIC_API_TOKEN", "state_bucket": "COSMIC_STATE_BUCKET",
+        "rendezvous_endpoint": "COSMIC_RENDEZVOUS_ENDPOINT", "max_world_size": "COSMIC_MAX_WORLD_SIZE",
+        "max_concurrency_limit": "COSMIC_MAX_CONCURRENCY_LIMIT", "max_body_bytes": "COSMIC_MAX_BODY_BYTES",
+        "max_attempts": "COSMIC_MAX_ATTEMPTS", "job_deadline_s": "COSMIC_JOB_DEADLINE_S",
+        "invoke_retries": "COSMIC_INVOKE_RETRIES"}
+
     #: The API's address; anything beyond loopback requires ``api_token``.
-    coordinator_host: str = "127.0.0.1"
-    coordinator_port: int = 8000
+    host: str = "127.0.0.1"
+    port: int = 8000
     #: Bearer token the API requires when set (``Authorization: Bearer <token>``).
     api_token: str = ""
     #: Bucket of job manifests (under ``jobs/``); empty means each job's payload ``bucket``.
     state_bucket: str = ""
     #: ``host:port`` of the rendezvous server, resolved when each job starts; empty: no communicator.
     rendezvous_endpoint: str = ""
-    #: The worker function invoked when a payload names none (the local runtime answers to it too).
-    worker_function: str = "cosmic-worker"
-    #: The worker function's timeout, seconds: invocations read for this long plus a margin.
-    worker_timeout: float = 900.0
+    #: The worker function invoked when a payload names none, and its timeout (invocations are read
+    #: for this long plus a margin).
+    worker: WorkerFunction = field(default_factory=WorkerFunction)
     #: Largest world size a job may ask for.
     max_world_size: int = 2048
     #: Largest ``max_concurrency`` (and the invoke connection pool).
@@ -48,23 +61,26 @@ class CoordinatorSettings:
     invoke_retries: int = 8
 
     def __post_init__(self) -> None:
-        if not 0 <= self.coordinator_port <= 65535:
-            raise envconfig.SettingsError(f"coordinator_port must be within 0..65535, got {self.coordinator_port}")
+        if not 0 <= self.port <= 65535:
+            raise envconfig.SettingsError(f"{variable('port')} must be within 0..65535, got {self.port}")
         if self.rendezvous_endpoint:
             try:
                 split_endpoint(self.rendezvous_endpoint)
             except ValueError:
                 raise envconfig.SettingsError(
-                    f"COSMIC_RENDEZVOUS_ENDPOINT must be host:port, got {self.rendezvous_endpoint!r}") from None
+                    f"{variable('rendezvous_endpoint')} must be host:port, got {self.rendezvous_endpoint!r}") from None
         for name in ("max_world_size", "max_concurrency_limit", "max_body_bytes", "max_attempts"):
             if getattr(self, name) < 1:
-                raise envconfig.SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.worker_timeout <= 900:
-            raise envconfig.SettingsError(f"worker_timeout must be within (0, 900] s, got {self.worker_timeout}")
-        if not is_loopback(self.coordinator_host) and not self.api_token:
+                raise envconfig.SettingsError(f"{variable(name)} must be at least 1, got {getattr(self, name)}")
+        if not is_loopback(self.host) and not self.api_token:
             raise envconfig.SettingsError(
-                f"refusing to listen on {self.coordinator_host} without an API token: set COSMIC_API_TOKEN "
+                f"refusing to listen on {self.host} without an API token: set {variable('api_token')} "
                 "(or listen on 127.0.0.1)")
+
+
+def variable(field: str) -> str:
+    """The variable that sets ``field``, for messages: ``COSMIC_COORDINATOR_MAX_WORLD_SIZE (formerly ...)``."""
+    return envconfig.describe(CoordinatorSettings, field)
 
 
 def is_loopback(host: str) -> bool:
@@ -77,4 +93,4 @@ def is_loopback(host: str) -> bool:
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: object) -> CoordinatorSettings:
-    return envconfig.load(CoordinatorSettings, ENV_PREFIX, environ, **overrides)
+    return envconfig.load(CoordinatorSettings, None, environ, **overrides)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from services.aws import aws_region
 from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
 from services.coordinator import summary
 from services.coordinator.manifest import Manifest
@@ -101,7 +101,7 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
         collective = None  # an older job's summary at the same path
     facts = summary.JobFacts(
         job_id=manifest.job_id, function=manifest.function,
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        region=aws_region(),
         world_size=manifest.world_size, partition_label=manifest.partition_label,
         partitions=len(manifest.partitions), input_bytes=manifest.input_bytes,
         submitted_at=manifest.submitted_at, finished_at=time.time(), result_path=result_path,

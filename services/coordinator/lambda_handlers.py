@@ -48,10 +48,10 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     store = S3Store()
     partitions = choose_partitions(store, request)
     job_id = f"legacy-{request.result_path}"  # what the worker calls a job it got as a legacy item
-    job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=settings.worker_timeout,
+    job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=settings.worker.timeout,
                     max_world_size=settings.max_world_size, rendezvous=None, cancel_key=cancel_key(job_id))
     # the Map runs each item once (its retries are for Lambda's service errors only)
-    manifest = Manifest.from_plan(job_id, request, job_plan, function=request.function or settings.worker_function,
+    manifest = Manifest.from_plan(job_id, request, job_plan, function=request.function or settings.worker.function,
                                   max_attempts=1)
     items = [legacy_item(e) for e in job_plan.events]
     bucket = settings.state_bucket or request.bucket

@@ -86,19 +86,20 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
     """The events of a job whose partitions are known; raises PlanError for impossible requests.
 
     ``max_concurrency_limit`` caps how many ranks run at once (the coordinator's
-    COSMIC_MAX_CONCURRENCY_LIMIT; None: no cap, as under Step Functions).
+    COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT; None: no cap, as under Step Functions).
     """
     count = len(partitions)
     world_size = request.world_size or count
     if world_size > max_world_size:
-        raise PlanError("world_size", f"at most {max_world_size} (this coordinator's COSMIC_MAX_WORLD_SIZE)")
+        raise PlanError("world_size",
+                        f"at most {max_world_size} (this coordinator's COSMIC_COORDINATOR_MAX_WORLD_SIZE)")
     assignment = request.assignment or ("wrap" if world_size > count else "contiguous")
     if assignment == "contiguous" and world_size > count:
         raise PlanError("assignment", f"contiguous runs of {count} partitions leave ranks of world_size "
                                       f"{world_size} idle; use 'wrap' or a smaller world_size")
     communicator = request.communicator if request.communicator is not None else bool(rendezvous)
     if communicator and not rendezvous:
-        raise PlanError("communicator", "no rendezvous server is configured (COSMIC_RENDEZVOUS_ENDPOINT)")
+        raise PlanError("communicator", "no rendezvous server is configured (COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT)")
     concurrency = request.max_concurrency or world_size
     if communicator and concurrency < world_size:
         raise PlanError("max_concurrency", f"the communicator needs all {world_size} ranks at once, "
@@ -107,7 +108,7 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
         concurrency = min(concurrency, max_concurrency_limit)
         if communicator and concurrency < world_size:
             raise PlanError("world_size", f"the communicator needs all ranks at once; this coordinator runs at most "
-                                          f"{max_concurrency_limit} (COSMIC_MAX_CONCURRENCY_LIMIT)")
+                                          f"{max_concurrency_limit} (COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT)")
     comm_name = secrets.token_hex(16) if communicator else None
     checkpoint = (Checkpoint(request.checkpoint.bucket, request.checkpoint.key, request.checkpoint.sha256)
                   if request.checkpoint else None)

@@ -5,6 +5,9 @@ a synchronous invocation. Every attempt's start and end is written to the rank's
 anything else happens, so a coordinator killed at any moment restarts (``resume``) knowing which
 ranks finished: those are never run again; a rank caught running is re-invoked with the next
 attempt number, and since a rank writes only its own keys the re-run replaces, never duplicates.
+
+Every line the job thread and its rank threads log carries the job's ``job_id`` (and a rank's
+``rank``), set once (:func:`services.logs.with_keys`) and carried into the pool's threads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
+from services import logs
 from services.contracts import WorkerEvent, result_key
 from services.coordinator.invoker import Invoker
 from services.coordinator.manifest import Manifest
@@ -65,10 +69,14 @@ class JobRunner:
 
     # -- the job ----------------------------------------------------------------------------
     def _run(self) -> None:
+        with logs.with_keys(job_id=self.job_id):
+            self._run_job()
+
+    def _run_job(self) -> None:
         try:
             self._schedule()
         except Exception as exc:  # a coordinator bug or S3 outage must still end the job visibly
-            log_event(log, "job_crashed", logging.ERROR, job_id=self.job_id, error=repr(exc))
+            log_event(log, "job_crashed", logging.ERROR, error=repr(exc))
             self.jobs.save_manifest(self.bucket, self._update(error=f"coordinator error: {exc}", state="failed"))
 
     def _schedule(self) -> None:
@@ -89,13 +97,19 @@ class JobRunner:
         todo = [rank for rank, record in self.ranks.items() if record.state != "succeeded"]
         started_at = self.manifest.started_at if self.manifest.started_at is not None else time.time()
         self.jobs.save_manifest(self.bucket, self._update(state="running", started_at=started_at))
-        log_event(log, "job_running", job_id=self.job_id, ranks=len(events), to_run=len(todo))
+        log_event(log, "job_running", ranks=len(events), to_run=len(todo))
+
+        @logs.carry  # the pool's threads log with this job's keys, and each with its rank
+        def run_rank(rank: int, event: WorkerEvent) -> None:
+            with logs.with_keys(rank=rank):
+                self._run_rank(rank, event)
+
         with ThreadPoolExecutor(max_workers=max(1, self.manifest.max_concurrency),
                                 thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
-            futures = [pool.submit(self._run_rank, rank, events[rank]) for rank in todo]
+            futures = [pool.submit(run_rank, rank, events[rank]) for rank in todo]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
-                self._update(error="job deadline passed (COSMIC_JOB_DEADLINE_S)")
+                self._update(error="job deadline passed (COSMIC_COORDINATOR_JOB_DEADLINE_S)")
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
@@ -112,7 +126,7 @@ class JobRunner:
         try:
             ending["summary_key"] = self._finish(self.bucket, self.manifest, self.ranks)
         except Exception as exc:  # the ranks' results stay in S3; the job says why it has no summary
-            log_event(log, "summary_failed", logging.ERROR, job_id=self.job_id, error=repr(exc))
+            log_event(log, "summary_failed", logging.ERROR, error=repr(exc))
             ending["summary_error"] = str(exc)
         ending.update(state=state, finished_at=time.time(),
                       failed_ranks={str(r.rank): r.attempts[-1].error for r in self.ranks.values()
@@ -122,8 +136,7 @@ class JobRunner:
         request = final.request
         self.jobs.release_result_path(self.bucket, self.job_id, request.data_bucket, request.result_path)
         self._update(**ending)  # only now does a reader see the job ended: everything is in S3 first
-        log_event(log, "job_done", job_id=self.job_id, state=state,
-                  seconds=round(final.finished_at - final.submitted_at, 3))
+        log_event(log, "job_done", state=state, seconds=round(final.finished_at - final.submitted_at, 3))
 
     def _settle_interrupted(self, record: RankRecord, event: WorkerEvent) -> None:
         """A rank not known finished after a restart: finished if its results for this job are in S3
@@ -145,7 +158,7 @@ class JobRunner:
         else:
             return
         self._save(record, "succeeded" if finished else "pending")
-        log_event(log, "rank_settled", job_id=self.job_id, rank=record.rank, state=record.state)
+        log_event(log, "rank_settled", rank=record.rank, state=record.state)
 
     # -- one rank ---------------------------------------------------------------------------
     def _run_rank(self, rank: int, event: WorkerEvent) -> None:
@@ -168,8 +181,7 @@ class JobRunner:
                 self._save(record, attempt.state)
                 return
             attempt.state, attempt.error = "failed", outcome.error
-            log_event(log, "rank_attempt_failed", logging.WARNING, job_id=self.job_id, rank=rank,
-                      attempt=attempt.attempt, error=outcome.error)
+            log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
             self._save(record, "failed")
 
     def _save(self, record: RankRecord, state: str) -> None:

@@ -56,7 +56,7 @@ class Coordinator:
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
         rendezvous, warnings = self._rendezvous_address()
-        job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker_timeout,
+        job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker.timeout,
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
                         cancel_key=cancel_key(job_id), max_concurrency_limit=self.settings.max_concurrency_limit)
         concurrency = job_plan.max_concurrency
@@ -68,7 +68,7 @@ class Coordinator:
             if winner != job_id:  # another request with the same key won the race
                 self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
                 return winner, False, []
-        function = request.function or self.settings.worker_function
+        function = request.function or self.settings.worker.function
         warnings += self._preflight(function, concurrency)
         manifest = Manifest.from_plan(job_id, request, job_plan, function=function,
                                       max_attempts=request.max_attempts or self.settings.max_attempts,
@@ -116,7 +116,7 @@ class Coordinator:
     def _invoker(self, function: str) -> Invoker:
         with self._lock:
             if function not in self._invokers:
-                self._invokers[function] = Invoker(function, self.settings.worker_timeout,
+                self._invokers[function] = Invoker(function, self.settings.worker.timeout,
                                                    self.settings.max_concurrency_limit,
                                                    retries=self.settings.invoke_retries, stats=self.stats)
             return self._invokers[function]

@@ -1,6 +1,6 @@
 """Job state in S3: the manifest, one record per rank, the locks. S3 holds the truth, not memory.
 
-Layout in the state bucket (``COSMIC_STATE_BUCKET``, else the payload's ``bucket``)::
+Layout in the state bucket (``COSMIC_COORDINATOR_STATE_BUCKET``, else the payload's ``bucket``)::
 
     jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state (:mod:`.manifest`)
     jobs/{job_id}/journal/{t}.json  rank records changed since the previous segment (every attempt
@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services import logs
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
 from services.s3store import S3Store
 
@@ -241,7 +242,7 @@ class RankJournal:
         self._dirty: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"journal-{job_id[-6:]}", daemon=True)
+        self._thread = threading.Thread(target=logs.carry(self._loop), name=f"journal-{job_id[-6:]}", daemon=True)
         self._thread.start()
 
     def record(self, record: RankRecord) -> None:

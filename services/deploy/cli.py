@@ -123,7 +123,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"deployed to {report['account']} in {report['region']}:"]
     lines += [f"  {name:<20}{value}" for name, value in rows]
     lines += ["", f"export COSMIC_COORDINATOR_URL={report['coordinator_url']}",
-              f"export COSMIC_API_TOKEN=$(aws secretsmanager get-secret-value --secret-id "
+              f"export COSMIC_COORDINATOR_API_TOKEN=$(aws secretsmanager get-secret-value --secret-id "
               f"{report['api_token_secret']} --query SecretString --output text)",
               "", "a payload for this deployment (the model folder and partitions must be in those buckets):",
               json.dumps(report["payload"])]

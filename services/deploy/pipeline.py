@@ -180,7 +180,7 @@ def ensure_token(d: Deployment) -> str:
             raise
     d.token_secret_arn = manager.create_secret(
         Name=name, SecretString=secrets.token_urlsafe(32),
-        Description="Bearer token of the Cosmic Rendezvous coordinator's API (COSMIC_API_TOKEN)")["ARN"]
+        Description="Bearer token of the Cosmic Rendezvous coordinator's API (COSMIC_COORDINATOR_API_TOKEN)")["ARN"]
     return f"{name} created (read it with: aws secretsmanager get-secret-value --secret-id {name})"
 
 

@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import envconfig
 from services.cache import cache_dir
+from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
 from services.ports import free_ports
@@ -121,8 +123,8 @@ class Stack:
             env.setdefault(name, LOCAL_CREDENTIAL)
         for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
             env.setdefault(name, REGION)
-        env["COSMIC_RENDEZVOUS_ENDPOINT"] = self.rendezvous_endpoint
-        env["COSMIC_STATE_BUCKET"] = STATE_BUCKET
+        env["COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT"] = self.rendezvous_endpoint
+        env["COSMIC_COORDINATOR_STATE_BUCKET"] = STATE_BUCKET
         env["COSMIC_WORKER_FUNCTION"] = WORKER_FUNCTION
 
     def alive(self) -> bool:
@@ -159,10 +161,10 @@ def _record_path() -> Path:
 def ensure_stack(sandboxes: int | None = None, fresh: bool = False) -> Stack:
     """The running stack, reattached when its recorded processes are alive, else started anew.
 
-    ``sandboxes`` (argument, else ``COSMIC_SANDBOXES``, else 4) is the runtime's concurrency; a
-    live stack with a different explicit count is replaced. ``fresh`` always replaces it.
+    ``sandboxes`` (argument, else the runtime's ``COSMIC_RUNTIME_SANDBOXES``, else 4) is the runtime's
+    concurrency; a live stack with a different explicit count is replaced. ``fresh`` always replaces it.
     """
-    wanted = sandboxes or int(os.environ.get("COSMIC_SANDBOXES") or 0) or None
+    wanted = sandboxes or envconfig.lookup(RuntimeSettings, "sandboxes") or None
     if wanted is not None and wanted < 1:
         raise EmbeddedError(f"sandboxes must be at least 1, got {wanted}")
     with _locked():
@@ -455,13 +457,11 @@ def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
 
 
 def _s3_client(stack: Stack) -> Any:
-    import boto3
-    from botocore.config import Config
+    """The stack's own S3, whatever this process's AWS variables say (see :func:`services.s3store.s3_client`)."""
+    from services.s3store import s3_client
 
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-                        aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
-                        config=Config(connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"},
-                                      retries={"mode": "standard", "max_attempts": 3}))
+    return s3_client(stack.s3_endpoint, REGION, LOCAL_CREDENTIAL, LOCAL_CREDENTIAL, connect_timeout=5,
+                     read_timeout=60, attempts=3)
 
 
 def _ensure_bucket(store: Any, bucket: str) -> None:

@@ -93,7 +93,7 @@ def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.
                 summary.update(job_id=job.job_id, collective_s=round(time.perf_counter() - started, 4))
                 store.put_json(job.result_bucket, collective_summary_key(job.result_path), summary)
     except (CommError, RendezvousError, OSError, StoreError) as exc:
-        log_event(log, "collective_failed", logging.WARNING, rank=job.rank, error=str(exc))
+        log_event(log, "collective_failed", logging.WARNING, error=str(exc))
         return f"failed: {type(exc).__name__}: {exc}"
-    log_event(log, "collective_done", rank=job.rank, seconds=round(time.perf_counter() - started, 3))
+    log_event(log, "collective_done", seconds=round(time.perf_counter() - started, 3))
     return "done"

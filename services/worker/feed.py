@@ -2,7 +2,8 @@
 
 One background thread downloads and parses partitions in order, ``ahead`` partitions beyond the
 one being consumed (so at most ``ahead + 1`` partitions are in memory). The first download starts
-when the feed is created, before the model loads, so a cold start overlaps the two.
+when the feed is created, before the model loads, so a cold start overlaps the two. The thread
+works with the log keys of the invocation that created the feed (:func:`services.logs.carry`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from services.logs import carry
 from services.s3store import S3Store
 from services.worker.data import Partition, load_partition
 
@@ -48,7 +50,7 @@ class PartitionFeed:
     def _fill(self, depth: int) -> None:
         """Queue downloads until ``depth`` are pending (the consumer holds one more, being inferred)."""
         while self._next < len(self._keys) and len(self._pending) < depth:
-            self._pending.append(self._pool.submit(self._fetch, self._keys[self._next]))
+            self._pending.append(self._pool.submit(carry(self._fetch), self._keys[self._next]))
             self._next += 1
 
     def __iter__(self) -> Iterator[Fetched]:

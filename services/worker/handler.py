@@ -18,7 +18,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from services import logs  # noqa: E402
-from services.contracts import parse_event  # noqa: E402
+from services.contracts import WorkerEvent, parse_event  # noqa: E402
 from services.logs import event as log_event  # noqa: E402
 from services.s3store import S3Store  # noqa: E402
 from services.worker import settings as worker_settings  # noqa: E402
@@ -39,7 +39,7 @@ class _Sandbox:
         logs.configure()
         self.settings = worker_settings.load()
         self.store = S3Store()
-        self.models = ModelCache(self.store, Path(self.settings.worker_scratch_dir), self.settings.worker_precision)
+        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision)
         self.invocations = 0
 
 
@@ -47,7 +47,12 @@ _sandbox: _Sandbox | None = None
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """Run one rank; returns :class:`~services.contracts.WorkerResult` as a dict, raises on failure."""
+    """Run one rank; returns :class:`~services.contracts.WorkerResult` as a dict, raises on failure.
+
+    Every line logged during the invocation, from any module and from the threads it hands work
+    to, carries ``job_id``, ``rank``, ``attempt``, ``request_id`` and ``cold_start`` (the sandbox's
+    first invocation, as Lambda counts cold starts); they are gone once it returns or raises.
+    """
     global _sandbox
     job = parse_event(event)  # before any work: a bad event costs nothing
     started = time.perf_counter()
@@ -56,20 +61,25 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     sandbox = _sandbox
     sandbox.invocations += 1
     request_id = getattr(context, "aws_request_id", None)
-    log_event(log, "invocation_start", job_id=job.job_id, rank=job.rank, attempt=job.attempt, mode=job.mode,
-              partitions=len(job.partitions), request_id=request_id, warm=sandbox.invocations > 1)
+    with logs.with_keys(job_id=job.job_id, rank=job.rank, attempt=job.attempt, request_id=request_id,
+                        cold_start=sandbox.invocations == 1):
+        return _invoke(job, sandbox, request_id, started)
+
+
+def _invoke(job: WorkerEvent, sandbox: _Sandbox, request_id: str | None, started: float) -> dict[str, Any]:
+    log_event(log, "invocation_start", mode=job.mode, partitions=len(job.partitions))
     if job.mode == "script":
-        result = run_script(job, sandbox.store, Path(sandbox.settings.worker_scratch_dir),
-                            sandbox.settings.worker_script_timeout)
+        result = run_script(job, sandbox.store, Path(sandbox.settings.scratch_dir),
+                            sandbox.settings.script_timeout)
     elif job.mode == "selftest":
         result = run_selftest(job, sandbox.store)
     else:
         runtime = {"import_s": round(IMPORT_S, 3), "sandbox_invocation": sandbox.invocations,
                    "request_id": request_id}
-        result = run_native(job, sandbox.store, sandbox.models, sandbox.settings.worker_prefetch, runtime)
+        result = run_native(job, sandbox.store, sandbox.models, sandbox.settings.prefetch, runtime)
     result.timings_s["total"] = round(time.perf_counter() - started, 4)
     if sandbox.invocations == 1:
         result.timings_s["import"] = round(IMPORT_S, 4)  # paid once per sandbox, before this invocation
-    log_event(log, "invocation_done", job_id=job.job_id, rank=job.rank, status=result.status,
-              samples=result.num_samples, seconds=result.timings_s["total"])
+    log_event(log, "invocation_done", status=result.status, samples=result.num_samples,
+              seconds=result.timings_s["total"], model_loaded=result.cold_start, peak_rss_mb=result.peak_rss_mb)
     return result.to_dict()

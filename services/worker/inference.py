@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.logs import event
+from services.worker import settings as worker_settings
 from services.worker.model import HEADS, WIDTH, RedshiftModel
 
 log = logging.getLogger("cosmic.worker.inference")
@@ -66,10 +67,10 @@ _BF16_PRECISIONS = ("bf16-mlp", "bf16")
 
 
 def available_threads() -> int:
-    """``COSMIC_THREADS`` when the runtime sets it, else the CPUs this process may run on."""
-    configured = os.environ.get("COSMIC_THREADS")
+    """``COSMIC_WORKER_THREADS`` when the runtime sets it, else the CPUs this process may run on."""
+    configured = worker_settings.load().threads
     if configured:
-        return max(1, int(configured))
+        return configured
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
@@ -100,10 +101,10 @@ def keep_freed_memory() -> bool:
     No mmap for allocations (heap only) and a 1 GB trim threshold make the second batch reuse
     the first one's memory: fp32 went from ~600 to ~700 samples/s, bf16-mlp from ~890 to ~950
     (one stream). Resident memory stays at its peak instead of shrinking between batches.
-    Process-wide, once, glibc only (no-op elsewhere); ``COSMIC_MALLOC_TUNE=0`` turns it off.
+    Process-wide, once, glibc only (no-op elsewhere); ``COSMIC_WORKER_MALLOC_TUNE=0`` turns it off.
     """
     global _malloc_tuned
-    if _malloc_tuned or os.environ.get("COSMIC_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+    if _malloc_tuned or not worker_settings.load().malloc_tune or not sys.platform.startswith("linux"):
         return _malloc_tuned
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

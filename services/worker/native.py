@@ -45,7 +45,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
         for fetched in feed:
             if cancelled(store, job):
                 status = "cancelled"
-                log_event(log, "cancelled", rank=job.rank, before=fetched.key, done=len(tally.partitions_done))
+                log_event(log, "cancelled", before=fetched.key, done=len(tally.partitions_done))
                 break
             started = time.perf_counter()
             part = fetched.partition
@@ -54,7 +54,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
             if part.redshifts is not None:
                 truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
             tally.add_partition(fetched.key, len(part), job.batch_size, fetched.download_s, fetched.parse_s, infer_s)
-            log_event(log, "partition_done", rank=job.rank, key=fetched.key, samples=len(part),
+            log_event(log, "partition_done", key=fetched.key, samples=len(part),
                       infer_s=round(infer_s, 3), samples_per_s=round(len(part) / infer_s, 1) if infer_s else None)
         tally.download_wait_s = feed.waited_s
     predicted = np.concatenate(predictions) if predictions else np.empty(0, dtype=np.float32)

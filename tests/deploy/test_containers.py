@@ -210,7 +210,7 @@ def test_worker_is_a_lambda_image_with_our_handler(stages: dict[str, Stage]) -> 
     env = " ".join(worker.all("ENV"))
     from services.coordinator.config import CoordinatorSettings
 
-    assert f"AWS_LAMBDA_FUNCTION_NAME={CoordinatorSettings().worker_function}" in env
+    assert f"AWS_LAMBDA_FUNCTION_NAME={CoordinatorSettings().worker.function}" in env
     assert re.search(r"^def handler\(", (ROOT / "services/worker/handler.py").read_text(), re.M)
 
 
@@ -331,16 +331,16 @@ def test_endpoints_token_and_bucket(compose: dict[str, Any]) -> None:
         assert env["AWS_ENDPOINT_URL_S3"] == "http://localstack:4566"
         assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert coordinator["AWS_ENDPOINT_URL_LAMBDA"] == "http://worker:8080"
-    assert coordinator["COSMIC_STATE_BUCKET"] == "cosmicai-data"
-    host, _, port = coordinator["COSMIC_RENDEZVOUS_ENDPOINT"].partition(":")
+    assert coordinator["COSMIC_COORDINATOR_STATE_BUCKET"] == "cosmicai-data"
+    host, _, port = coordinator["COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT"].partition(":")
     assert host in services and f"127.0.0.1:{port}:{port}" in services[host]["ports"]
-    assert coordinator["COSMIC_API_TOKEN"], "the coordinator listens on 0.0.0.0: it needs a token"
+    assert coordinator["COSMIC_COORDINATOR_API_TOKEN"], "the coordinator listens on 0.0.0.0: it needs a token"
     assert services["localstack"]["environment"]["LOCALSTACK_AUTH_TOKEN"] == "${LOCALSTACK_AUTH_TOKEN:-}"
     assert services["localstack"]["environment"]["SERVICES"] == "s3"
     from services.coordinator.config import load
 
     settings = load({f"COSMIC_{key[7:]}": value for key, value in coordinator.items() if key.startswith("COSMIC_")},
-                    coordinator_host="0.0.0.0")
+                    host="0.0.0.0")
     assert settings.api_token and settings.rendezvous_endpoint == "rendezvous:10000"
 
 

@@ -164,16 +164,16 @@ def test_coordinator_environment_and_secret() -> None:
     containers = {c["Name"]: c for c in _only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]}
     container = containers["coordinator"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
-    assert environment["COSMIC_RENDEZVOUS_ENDPOINT"] == {"Ref": "RendezvousEndpoint"}
+    assert environment["COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT"] == {"Ref": "RendezvousEndpoint"}
     rendezvous = _template("rendezvous.yaml")
     endpoint = _with_defaults(rendezvous, rendezvous["Outputs"]["Endpoint"]["Value"])
     assert endpoint == "${RecordName}:10000", "the rendezvous stack's Endpoint output is host:pairing port"
     pattern = template["Parameters"]["RendezvousEndpoint"]["AllowedPattern"]
     assert re.fullmatch(pattern, "rendezvous.cosmic.example.org:10000")
-    assert environment["COSMIC_STATE_BUCKET"] == {"Ref": "StateBucketName"}
+    assert environment["COSMIC_COORDINATOR_STATE_BUCKET"] == {"Ref": "StateBucketName"}
     assert environment["COSMIC_WORKER_FUNCTION"] == {"Ref": "WorkerFunctionName"}
-    assert "COSMIC_API_TOKEN" not in environment
-    assert container["Secrets"] == [{"Name": "COSMIC_API_TOKEN", "ValueFrom": {"Ref": "ApiTokenSecretArn"}}]
+    assert "COSMIC_COORDINATOR_API_TOKEN" not in environment
+    assert container["Secrets"] == [{"Name": "COSMIC_COORDINATOR_API_TOKEN", "ValueFrom": {"Ref": "ApiTokenSecretArn"}}]
     assert [m["ContainerPort"] for m in container["PortMappings"]] == [8000]
 
 
@@ -316,13 +316,14 @@ def test_steps_are_coordinator_image_lambdas_running_real_handlers() -> None:
 
 
 def test_step_environment_is_what_the_handlers_read() -> None:
+    from services import envconfig
     from services.coordinator.config import CoordinatorSettings, load
 
     template = _template("stepfunctions.yaml")
-    settings = {f"COSMIC_{field.upper()}" for field in CoordinatorSettings.__dataclass_fields__}
+    settings = set(envconfig.variables(CoordinatorSettings))
     for name in STEP_HANDLERS:
         variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
-        assert variables["COSMIC_STATE_BUCKET"] == {"Ref": "StateBucketName"}, "plan writes its items there"
+        assert variables["COSMIC_COORDINATOR_STATE_BUCKET"] == {"Ref": "StateBucketName"}, "plan writes its items there"
         assert variables["COSMIC_WORKER_FUNCTION"] == {"Fn::Select": [6, {"Fn::Split": [":", {
             "Ref": "WorkerFunctionArn"}]}]}
         assert variables["COSMIC_LOG_FORMAT"] == "json"

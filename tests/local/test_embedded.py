@@ -86,8 +86,8 @@ def test_ensure_stack_starts_reattaches_seeds_and_stops(cache: Path, monkeypatch
         stack.export(environ)
         assert environ["AWS_ENDPOINT_URL_S3"] == stack.s3_endpoint
         assert environ["AWS_ENDPOINT_URL_LAMBDA"] == stack.lambda_endpoint
-        assert environ["COSMIC_RENDEZVOUS_ENDPOINT"] == stack.rendezvous_endpoint
-        assert environ["COSMIC_STATE_BUCKET"] == "cosmicai-data" and environ["AWS_REGION"] == "eu-west-1"
+        assert environ["COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT"] == stack.rendezvous_endpoint
+        assert environ["COSMIC_COORDINATOR_STATE_BUCKET"] == "cosmicai-data" and environ["AWS_REGION"] == "eu-west-1"
         assert environ["AWS_ACCESS_KEY_ID"] == "cosmic-local" and environ["AWS_DEFAULT_REGION"] == "us-east-1"
 
         _check_seed(stack, cache, monkeypatch)

@@ -13,7 +13,7 @@ def dispatch(event: dict[str, Any], context: Any) -> Any:
         print(f"echo {event.get('value')}")
         return {"value": event.get("value"), "request_id": context.aws_request_id,
                 "function": context.function_name, "memory": context.memory_limit_in_mb,
-                "threads": os.environ.get("COSMIC_THREADS"), "pid": os.getpid()}
+                "threads": os.environ.get("COSMIC_WORKER_THREADS"), "pid": os.getpid()}
     if action == "raise":
         raise ValueError(f"asked to fail: {event.get('value')}")
     if action == "sleep":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,44 @@ def test_warm_invocation_reuses_the_model(world: World, invoke) -> None:
     invoke(world.event())
     warm = invoke(world.event())
     assert warm["cold_start"] is False and warm["timings_s"]["load"] == 0.0
+
+
+def test_every_line_of_an_invocation_carries_its_keys_even_from_threads(
+        world: World, invoke, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from services import logs
+    from services.worker import feed
+
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)  # keep pytest's capturing handler
+    caplog.set_level(logging.INFO)
+    parse = feed.load_partition
+
+    def parse_and_log(data: bytes, key: str) -> Any:  # runs in the prefetching thread
+        logs.event(logging.getLogger("cosmic.test"), "parsed_in_thread", thread=threading.current_thread().name)
+        return parse(data, key)
+
+    monkeypatch.setattr(feed, "load_partition", parse_and_log)
+    first, second = world.event(rank=1, world_size=2), world.event()
+    invoke(first)
+    invoke(second)
+    failing = world.event(checkpoint={"bucket": world.bucket, "key": "models/none.pt"})
+    with pytest.raises(CheckpointError):  # an invocation that fails midway clears its keys too
+        invoke(failing)
+    logs.event(logging.getLogger("cosmic.test"), "after_the_invocations")
+
+    lines = [(record.getMessage(), record.fields) for record in caplog.records if hasattr(record, "fields")]
+    threaded = [fields for name, fields in lines if name == "parsed_in_thread"]
+    assert threaded and all(fields["thread"].startswith("partition-feed") for fields in threaded)
+    assert [(f["job_id"], f["rank"]) for f in threaded if f["job_id"] != failing["job_id"]] == [
+        (first["job_id"], 1), (first["job_id"], 1), (second["job_id"], 0), (second["job_id"], 0)]
+    # the failing invocation's prefetch may have parsed a partition before it failed: under its own keys
+    assert {f["job_id"] for f in threaded} <= {first["job_id"], second["job_id"], failing["job_id"]}
+    done = [fields for name, fields in lines if name == "invocation_done"]
+    assert [(f["job_id"], f["rank"], f["attempt"], f["request_id"], f["cold_start"]) for f in done] == [
+        (first["job_id"], 1, 1, "test-request", True), (second["job_id"], 0, 1, "test-request", False)]
+    assert [f["model_loaded"] for f in done] == [True, False] and all(f["peak_rss_mb"] > 0 for f in done)
+    assert any(name == "model_loaded" and f["job_id"] == first["job_id"] for name, f in lines)
+    assert lines[-1] == ("after_the_invocations", {}), "no key outlives its invocation"
+    assert logs.current_keys() == {}
 
 
 def test_model_reloads_when_the_checkpoint_changes(world: World, invoke, tiny_model) -> None:

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import signal
 import sys
 import threading
+from typing import Any
 
 from services import envconfig, logs
-from services.local.runtime.config import ENV_PREFIX, RuntimeSettings
+from services.function import WorkerFunction
+from services.local.runtime.config import RuntimeSettings
 from services.logs import event
 
-_OPTIONS = {"worker_host": "--host", "worker_port": "--port", "worker_function": "--function",
-            "worker_handler": "--handler", "sandboxes": "--sandboxes", "worker_timeout": "--timeout",
-            "worker_memory_mb": "--memory-mb", "worker_init_timeout": "--init-timeout"}
+#: Each setting's option; ``worker.*`` are the function's (:mod:`services.function`), shared with the coordinator.
+_OPTIONS = {"host": "--host", "port": "--port", "worker.function": "--function", "handler": "--handler",
+            "sandboxes": "--sandboxes", "worker.timeout": "--timeout", "memory_mb": "--memory-mb",
+            "init_timeout": "--init-timeout"}
+
+
+def _default(field: str) -> Any:
+    value: Any = RuntimeSettings()
+    for part in field.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for field in dataclasses.fields(RuntimeSettings):
-        parser.add_argument(_OPTIONS[field.name], dest=field.name, type=type(field.default), default=None,
-                            help=f"env {envconfig.env_name(ENV_PREFIX, field.name)}; default {field.default}")
+    variables = {field: variable for variable, field in envconfig.variables(RuntimeSettings).items()}
+    for field, option in _OPTIONS.items():
+        default = _default(field)
+        parser.add_argument(option, dest=field.replace(".", "_"), type=type(default), default=None,
+                            help=f"env {variables[field]}; default {default}")
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     parser.add_argument("--log-level", default=None)
 
@@ -29,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
-        settings = RuntimeSettings.from_env(**{name: getattr(args, name) for name in _OPTIONS})
+        worker = WorkerFunction.from_env(function=args.worker_function, timeout=args.worker_timeout)
+        settings = RuntimeSettings.from_env(worker=worker, **{name: getattr(args, name) for name in _OPTIONS
+                                                              if "." not in name})
     except envconfig.SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -48,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     threading.Thread(target=api.serve_forever, daemon=True).start()
     event(logging.getLogger("cosmic.worker.runtime"), "listening", host=api.server_address[0],
-          port=api.server_address[1], function=settings.worker_function, handler=settings.worker_handler,
-          sandboxes=settings.sandboxes, timeout_s=settings.worker_timeout, threads=settings.threads_per_sandbox)
+          port=api.server_address[1], function=settings.worker.function, handler=settings.handler,
+          sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, threads=settings.threads_per_sandbox)
     stopping.wait()
     api.shutdown()
     api.server_close()

@@ -28,14 +28,14 @@ class NotFound(LookupError):
 
 def configuration(settings: RuntimeSettings, region: str) -> dict[str, Any]:
     """The function's ``FunctionConfiguration`` as GetFunction and ListFunctions return it."""
-    name = settings.worker_function
+    name = settings.worker.function
     return {
         "FunctionName": name,
         "FunctionArn": f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}",
         "PackageType": "Image",
-        "Handler": settings.worker_handler,
-        "MemorySize": settings.worker_memory_mb,
-        "Timeout": int(settings.worker_timeout),
+        "Handler": settings.handler,
+        "MemorySize": settings.memory_mb,
+        "Timeout": int(settings.worker.timeout),
         "State": "Active",
         "LastUpdateStatus": "Successful",
         "Version": "$LATEST",

@@ -20,11 +20,11 @@ import urllib.parse
 import uuid
 from typing import Any
 
+from services.aws import aws_region
 from services.local.runtime import control
 from services.local.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.httpjson import JsonHandler
 from services.local.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
-from services.local.runtime.sandbox import region as _region
 from services.logs import event
 
 log = logging.getLogger("cosmic.worker.runtime")
@@ -45,7 +45,7 @@ class Pool:
     def start(self) -> None:
         for sandbox in self.sandboxes:
             sandbox.start()
-        deadline = time.monotonic() + self.settings.worker_init_timeout
+        deadline = time.monotonic() + self.settings.init_timeout
         for sandbox in self.sandboxes:
             sandbox.wait_ready(max(deadline - time.monotonic(), 0))
 
@@ -60,7 +60,7 @@ class Pool:
 
     def invoke(self, sandbox: Sandbox, invocation: Invocation) -> Outcome:
         try:
-            sandbox.wait_ready(self.settings.worker_init_timeout)
+            sandbox.wait_ready(self.settings.init_timeout)
             return sandbox.invoke(invocation)
         finally:
             self.release(sandbox)
@@ -83,9 +83,9 @@ class InvokeApi(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, settings: RuntimeSettings, pool: Pool) -> None:
-        super().__init__((settings.worker_host, settings.worker_port), _InvokeHandler)
+        super().__init__((settings.host, settings.port), _InvokeHandler)
         self.settings, self.pool = settings, pool
-        self.names = {settings.worker_function, "function"}
+        self.names = {settings.worker.function, "function"}
 
 
 class _InvokeHandler(JsonHandler):
@@ -98,7 +98,7 @@ class _InvokeHandler(JsonHandler):
     def do_GET(self) -> None:
         """The control plane's read calls (:mod:`control`): capacity, as AWS answers them."""
         try:
-            body = control.answer(self.path, self.server.settings, self.server.names, _region(), function_name)
+            body = control.answer(self.path, self.server.settings, self.server.names, aws_region(), function_name)
         except control.NotFound as missing:
             self._error(404, "ResourceNotFoundException", f"Function not found: {missing}")
             return

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from services.aws import aws_region
 from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
@@ -109,7 +110,7 @@ class Sandbox:
 
     def __init__(self, index: int, settings: RuntimeSettings) -> None:
         self.index, self.settings = index, settings
-        self.function_arn = f"arn:aws:lambda:{region()}:{_ACCOUNT}:function:{settings.worker_function}"
+        self.function_arn = f"arn:aws:lambda:{aws_region()}:{_ACCOUNT}:function:{settings.worker.function}"
         self._api = _RuntimeApi(self)
         threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
         self._work: queue.Queue[tuple[Invocation, int]] = queue.Queue(maxsize=1)
@@ -136,16 +137,16 @@ class Sandbox:
         self._init_error = None
         env = {**os.environ,
                "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self._api.server_address[1]}",
-               "AWS_LAMBDA_FUNCTION_NAME": self.settings.worker_function,
+               "AWS_LAMBDA_FUNCTION_NAME": self.settings.worker.function,
                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-               "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.worker_memory_mb),
-               "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker_function}",
+               "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.memory_mb),
+               "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker.function}",
                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
-               "AWS_REGION": region(), "AWS_DEFAULT_REGION": region(),
-               "COSMIC_THREADS": str(self.settings.threads_per_sandbox),
+               "AWS_REGION": aws_region(), "AWS_DEFAULT_REGION": aws_region(),
+               "COSMIC_WORKER_THREADS": str(self.settings.threads_per_sandbox),
                "PYTHONUNBUFFERED": "1"}
         self._spawned_at = time.monotonic()
-        self.process = subprocess.Popen([sys.executable, "-m", "awslambdaric", self.settings.worker_handler],
+        self.process = subprocess.Popen([sys.executable, "-m", "awslambdaric", self.settings.handler],
                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
         process = self.process
@@ -228,7 +229,7 @@ class Sandbox:
         to initialise (an import error, say), or when ``timeout`` passes first."""
         if not self._settled.wait(timeout):
             message = (f"sandbox {self.index} did not start within {timeout:g} s "
-                       f"(handler {self.settings.worker_handler})")
+                       f"(handler {self.settings.handler})")
             raise SandboxError(message, json.dumps({"errorType": "Runtime.InitTimeout",
                                                     "errorMessage": message}).encode())
         if not self.ready.is_set() and self._init_error is not None:
@@ -249,7 +250,7 @@ class Sandbox:
     # -- invoking ------------------------------------------------------------------------
     def invoke(self, invocation: Invocation) -> Outcome:
         """Run one invocation to its end; a timeout or crash restarts the sandbox (cold again)."""
-        timeout = self.settings.worker_timeout
+        timeout = self.settings.worker.timeout
         with self._lock:
             self._current, self._result = invocation, None
             self._log_lines = [f"START RequestId: {invocation.request_id} Version: $LATEST"]
@@ -277,7 +278,7 @@ class Sandbox:
             self._current = None
             lines = [*self._log_lines, f"END RequestId: {invocation.request_id}"]
         report = (f"REPORT RequestId: {invocation.request_id}\tDuration: {duration_ms:.2f} ms\t"
-                  f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.settings.worker_memory_mb} MB\t"
+                  f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.settings.memory_mb} MB\t"
                   f"Max Memory Used: {peak_mb} MB")
         if init_ms is not None:
             report += f"\tInit Duration: {init_ms:.2f} ms"
@@ -296,11 +297,6 @@ class Sandbox:
             self._work.get_nowait()
         self._warm = False
         self.start()
-
-
-def region() -> str:
-    """The region the runtime reports in ARNs and log lines, as the environment names it."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _timestamp() -> str:
