@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from services import logs
 from services.contracts import legacy_item
 from services.coordinator import config, finish
+from services.coordinator.errors import BadPayload
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.pricing import load_prices
@@ -30,18 +31,17 @@ from services.s3store import S3Store
 log = logging.getLogger("cosmic.coordinator.lambda")
 
 
-class BadPayload(ValueError):
-    """The state machine's input is not a job payload; the message names the fields."""
-
-
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Plan a job from the users' payload; returns where the items are and what ``summarize`` needs."""
     logs.configure()
     try:
         request = JobRequest.model_validate(event)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise BadPayload(problems) from None
+        problems = [(".".join(map(str, e["loc"])) or "payload", e["msg"]) for e in exc.errors()]
+        (field_name, reason), others = problems[0], problems[1:]
+        if others:
+            reason += f" (and {'; '.join(f'{name}: {msg}' for name, msg in others)})"
+        raise BadPayload(field_name, reason) from None
     settings = config.load()
     store = S3Store()
     partitions = choose_partitions(store, request)
@@ -64,7 +64,7 @@ def summarize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logs.configure()
     manifest = event.get("job")
     if not isinstance(manifest, dict) or "request" not in manifest:
-        raise BadPayload("summarize needs the plan step's output under 'job'")
+        raise BadPayload("job", "summarize needs the plan step's output here")
     ranks = {rank: RankRecord(rank, state="succeeded") for rank in range(int(manifest["world_size"]))}
     document = finish.write_summary(S3Store(), load_prices(), manifest, ranks)
     return {"summary": manifest["summary_key"], "samples": document.get("samples"),
