@@ -10,6 +10,7 @@ import sys
 import threading
 
 from services import envconfig, logs
+from services.local.errors import LocalError
 from services.local.runtime.config import ENV_PREFIX, RuntimeSettings
 from services.logs import event
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pool.start()
         api = InvokeApi(settings, pool)
-    except (RuntimeError, OSError) as exc:
+    except (LocalError, RuntimeError, OSError) as exc:
         pool.stop()
         print(f"worker: {exc}", file=sys.stderr)
         return 1
