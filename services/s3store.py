@@ -20,13 +20,28 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from services.aws import s3_endpoint
 
+#: What S3 (and moto, and LocalStack) answer for a key that is not there, as ``StoreError.code``.
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+
 
 class StoreError(RuntimeError):
-    """An S3 call that failed for a reason the caller should report (not found, denied, ...)."""
+    """An S3 call that failed for a reason the caller should report (not found, denied, ...).
+
+    ``code`` is S3's error code (``NoSuchBucket``, ``NoSuchKey``, ``AccessDenied``, ...), or None
+    when S3 gave no answer (a transport error: no endpoint, a timeout) or one we cannot read (a
+    document that is not JSON). ``bucket`` and ``key`` (the prefix, for a listing) say where.
+    Callers branch on ``code``, never on the message.
+    """
+
+    def __init__(self, message: str, *, bucket: str, key: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.key = key
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -76,37 +91,37 @@ class S3Store:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"], item["ETag"].strip('"'), int(item["Size"])
-        except ClientError as exc:
-            raise StoreError(f"cannot list s3://{bucket}/{prefix}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("list", bucket, prefix, exc) from None
 
     def get(self, bucket: str, key: str) -> Blob:
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
             return Blob(response["Body"].read(), response["ETag"].strip('"'))
-        except ClientError as exc:
-            raise StoreError(f"cannot read s3://{bucket}/{key}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("read", bucket, key, exc) from None
 
     def etag(self, bucket: str, key: str) -> str | None:
         """The object's ETag, or None when it does not exist."""
         try:
             return str(self.client.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in NOT_FOUND:
                 return None
-            raise StoreError(f"cannot check s3://{bucket}/{key}: {_reason(exc)}") from None
+            raise _failed("check", bucket, key, exc) from None
 
     def download(self, bucket: str, key: str, path: str) -> None:
         """Stream an object to a file (multipart, parallel ranges for large checkpoints)."""
         try:
             self.client.download_file(bucket, key, path)
-        except ClientError as exc:
-            raise StoreError(f"cannot download s3://{bucket}/{key}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("download", bucket, key, exc) from None
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-        except ClientError as exc:
-            raise StoreError(f"cannot write s3://{bucket}/{key}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("write", bucket, key, exc) from None
 
     def put_new(self, bucket: str, key: str, data: bytes, content_type: str = "application/json") -> bool:
         """Create ``key`` only if it does not exist (a conditional write); False when it already did.
@@ -116,23 +131,23 @@ class S3Store:
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*")
             return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
-            raise StoreError(f"cannot create s3://{bucket}/{key}: {_reason(exc)}") from None
+            raise _failed("create", bucket, key, exc) from None
 
     def get_json(self, bucket: str, key: str) -> Any | None:
         """The JSON document at ``key``, or None when there is none; a malformed one is a StoreError."""
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in NOT_FOUND:
                 return None
-            raise StoreError(f"cannot read s3://{bucket}/{key}: {_reason(exc)}") from None
+            raise _failed("read", bucket, key, exc) from None
         try:
             return json.loads(response["Body"].read())
         except ValueError as exc:
-            raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from None
+            raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}", bucket=bucket, key=key) from None
 
     def folders(self, bucket: str, prefix: str = "") -> list[str]:
         """The "folders" (common prefixes) directly under ``prefix``, for error messages that suggest."""
@@ -141,8 +156,8 @@ class S3Store:
         try:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
                 found += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
-        except ClientError as exc:
-            raise StoreError(f"cannot list s3://{bucket}/{prefix}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("list", bucket, prefix, exc) from None
         return found
 
     def put_json(self, bucket: str, key: str, document: Any) -> None:
@@ -151,10 +166,20 @@ class S3Store:
     def delete(self, bucket: str, key: str) -> None:
         try:
             self.client.delete_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            raise StoreError(f"cannot delete s3://{bucket}/{key}: {_reason(exc)}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed("delete", bucket, key, exc) from None
 
 
-def _reason(exc: ClientError) -> str:
-    error = exc.response.get("Error", {})
-    return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
+def _code(exc: ClientError | BotoCoreError) -> str | None:
+    """S3's error code; None when S3 did not answer."""
+    return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+
+
+def _failed(action: str, bucket: str, key: str, exc: ClientError | BotoCoreError) -> StoreError:
+    """The StoreError for a failed call: S3's code and message when S3 answered, the transport's error when not."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code")
+        return StoreError(f"cannot {action} s3://{bucket}/{key}: {code or 'error'}: {error.get('Message', exc)}",
+                          bucket=bucket, key=key, code=code)
+    return StoreError(f"cannot {action} s3://{bucket}/{key}: {exc}", bucket=bucket, key=key)

@@ -2,11 +2,8 @@
 
 ``cosmic submit`` and friends run where only the base install may be (a laptop talking to a
 deployed coordinator), so this uses ``urllib`` and nothing else. Every call has a timeout, and
-every failure is an :class:`ApiError` whose message says what to do:
-
-    ApiError                 the API answered 4xx/5xx (``status``, ``detail`` as the API sent it)
-    └── CoordinatorUnreachable   nothing answered at the URL (``cosmic serve --embedded``?)
-    JobTimeout               :meth:`ApiClient.wait` gave up before the job ended
+every failure is an :class:`ApiError` whose message says what to do (or, from :meth:`ApiClient.wait`,
+a :class:`JobTimeout`; the tree is drawn in :mod:`services.client.errors`).
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from services import envconfig
+from services.client.errors import ApiError, CoordinatorUnreachable, JobTimeout
 
 #: Where the coordinator listens unless ``COSMIC_COORDINATOR_URL`` says otherwise (its own default address).
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -29,23 +27,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 REQUEST_TIMEOUT = 30.0
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 HINT = "is the coordinator running? `cosmic serve --embedded`"
-
-
-class ApiError(RuntimeError):
-    """The API refused or failed a request; ``detail`` is its explanation, made readable."""
-
-    def __init__(self, message: str, status: int | None = None, detail: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail
-
-
-class CoordinatorUnreachable(ApiError):
-    """Nothing answered at the coordinator's URL."""
-
-
-class JobTimeout(TimeoutError):
-    """The job did not end within :meth:`ApiClient.wait`'s timeout (it keeps running)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +104,8 @@ class ApiClient:
             if deadline is not None and time.monotonic() > deadline:
                 if bar is not None:
                     bar.close(status)
-                raise JobTimeout(f"job {job_id} still {status['state']} after {timeout:.0f} s (it keeps running)")
+                raise JobTimeout(f"job {job_id} still {status['state']} after {timeout:.0f} s (it keeps running)",
+                                 job_id=job_id, state=status["state"])
             time.sleep(interval)
 
     # -- transport ----------------------------------------------------------------------------
@@ -148,8 +130,8 @@ class ApiClient:
                 raise _api_error(method, path, exc.code, exc.read()) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise CoordinatorUnreachable(f"cannot reach the coordinator at {self.base_url} ({reason}); {HINT}"
-                                         ) from None
+            raise CoordinatorUnreachable(f"cannot reach the coordinator at {self.base_url} ({reason}); {HINT}",
+                                         url=self.base_url) from None
 
 
 def _segment(value: str) -> str:

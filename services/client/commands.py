@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.client.api import ApiClient, ApiError, JobTimeout
+from services.client.api import ApiClient, ApiError
+from services.client.errors import CliError, CommandError
 
 #: The base payload of ``cosmic sweep`` when none is given: the legacy payload, on the demo data.
 EXAMPLE_PAYLOAD = Path(__file__).resolve().parents[2] / "examples" / "payload.json"
 PLOT_NAMES = ("predicted_vs_true", "duration_cost", "timeline")
 REPORT_FORMATS = ("md", "csv", "json")
-
-
-class CommandError(RuntimeError):
-    """A problem the user fixes (a payload file, a missing partition count): printed, exit 2."""
 
 
 def handles_errors(name: str) -> Callable[[Callable[[Any], int]], Callable[[Any], int]]:
@@ -41,7 +38,7 @@ def handles_errors(name: str) -> Callable[[Callable[[Any], int]], Callable[[Any]
             except CommandError as exc:
                 print(f"cosmic {name}: {exc}", file=sys.stderr)
                 return 2
-            except (ApiError, JobTimeout) as exc:
+            except CliError as exc:  # the API's refusals, an unreachable coordinator, a wait that gave up
                 print(f"cosmic {name}: {exc}", file=sys.stderr)
                 return 1
             except KeyboardInterrupt:

@@ -114,7 +114,7 @@ def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[byt
     while not client.healthy():
         if process.poll() is not None or time.monotonic() > deadline:
             _stop(process)
-            raise EmbeddedError(f"the coordinator did not start; {log_tail(str(log_path))}")
+            raise EmbeddedError(f"the coordinator did not start; {log_tail(str(log_path))}", service="coordinator")
         time.sleep(0.2)
     return process, url
 

@@ -2,7 +2,8 @@
 
 Errors say what to fix: a payload problem is a 422 naming the field (pydantic's for shapes,
 planning's for what only S3 can tell: no partitions under the prefix, ``file_limit`` above what
-exists), a second active job on one result path a 409, an unknown job a 404. With a token
+exists), a second active job on one result path a 409, an unknown job a 404. Every error of
+ours is answered by one handler, with the status its class carries (:mod:`.errors`). With a token
 configured every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
 """
 
@@ -20,10 +21,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import __version__
 from services.coordinator import report as reports
+from services.coordinator.errors import CoordinatorError, StorageFailed
 from services.coordinator.limits import BodyLimit, errors_with_excerpts
 from services.coordinator.payload import JobRequest
-from services.coordinator.planning import PlanError
-from services.coordinator.service import Coordinator, JobConflict, JobNotFound
+from services.coordinator.service import Coordinator
 from services.s3store import StoreError
 
 log = logging.getLogger("cosmic.coordinator.api")
@@ -53,22 +54,13 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": jsonable_encoder(errors_with_excerpts(list(exc.errors())))}, 422)
 
-    @app.exception_handler(PlanError)
-    async def plan_error(_: Request, exc: PlanError) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": exc.reason, "type": "plan_error"}]}, 422)
-
-    @app.exception_handler(JobConflict)
-    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, 409)
-
-    @app.exception_handler(JobNotFound)
-    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return JSONResponse({"detail": f"no such job or object: {exc}"}, 404)
-
+    @app.exception_handler(CoordinatorError)
     @app.exception_handler(StoreError)
-    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        missing_bucket = "NoSuchBucket" in str(exc)
-        return JSONResponse({"detail": str(exc)}, 422 if missing_bucket else 502)
+    async def refused(_: Request, exc: CoordinatorError | StoreError) -> JSONResponse:
+        """The one place an error becomes a status: the one its class carries (an S3 failure
+        becomes the coordinator's by its S3 code first)."""
+        error = StorageFailed.from_store(exc) if isinstance(exc, StoreError) else exc
+        return JSONResponse({"detail": error.detail}, error.http_status)
 
     @app.post("/jobs", status_code=202, dependencies=guarded)
     def submit(payload: JobRequest, response: Response,

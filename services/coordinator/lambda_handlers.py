@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from services import logs
 from services.contracts import legacy_item
 from services.coordinator import config, finish
+from services.coordinator.errors import BadPayload
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
@@ -32,18 +33,17 @@ from services.s3store import S3Store
 log = logging.getLogger("cosmic.coordinator.lambda")
 
 
-class BadPayload(ValueError):
-    """The state machine's input is not a job payload; the message names the fields."""
-
-
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Plan a job from the users' payload; returns where the items are and what ``summarize`` needs."""
     logs.configure()
     try:
         request = JobRequest.model_validate(event)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise BadPayload(problems) from None
+        problems = [(".".join(map(str, e["loc"])) or "payload", e["msg"]) for e in exc.errors()]
+        (field_name, reason), others = problems[0], problems[1:]
+        if others:
+            reason += f" (and {'; '.join(f'{name}: {msg}' for name, msg in others)})"
+        raise BadPayload(field_name, reason) from None
     settings = config.load()
     store = S3Store()
     partitions = choose_partitions(store, request)
@@ -69,11 +69,11 @@ def summarize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logs.configure()
     where = event.get("job")
     if not isinstance(where, dict) or not all(isinstance(where.get(name), str) for name in ("bucket", "key")):
-        raise BadPayload("summarize needs the plan step's output under 'job': {job_id, bucket, key}")
+        raise BadPayload("job", "summarize needs the plan step's output under 'job': {job_id, bucket, key}")
     store = S3Store()
     manifest = read_manifest(store, where["bucket"], where["key"])
     if manifest is None:
-        raise BadPayload(f"no job manifest at s3://{where['bucket']}/{where['key']}")
+        raise BadPayload("job", f"no job manifest at s3://{where['bucket']}/{where['key']}")
     ranks = {rank: RankRecord(rank, state="succeeded") for rank in range(manifest.world_size)}
     written = finish.write_summary(store, load_prices(), manifest, ranks)
     return {"summary": written.key, "samples": written.document.get("samples"),

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from services.contracts import FieldError, WorkerEvent, parse_event
+from services.coordinator.errors import ManifestError
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import Partition, Plan, partition_label
 from services.s3store import S3Store
@@ -41,12 +42,6 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: Written only once they have a value, as the coordinator always did (older readers look them up with .get).
 _WHEN_SET = ("started_at", "finished_at", "retried_at", "cancel_requested", "summary_key", "summary_error",
              "failed_ranks")
-
-
-class ManifestError(FieldError):
-    """A manifest document that cannot be read; ``field`` is its path (``events[3].rank``)."""
-
-    what = "bad job manifest"
 
 
 def _event(value: Any) -> WorkerEvent:

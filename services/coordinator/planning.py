@@ -15,15 +15,10 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from services.contracts import Checkpoint, FieldError, WorkerEvent, partition_number, split_endpoint
+from services.contracts import Checkpoint, WorkerEvent, partition_number, split_endpoint
+from services.coordinator.errors import PlanError
 from services.coordinator.payload import JobRequest
 from services.s3store import S3Store
-
-
-class PlanError(FieldError):
-    """A request that cannot be planned; ``field`` names the payload field to fix (a 422)."""
-
-    what = "cannot plan the job"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.contracts import FieldError
+from services.coordinator.errors import PricesError
 
 DEFAULT_PATH = Path(__file__).with_name("prices.json")
 ARCHITECTURES = ("x86_64", "arm64")
@@ -21,15 +21,6 @@ _RATES = ("lambda_gb_second_x86_64", "lambda_gb_second_arm64", "lambda_requests_
           "s3_put_copy_post_list_per_thousand", "s3_get_per_thousand")
 _LABELS = ("region", "as_of", "currency", "note")
 _OPTIONAL = ("sources",)
-
-
-class PricesError(FieldError):
-    """The price file cannot be used; ``field`` names the offending field."""
-
-    def __init__(self, path: Path, field_name: str, reason: str) -> None:
-        self.what = f"bad price file {path}"
-        super().__init__(field_name, reason)
-        self.path = path
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from services.coordinator import finish, plots, report
 from services.coordinator.config import CoordinatorSettings
+from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, ReportNotFound
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
 from services.coordinator.payload import JobRequest
@@ -24,14 +25,6 @@ from services.logs import event as log_event
 from services.s3store import S3Store
 
 log = logging.getLogger("cosmic.coordinator")
-
-
-class JobNotFound(LookupError):
-    pass
-
-
-class JobConflict(RuntimeError):
-    """A second active job on the same result path (a 409), or an action the job's state forbids."""
 
 
 class Coordinator:
@@ -62,7 +55,8 @@ class Coordinator:
         concurrency = job_plan.max_concurrency
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
-            raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}")
+            raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}",
+                              job_id=job_id, holder=holder)
         if idempotency:
             winner = self.jobs.idempotent_job(bucket, idempotency, job_id)
             if winner != job_id:  # another request with the same key won the race
@@ -141,7 +135,7 @@ class Coordinator:
     def cancel(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
         if manifest.state in TERMINAL:
-            raise JobConflict(f"job {job_id} is already {manifest.state}")
+            raise JobConflict(f"job {job_id} is already {manifest.state}", job_id=job_id, state=manifest.state)
         self.store.put(manifest.request.data_bucket, cancel_key(job_id), b"cancelled\n", "text/plain")  # workers see it
         runner = self._runners.get(job_id)
         if runner is not None:
@@ -153,11 +147,12 @@ class Coordinator:
         """Re-run only the failed ranks of a finished job (their attempt numbers continue)."""
         bucket, manifest = self._manifest(job_id)
         if manifest.state != "failed":
-            raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest.state}")
+            raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest.state}",
+                              job_id=job_id, state=manifest.state)
         request = manifest.request
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
-            raise JobConflict(f"job {holder} is now writing to the same result path")
+            raise JobConflict(f"job {holder} is now writing to the same result path", job_id=job_id, holder=holder)
         manifest = manifest.model_copy(update={"state": "queued", "error": None, "summary_error": None,
                                                "retried_at": time.time()})
         self._start(bucket, self.jobs.save_manifest(bucket, manifest))
@@ -219,22 +214,23 @@ class Coordinator:
 
     def _summary(self, job_id: str, manifest: Manifest) -> dict[str, Any]:
         if manifest.state not in TERMINAL:
-            raise JobConflict(f"job {job_id} is {manifest.state}: its report comes when it ends")
+            raise JobConflict(f"job {job_id} is {manifest.state}: its report comes when it ends",
+                              job_id=job_id, state=manifest.state)
         request = manifest.request
         document = self.store.get_json(request.data_bucket, f"{request.result_path}/summary.json")
         if document is None or document.get("job_id") != job_id:
-            raise JobNotFound(f"{job_id} has no summary ({manifest.summary_error or 'not written'})")
+            raise ReportNotFound(job_id, manifest.summary_error or "not written")
         return document
 
     def plot(self, job_id: str, name: str) -> bytes:
         if name not in plots.PLOTS:
-            raise JobNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}")
+            raise PlotNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}", job_id=job_id, plot=name)
         bucket, manifest = self._manifest(job_id)
         document = self._summary(job_id, manifest)
         if name == "predicted_vs_true":
             predictions, labels = finish.result_arrays(self.store, manifest)
             if predictions is None or labels is None:
-                raise JobNotFound(f"job {job_id} has no labelled predictions to plot")
+                raise PlotNotFound(f"job {job_id} has no labelled predictions to plot", job_id=job_id, plot=name)
             return plots.predicted_vs_true(predictions, labels)
         if name == "duration_cost":
             return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])

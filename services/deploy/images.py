@@ -21,6 +21,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from services.deploy.errors import ImageError
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("rendezvous", "worker", "coordinator")
 ENGINE_API_VERSION = "1.41"
@@ -28,10 +30,6 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PLATFORM = "linux/amd64"  # Lambda and the Fargate task definitions are x86_64
 #: What the Dockerfile copies into the images; anything else cannot change them.
 BUILD_INPUTS = ("Dockerfile", "pyproject.toml", "services")
-
-
-class ImageError(RuntimeError):
-    """An image could not be built, pushed or found; the message says which and why."""
 
 
 @dataclass(frozen=True)

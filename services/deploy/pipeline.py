@@ -21,16 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from services import __version__
 from services.contracts import split_endpoint
 from services.deploy import images, smoke, templates
+from services.deploy.errors import DeployError, StepFailed
 from services.deploy.settings import DeploySettings
-from services.deploy.stacks import StackDeployer, StackError, StackResult
-
-
-class DeployError(RuntimeError):
-    """A step failed; ``step`` names it, the message says why."""
-
-    def __init__(self, step: str, reason: str) -> None:
-        super().__init__(f"step '{step}' failed: {reason}")
-        self.step = step
+from services.deploy.stacks import StackDeployer, StackResult
 
 
 @dataclass
@@ -81,7 +74,7 @@ def check_templates(d: Deployment) -> str:
     stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, flags=re.MULTILINE | re.IGNORECASE))
     missing = [target for target in images.TARGETS if target not in stages]
     if missing:
-        raise templates.TemplateError(f"the Dockerfile has no stage {', '.join(missing)}")
+        raise templates.TemplateError(f"the Dockerfile has no stage {', '.join(missing)}", template="Dockerfile")
     for name in names:  # what is known before any stack exists; the rest is checked as it becomes known
         d.templates[name].check(stack_parameters(d, name))
     return f"{len(names)} templates and the Dockerfile's {len(images.TARGETS)} targets read; parameters fit"
@@ -297,12 +290,11 @@ def steps(settings: DeploySettings) -> list[Step]:
     return chosen
 
 
-_EXPECTED = (BotoCoreError, ClientError, StackError, images.ImageError, templates.TemplateError,
-             smoke.SmokeTestError, RuntimeError, OSError, ValueError)
+_EXPECTED = (BotoCoreError, ClientError, DeployError, RuntimeError, OSError, ValueError)
 
 
 def deploy(settings: DeploySettings, dry_run: bool, progress: Callable[[str], None]) -> Deployment:
-    """Run every step in order; the first failure stops the run with a DeployError naming its step."""
+    """Run every step in order; the first failure stops the run with a StepFailed naming its step."""
     d = Deployment(settings, dry_run, progress)
     chosen = steps(settings)
     for number, step in enumerate(chosen, 1):
@@ -311,12 +303,12 @@ def deploy(settings: DeploySettings, dry_run: bool, progress: Callable[[str], No
         try:
             what = step.run(d)
         except NoCredentialsError:
-            raise DeployError(step.name, "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            raise StepFailed(step.name, "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
                                          "AWS_SECRET_ACCESS_KEY (--dry-run needs none)") from None
         except NoRegionError:
-            raise DeployError(step.name, "no AWS region: set AWS_REGION") from None
+            raise StepFailed(step.name, "no AWS region: set AWS_REGION") from None
         except _EXPECTED as exc:
-            raise DeployError(step.name, str(exc) or type(exc).__name__) from exc
+            raise StepFailed(step.name, str(exc) or type(exc).__name__) from exc
         elapsed = time.monotonic() - started
         d.done.append((step.name, what))
         progress(f"[{number}/{len(chosen)}] {step.name}: " + ("planned" if dry_run else f"{what} ({elapsed:.1f} s)"))

@@ -18,14 +18,11 @@ from typing import Any
 
 from services.contracts import WorkerEvent
 from services.coordinator.invoker import Invoker
+from services.deploy.errors import SmokeTestError
 
 #: Under the worker role's writable prefix (infra/worker.yaml's ResultsPrefix default).
 RESULTS_PREFIX = "results/cosmic-deploy-smoke"
 PAIRING_TIMEOUT_S = 60.0
-
-
-class SmokeTestError(RuntimeError):
-    """The deployment does not work end to end; the message names the rank and the check."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +80,13 @@ def run(function: str, function_timeout_s: float, bucket: str, rendezvous: str) 
     checks = []
     for rank, outcome in enumerate(outcomes):
         if not outcome.ok or outcome.response is None:
-            raise SmokeTestError(f"rank {rank} of {function}: {outcome.error}")
+            raise SmokeTestError(f"rank {rank} of {function}: {outcome.error}", rank=rank)
         found = outcome.response.get("checks") or {}
         pairing = found.get("pairing") or {}
         expected = f"hello from rank {rank ^ 1}"
         if pairing.get("received") != expected:
-            raise SmokeTestError(f"rank {rank} did not hear its partner through {rendezvous}: {pairing or found}")
+            raise SmokeTestError(f"rank {rank} did not hear its partner through {rendezvous}: {pairing or found}",
+                                 rank=rank)
         checks.append(RankCheck(rank, float(found["s3"]["round_trip_ms"]), pairing["local"], pairing["peer"],
                                 float(pairing["pair_ms"]), outcome.report.get("billed_duration_ms")))
     return checks

@@ -16,13 +16,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from services.deploy.errors import StackError
+
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
 _SUCCEEDED = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
 _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
-
-
-class StackError(RuntimeError):
-    """The stack did not reach a good state; the message carries CloudFormation's reasons."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class StackDeployer:
             self.cf.delete_change_set(StackName=name, ChangeSetName=change_set)
             if not creating and any(marker in reason for marker in _NO_CHANGES):
                 return StackResult(name, "unchanged", _outputs(stack))  # as described before the change set
-            raise StackError(f"change set for {name} failed: {reason or 'no reason given'}")
+            raise StackError(f"change set for {name} failed: {reason or 'no reason given'}", stack=name)
         changes = described.get("Changes") or []
         self.progress(f"{name}: {len(changes)} resource change(s): " + ", ".join(
             f"{c['ResourceChange']['Action']} {c['ResourceChange']['LogicalResourceId']}" for c in changes[:12])
@@ -91,7 +89,7 @@ class StackDeployer:
                     or stack["StackStatus"] == "REVIEW_IN_PROGRESS":
                 return stack
             if time.monotonic() > deadline:
-                raise StackError(f"{name} stayed {stack['StackStatus']} for {self.timeout_s:.0f} s")
+                raise StackError(f"{name} stayed {stack['StackStatus']} for {self.timeout_s:.0f} s", stack=name)
             self.progress(f"{name} is {stack['StackStatus']} (another operation): waiting for it")
             time.sleep(self.poll_s)
 
@@ -102,7 +100,8 @@ class StackDeployer:
             if described["Status"] in ("CREATE_COMPLETE", "FAILED"):
                 return dict(described)
             if time.monotonic() > deadline:
-                raise StackError(f"change set for {name} stayed {described['Status']} for {self.timeout_s:.0f} s")
+                raise StackError(f"change set for {name} stayed {described['Status']} for {self.timeout_s:.0f} s",
+                                 stack=name)
             time.sleep(self.poll_s)
 
     def _wait(self, stack_id: str, name: str, known: set[str], want: set[str]) -> dict[str, Any] | None:
@@ -131,9 +130,10 @@ class StackDeployer:
             if (ended or stack is None) and not status.endswith("_IN_PROGRESS"):
                 if status in want:
                     return stack
-                raise StackError(f"{name} ended {status}" + (": " + "; ".join(failures[-5:]) if failures else ""))
+                raise StackError(f"{name} ended {status}" + (": " + "; ".join(failures[-5:]) if failures else ""),
+                                 stack=name)
             if time.monotonic() > deadline:
-                raise StackError(f"{name} still {status} after {self.timeout_s:.0f} s")
+                raise StackError(f"{name} still {status} after {self.timeout_s:.0f} s", stack=name)
             time.sleep(self.poll_s)
 
     def _event_ids(self, stack_id: str) -> set[str]:

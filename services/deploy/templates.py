@@ -16,11 +16,9 @@ from typing import Any
 
 import yaml
 
+from services.deploy.errors import TemplateError
+
 INFRA = Path(__file__).resolve().parents[2] / "infra"
-
-
-class TemplateError(ValueError):
-    """A template cannot be read, or a parameter value breaks its declaration."""
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -61,16 +59,16 @@ class Template:
         where = self.path.name
         unknown = sorted(set(values) - set(self.parameters))
         if unknown:
-            raise TemplateError(f"{where} declares no parameter {', '.join(unknown)}")
+            raise TemplateError(f"{where} declares no parameter {', '.join(unknown)}", template=where)
         missing = sorted(self.required - set(values))
         if missing:
-            raise TemplateError(f"{where} needs a value for {', '.join(missing)}")
+            raise TemplateError(f"{where} needs a value for {', '.join(missing)}", template=where)
         for name, value in values.items():
             if value is None:
                 continue
             problem = _violation(self.parameters[name], value)
             if problem:
-                raise TemplateError(f"{where}: parameter {name}={value!r} {problem}")
+                raise TemplateError(f"{where}: parameter {name}={value!r} {problem}", template=where)
 
 
 def _violation(spec: dict[str, Any], value: str) -> str | None:
@@ -103,8 +101,8 @@ def load(name: str, folder: Path = INFRA) -> Template:
         body = path.read_text()
         document = yaml.load(body, Loader=_CfnLoader)
     except (OSError, yaml.YAMLError) as exc:
-        raise TemplateError(f"cannot read {path}: {exc}") from None
+        raise TemplateError(f"cannot read {path}: {exc}", template=str(path)) from None
     if not isinstance(document, dict) or "Resources" not in document:
-        raise TemplateError(f"{path} is not a CloudFormation template (no Resources)")
+        raise TemplateError(f"{path} is not a CloudFormation template (no Resources)", template=str(path))
     parameters = document.get("Parameters") or {}
     return Template(path, body, {str(key): dict(spec) for key, spec in parameters.items()})

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from services.local.errors import S3ServerError
 from services.ports import free_port
 
 
@@ -26,10 +27,6 @@ def s3_answers(port: int) -> bool:
             return response.status == 200 and b"ListAllMyBucketsResult" in response.read()
     except OSError:
         return False
-
-
-class S3ServerError(RuntimeError):
-    """The server did not start (missing package, port taken, crashed)."""
 
 
 class S3Server:
@@ -55,12 +52,13 @@ class S3Server:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise S3ServerError(f"moto's S3 server exited with status {self._process.returncode} "
-                                    f"(is moto[server] installed? log: {self._log_path})")
+                                    f"(is moto[server] installed? log: {self._log_path})", port=self.port)
             if s3_answers(self.port):
                 return self
             time.sleep(0.05)
         self.stop()
-        raise S3ServerError(f"moto's S3 server did not answer on port {self.port} within {timeout:.0f} s")
+        raise S3ServerError(f"moto's S3 server did not answer on port {self.port} within {timeout:.0f} s",
+                            port=self.port)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -37,6 +37,7 @@ from typing import Any
 
 from services import envconfig
 from services.cache import cache_dir
+from services.local.errors import EmbeddedError
 from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
@@ -56,10 +57,6 @@ READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
 STOP_TIMEOUT = 10.0
 ASSETS_TIMEOUT = 900.0
 _ROOT = Path(__file__).resolve().parents[2]  # the project: the children's working folder
-
-
-class EmbeddedError(RuntimeError):
-    """A service of the stack did not start or answer; the message ends with its log's tail."""
 
 
 @dataclass(frozen=True)
@@ -252,12 +249,13 @@ def _wait_ready(service: Service, ready: Any) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(service.pid):
-            raise EmbeddedError(f"the {service.name} service exited while starting; {log_tail(service.log)}")
+            raise EmbeddedError(f"the {service.name} service exited while starting; {log_tail(service.log)}",
+                                service=service.name)
         if ready():
             return
         time.sleep(0.1)
     raise EmbeddedError(f"the {service.name} service did not answer on port {service.port} within "
-                        f"{timeout:.0f} s; {log_tail(service.log)}")
+                        f"{timeout:.0f} s; {log_tail(service.log)}", service=service.name)
 
 
 def log_tail(path: str, lines: int = 15) -> str:

@@ -8,6 +8,14 @@
     ├── ProtocolError          the server answered something the protocol does not allow
     ├── PeerGone               the server closed the connection before naming a peer
     └── InvalidName            the name cannot travel on the wire (also a ValueError)
+
+Raised and handled inside the service, where they become one of the above, a closed connection
+or an exit status::
+
+    NameRejected               a name the protocol cannot carry; ``reason`` is the server's metric label
+                               (also a ValueError; ``pair()`` turns it into InvalidName)
+    FrameError                 bytes on a link that are not a frame (also a ValueError; a CollectiveMismatch)
+    RegistrationError          ``register`` could not point the DNS record at this task (exit status 1)
 """
 
 from __future__ import annotations
@@ -48,6 +56,22 @@ class PeerGone(RendezvousError):
 
 class InvalidName(RendezvousError, ValueError):
     """The pairing name is empty, longer than 100 bytes, or contains a NUL byte."""
+
+
+class NameRejected(ValueError):
+    """A pairing name that the protocol cannot carry; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class FrameError(ValueError):
+    """Bytes on a link that are not a frame of this protocol."""
+
+
+class RegistrationError(RuntimeError):
+    """The record could not be written; the message says which step failed and why."""
 
 
 class CommError(Exception):

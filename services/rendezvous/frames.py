@@ -26,6 +26,8 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from services.rendezvous.errors import FrameError
+
 MAGIC = b"CR"
 VERSION = 1
 HEADER = struct.Struct("!2sBBBxHQQ")
@@ -56,10 +58,6 @@ class Op(IntEnum):
     ALLREDUCE = 6
     ALLGATHER = 7
     SCAN = 8
-
-
-class FrameError(ValueError):
-    """Bytes on a link that are not a frame of this protocol."""
 
 
 def pack_header(kind: Kind, op: Op, seq: int, metadata: bytes, payload_size: int) -> bytes:

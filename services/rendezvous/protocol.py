@@ -29,6 +29,8 @@ import ipaddress
 import socket
 import struct
 
+from services.rendezvous.errors import NameRejected
+
 #: Largest name the reference server reads in its single ``recv``.
 NAME_MAX = 100
 #: Size of each server -> client message.
@@ -37,14 +39,6 @@ MESSAGE_SIZE = 8
 DEFAULT_PORT = 10000
 
 _MESSAGE = struct.Struct("!4sH2x")
-
-
-class NameRejected(ValueError):
-    """A pairing name that the protocol cannot carry; ``reason`` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def parse_name(first_read: bytes) -> bytes:

@@ -31,15 +31,12 @@ from typing import Any
 from services import envconfig, logs
 from services.logs import event
 from services.rendezvous.config import SERVER_ENV_PREFIX
+from services.rendezvous.errors import RegistrationError
 
 ENV_PREFIX = SERVER_ENV_PREFIX  # the server's: one name space for the rendezvous task's settings
 METADATA_ENV = "ECS_CONTAINER_METADATA_URI_V4"
 
 log = logging.getLogger("cosmic.rendezvous.register")
-
-
-class RegistrationError(RuntimeError):
-    """The record could not be written; the message says which step failed and why."""
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,8 @@ Names are mapped onto :class:`~services.worker.model.RedshiftModel` 's in one ta
 :data:`LEGACY_NAMES`, shared with the converter: a state_dict saved from the original AstroMAE
 fine-tune model (``model.module.state_dict()``) loads as well as one saved from ours.
 
-Exceptions::
-
-    ValueError
-     └── CheckpointError            a checkpoint we cannot use: says which file, why, what to do
-          └── LegacyCheckpointError a whole pickled model: run `cosmic convert-checkpoint <path>`
+A checkpoint we cannot use is a :class:`CheckpointError` saying which file, why and what to do
+(the worker's error tree is drawn in :mod:`services.worker.errors`).
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from services.worker.errors import CheckpointError, LegacyCheckpointError
 from services.worker.model import RedshiftModel
 
 CONVERTED_SUFFIX = ".cosmic.safetensors"
@@ -65,14 +63,6 @@ LEGACY_NAMES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint we cannot use; the message names the file, the reason and what to do."""
-
-
-class LegacyCheckpointError(CheckpointError):
-    """A whole pickled model (the legacy ``DataParallel``): convert it once, then load the result."""
-
-
 def converted_path(original: Path) -> Path:
     """Where ``cosmic convert-checkpoint`` puts ``original`` 's state_dict: beside it, so a model
     folder on S3 carries both and :func:`choose_checkpoint` picks the converted one."""
@@ -103,7 +93,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors by name, read without running any code from the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path.name}: no such checkpoint file ({path})")
+        raise CheckpointError(f"{path.name}: no such checkpoint file ({path})", checkpoint=str(path))
     if path.name.endswith(".safetensors"):
         loaded: object = _load_safetensors(path)
     else:
@@ -117,7 +107,8 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
-        raise CheckpointError(f"{path.name}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path.name}: not a readable safetensors file ({type(exc).__name__}: {exc})",
+                              checkpoint=str(path)) from None
 
 
 @functools.cache
@@ -136,7 +127,7 @@ def _load_pickle(path: Path) -> object:
         raise _refused_global(path, str(exc)) from None
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"{path.name}: cannot be read as a torch checkpoint "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+                              f"({type(exc).__name__}: {_first_line(exc)})", checkpoint=str(path)) from None
 
 
 def _refused_global(path: Path, message: str) -> CheckpointError:
@@ -148,11 +139,13 @@ def _refused_global(path: Path, message: str) -> CheckpointError:
     if name and is_model_global(name):
         return LegacyCheckpointError(
             f"{path.name}: a whole pickled model ({name}), which workers do not unpickle; convert it once with "
-            f"`cosmic convert-checkpoint {path}` and use the {CONVERTED_SUFFIX} file it writes beside it")
+            f"`cosmic convert-checkpoint {path}` and use the {CONVERTED_SUFFIX} file it writes beside it",
+            checkpoint=str(path))
     if name is None:
-        return CheckpointError(f"{path.name}: cannot be read as a torch checkpoint ({_torch_reason(message)})")
+        return CheckpointError(f"{path.name}: cannot be read as a torch checkpoint ({_torch_reason(message)})",
+                               checkpoint=str(path))
     return CheckpointError(f"{path.name}: refused: it references {name}, which a checkpoint may not "
-                           f"(expected a state_dict of tensors)")
+                           f"(expected a state_dict of tensors)", checkpoint=str(path))
 
 
 def _unwrap(loaded: object, name: str) -> dict[str, torch.Tensor]:
@@ -162,7 +155,8 @@ def _unwrap(loaded: object, name: str) -> dict[str, torch.Tensor]:
             if isinstance(loaded.get(key), Mapping):
                 return _tensors_only(loaded[key], name)
         return _tensors_only(loaded, name)
-    raise CheckpointError(f"{name}: holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+    raise CheckpointError(f"{name}: holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)",
+                          checkpoint=name)
 
 
 def _tensors_only(mapping: Mapping[object, object], name: str) -> dict[str, torch.Tensor]:
@@ -171,7 +165,7 @@ def _tensors_only(mapping: Mapping[object, object], name: str) -> dict[str, torc
     if others or not mapping:
         keys = f"entries that are not named tensors: {listing(others)}" if others else "no tensors"
         raise CheckpointError(f"{name}: not a state_dict: {keys} (accepted: a dict of tensors, or one under "
-                              f"{', '.join(repr(k) for k in WRAPPER_KEYS)})")
+                              f"{', '.join(repr(k) for k in WRAPPER_KEYS)})", checkpoint=name)
     return dict(mapping)  # type: ignore[arg-type]
 
 

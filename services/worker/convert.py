@@ -46,8 +46,6 @@ import torch
 from services.logs import event
 from services.worker.checkpoints import (
     WRAPPER_KEYS,
-    CheckpointError,
-    LegacyCheckpointError,
     build_model,
     converted_path,
     listing,
@@ -56,6 +54,7 @@ from services.worker.checkpoints import (
     save_state_dict,
     strip_prefix,
 )
+from services.worker.errors import CheckpointError, LegacyCheckpointError, RefusedGlobal
 from services.worker.model import RedshiftModel, parameter_count
 
 log = logging.getLogger("cosmic.worker.convert")
@@ -93,16 +92,6 @@ SAFE_CALLABLES: dict[str, Any] = {
     "torch.device": torch.device,  # DataParallel.src_device_obj
 }
 _PY2_MODULES = {"__builtin__": "builtins"}  # protocol-2 pickles name builtins the Python 2 way
-
-
-class RefusedGlobal(CheckpointError):
-    """The pickle names a global outside the allow-lists; ``name`` is the one it named."""
-
-    def __init__(self, name: str, file: str = "") -> None:
-        where = f"{file}: " if file else ""
-        super().__init__(f"{where}refused to load global {name}: not one of the legacy model's classes or "
-                         f"torch's tensor helpers, so not a plain legacy checkpoint (nothing in it was run)")
-        self.name = name
 
 
 def is_model_global(name: str) -> bool:
@@ -164,7 +153,7 @@ def read_legacy(path: Path) -> object:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("constants.pkl") for name in archive.namelist()):
                 raise CheckpointError(f"{path.name}: a TorchScript archive, not a pickled model; "
-                                      f"not supported by convert-checkpoint")
+                                      f"not supported by convert-checkpoint", checkpoint=str(path))
     try:
         return torch.load(path, map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
     except RefusedGlobal as exc:
@@ -172,8 +161,8 @@ def read_legacy(path: Path) -> object:
     except CheckpointError:
         raise
     except Exception as exc:  # torch and pickle raise many types for a truncated or foreign file
-        raise CheckpointError(f"{path.name}: cannot be read as a pickled model ({type(exc).__name__}: {exc})") \
-            from None
+        raise CheckpointError(f"{path.name}: cannot be read as a pickled model ({type(exc).__name__}: {exc})",
+                              checkpoint=str(path)) from None
 
 
 def flatten(root: object) -> dict[str, torch.Tensor]:
@@ -259,7 +248,7 @@ def convert(checkpoint: Path, output: Path | None = None) -> Conversion:
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else converted_path(checkpoint)
     if not checkpoint.is_file():
-        raise CheckpointError(f"{checkpoint.name}: no such checkpoint file ({checkpoint})")
+        raise CheckpointError(f"{checkpoint.name}: no such checkpoint file ({checkpoint})", checkpoint=str(checkpoint))
     if output.resolve() == checkpoint.resolve():
         raise CheckpointError(f"{output}: the output would overwrite the checkpoint itself; pass another --output")
     if not output.parent.is_dir():
@@ -280,7 +269,7 @@ def _named(checkpoint: Path, step: Callable[[Any], T], value: Any) -> T:
     try:
         return step(value)
     except CheckpointError as exc:
-        raise CheckpointError(f"{checkpoint.name}: {exc}") from None
+        raise CheckpointError(f"{checkpoint.name}: {exc}", checkpoint=str(checkpoint)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

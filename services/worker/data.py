@@ -21,16 +21,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from services.contracts import partition_number
+from services.worker.errors import PartitionError
 
 BANDS, SIDE = 5, 32
 #: Input bytes per sample in the legacy files (image float32 + magnitudes float64).
 BYTES_PER_SAMPLE = BANDS * SIDE * SIDE * 4 + BANDS * 8
 #: Samples per legacy partition size (shared/LEGACY.md).
 SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
-
-
-class PartitionError(ValueError):
-    """A partition that is not in a supported format or does not hold the expected arrays."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,8 @@ def partition_index(key: str) -> int:
     """The ``i`` of ``.../{i}.pt``: partitions sort by it, so ``2.pt`` comes before ``10.pt``."""
     number = partition_number(key)
     if number is None:
-        raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt, {{i}}.npz or {{i}}.safetensors)")
+        raise PartitionError(f"{key!r} is not a partition name ({{i}}.pt, {{i}}.npz or {{i}}.safetensors)",
+                             partition=key)
     return number
 
 
@@ -75,29 +73,34 @@ def load_partition(raw: bytes, name: str) -> Partition:
     except PartitionError:
         raise
     except Exception as exc:  # torch and numpy raise many types for a corrupt or hostile file
-        raise PartitionError(f"{name}: cannot be read as a partition ({type(exc).__name__}: {exc})") from None
+        raise PartitionError(f"{name}: cannot be read as a partition ({type(exc).__name__}: {exc})",
+                             partition=name) from None
     tensors = loaded.tensors if isinstance(loaded, TensorDataset) else None
     if tensors is None or len(tensors) not in (2, 3):
         raise PartitionError(f"{name}: expected TensorDataset(images, magnitudes[, redshifts]), got "
-                             f"{type(loaded).__name__}")
+                             f"{type(loaded).__name__}", partition=name)
     return _checked(tensors[0], tensors[1], tensors[2] if len(tensors) == 3 else None, name)
 
 
 def _named(arrays: dict[str, torch.Tensor], name: str) -> Partition:
     missing = {"images", "magnitudes"} - arrays.keys()
     if missing:
-        raise PartitionError(f"{name}: missing arrays {', '.join(sorted(missing))} (has {', '.join(sorted(arrays))})")
+        raise PartitionError(f"{name}: missing arrays {', '.join(sorted(missing))} (has {', '.join(sorted(arrays))})",
+                             partition=name)
     return _checked(arrays["images"], arrays["magnitudes"], arrays.get("redshifts"), name)
 
 
 def _checked(images: torch.Tensor, magnitudes: torch.Tensor, redshifts: torch.Tensor | None, name: str) -> Partition:
     count = images.shape[0] if images.ndim else 0
     if tuple(images.shape[1:]) != (BANDS, SIDE, SIDE):
-        raise PartitionError(f"{name}: images must be [n, {BANDS}, {SIDE}, {SIDE}], got {list(images.shape)}")
+        raise PartitionError(f"{name}: images must be [n, {BANDS}, {SIDE}, {SIDE}], got {list(images.shape)}",
+                             partition=name)
     if tuple(magnitudes.shape) != (count, BANDS):
-        raise PartitionError(f"{name}: magnitudes must be [{count}, {BANDS}], got {list(magnitudes.shape)}")
+        raise PartitionError(f"{name}: magnitudes must be [{count}, {BANDS}], got {list(magnitudes.shape)}",
+                             partition=name)
     if redshifts is not None and tuple(redshifts.reshape(-1).shape) != (count,):
-        raise PartitionError(f"{name}: redshifts must hold {count} values, got {list(redshifts.shape)}")
+        raise PartitionError(f"{name}: redshifts must hold {count} values, got {list(redshifts.shape)}",
+                             partition=name)
     return Partition(images.float(), magnitudes.double(), None if redshifts is None else redshifts.reshape(-1))
 
 

@@ -21,14 +21,11 @@ from pathlib import Path
 from services.contracts import WorkerEvent, WorkerResult, legacy_item, result_key
 from services.logs import event as log_event
 from services.s3store import S3Store
+from services.worker.errors import ScriptFailed
 
 log = logging.getLogger("cosmic.worker.script")
 TAIL_BYTES = 2000
 _ETAGS = ".cosmic-etags.json"
-
-
-class ScriptFailed(RuntimeError):
-    """The legacy script exited non-zero or overran its deadline."""
 
 
 def sync_folder(store: S3Store, bucket: str, prefix: str, root: Path) -> tuple[Path, int]:
@@ -70,7 +67,8 @@ def run_script(job: WorkerEvent, store: S3Store, scratch: Path, timeout_s: float
     script = Path(job.script) if Path(job.script).is_absolute() else folder / job.script
     script = script.resolve()
     if not script.is_relative_to(folder) or not script.is_file():
-        raise ScriptFailed(f"script {job.script!r} is not a file inside the downloaded folder {folder}")
+        raise ScriptFailed(f"script {job.script!r} is not a file inside the downloaded folder {folder}",
+                           script=job.script)
     log_event(log, "script_start", script=str(script), downloaded=downloaded, download_s=round(download_s, 3))
     started = time.perf_counter()
     try:
@@ -78,12 +76,12 @@ def run_script(job: WorkerEvent, store: S3Store, scratch: Path, timeout_s: float
                                   env={**os.environ, **legacy_environment(job)}, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ScriptFailed(f"{job.script} ran over its {timeout_s:.0f} s deadline; "
-                           f"stderr tail: {_tail(exc.stderr or b'')}") from None
+                           f"stderr tail: {_tail(exc.stderr or b'')}", script=job.script) from None
     run_s = time.perf_counter() - started
     sys.stdout.write(finished.stdout.decode(errors="replace")[-TAIL_BYTES:])  # into the invocation's log
     if finished.returncode != 0:
         raise ScriptFailed(f"{job.script} exited with status {finished.returncode}; "
-                           f"stderr tail: {_tail(finished.stderr)}")
+                           f"stderr tail: {_tail(finished.stderr)}", script=job.script)
     written = store.etag(job.result_bucket, result_key(job.result_path, job.rank))
     return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="succeeded",
                         result_keys=[result_key(job.result_path, job.rank)] if written else [],

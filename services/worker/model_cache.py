@@ -19,7 +19,8 @@ from pathlib import Path
 from services.contracts import Checkpoint, WorkerEvent
 from services.logs import event as log_event
 from services.s3store import S3Store
-from services.worker.checkpoints import CheckpointError, build_model, choose_checkpoint, load_state_dict
+from services.worker.checkpoints import build_model, choose_checkpoint, load_state_dict
+from services.worker.errors import CheckpointError
 from services.worker.inference import Predictor
 
 log = logging.getLogger("cosmic.worker.model")
@@ -67,7 +68,8 @@ class ModelCache:
     def _get(self, checkpoint: Checkpoint) -> Loaded:
         etag = self._store.etag(checkpoint.bucket, checkpoint.key)
         if etag is None:
-            raise CheckpointError(f"checkpoint s3://{checkpoint.bucket}/{checkpoint.key} does not exist")
+            raise CheckpointError(f"checkpoint s3://{checkpoint.bucket}/{checkpoint.key} does not exist",
+                                  checkpoint=f"s3://{checkpoint.bucket}/{checkpoint.key}")
         identity = (checkpoint.bucket, checkpoint.key, etag)
         if self._current is not None and self._current[0] == identity:
             return Loaded(self._current[1], checkpoint, etag, cold=False, load_s=0.0)
@@ -97,7 +99,8 @@ class ModelCache:
             if digest != checkpoint.sha256:
                 path.unlink()
                 raise CheckpointError(f"checkpoint s3://{checkpoint.bucket}/{checkpoint.key} has SHA-256 {digest}, "
-                                      f"the event expects {checkpoint.sha256}")
+                                      f"the event expects {checkpoint.sha256}",
+                                      checkpoint=f"s3://{checkpoint.bucket}/{checkpoint.key}")
         return path
 
 

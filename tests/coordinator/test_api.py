@@ -149,6 +149,15 @@ def test_a_validation_error_quotes_an_excerpt_of_the_input(api: Api, stack: Stac
     assert len(json.dumps(body)) < 2_000, len(json.dumps(body))
 
 
+def test_errors_answer_with_the_status_their_class_carries(api: Api, stack: Stack) -> None:
+    status, body = api.call("POST", "/jobs", stack.payload(data_bucket="no-such-bucket-here"))
+    assert status == 422 and "NoSuchBucket" in body["detail"], body  # UnknownBucket, by the S3 code
+    status, body = api.call("GET", "/jobs/j-nope/plots/timeline.png")
+    assert status == 404 and body["detail"] == "no such job: j-nope", body
+    status, body = api.call("GET", "/jobs/j-nope/plots/nope.png")
+    assert status == 404 and "no plot named 'nope'" in body["detail"], body
+
+
 def test_second_active_job_on_a_result_path_is_409_and_idempotency_key_returns_the_same_job(
         api: Api, stack: Stack) -> None:
     payload = stack.payload(world_size=3)

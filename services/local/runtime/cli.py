@@ -11,6 +11,7 @@ from typing import Any
 
 from services import envconfig, logs
 from services.function import WorkerFunction
+from services.local.errors import LocalError
 from services.local.runtime.config import RuntimeSettings
 from services.logs import event
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pool.start()
         api = InvokeApi(settings, pool)
-    except (RuntimeError, OSError) as exc:
+    except (LocalError, RuntimeError, OSError) as exc:
         pool.stop()
         print(f"worker: {exc}", file=sys.stderr)
         return 1

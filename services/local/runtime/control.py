@@ -22,10 +22,6 @@ _FUNCTIONS = re.compile(r"^/2015-03-31/functions/?(?:\?.*)?$")
 _ACCOUNT_SETTINGS = re.compile(r"^/2016-08-19/account-settings/?(?:\?.*)?$")
 
 
-class NotFound(LookupError):
-    """The path names a function this runtime does not serve."""
-
-
 def configuration(settings: RuntimeSettings, region: str) -> dict[str, Any]:
     """The function's ``FunctionConfiguration`` as GetFunction and ListFunctions return it."""
     name = settings.worker.function
@@ -44,8 +40,9 @@ def configuration(settings: RuntimeSettings, region: str) -> dict[str, Any]:
 
 
 def answer(path: str, settings: RuntimeSettings, names: set[str], region: str,
-           function_name: Any) -> dict[str, Any] | None:
-    """The body for a read call at ``path``; None when ``path`` is no such call; NotFound for an unknown function."""
+           function_name: Any) -> dict[str, Any] | str | None:
+    """The body for a read call at ``path``; None when ``path`` is no such call; the function's name
+    (a ``str``) when the call names a function this runtime does not serve."""
     capacity = settings.sandboxes
     if _ACCOUNT_SETTINGS.match(path):
         return {"AccountLimit": {"TotalCodeSize": 80_530_636_800, "CodeSizeUnzipped": 262_144_000,
@@ -60,7 +57,7 @@ def answer(path: str, settings: RuntimeSettings, names: set[str], region: str,
             continue
         name = function_name(match["name"])
         if name not in names:
-            raise NotFound(name)
+            return str(name)
         if pattern is _CONCURRENCY:
             return {"ReservedConcurrentExecutions": capacity}
         return {"Configuration": configuration(settings, region),

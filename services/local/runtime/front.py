@@ -97,10 +97,9 @@ class _InvokeHandler(JsonHandler):
 
     def do_GET(self) -> None:
         """The control plane's read calls (:mod:`control`): capacity, as AWS answers them."""
-        try:
-            body = control.answer(self.path, self.server.settings, self.server.names, aws_region(), function_name)
-        except control.NotFound as missing:
-            self._error(404, "ResourceNotFoundException", f"Function not found: {missing}")
+        body = control.answer(self.path, self.server.settings, self.server.names, aws_region(), function_name)
+        if isinstance(body, str):
+            self._error(404, "ResourceNotFoundException", f"Function not found: {body}")
             return
         if body is None:
             self._error(404, "UnknownOperationException", f"unknown operation GET {self.path}")

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from services.aws import aws_region
+from services.local.errors import SandboxError
 from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
@@ -36,14 +37,6 @@ from services.memory import peak_rss_kib
 log = logging.getLogger("cosmic.worker.runtime")
 _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
 _ACCOUNT = "000000000000"
-
-
-class SandboxError(RuntimeError):
-    """A sandbox that cannot take invocations; ``body`` is the error as Lambda would return it."""
-
-    def __init__(self, message: str, body: bytes) -> None:
-        super().__init__(message)
-        self.body = body
 
 
 @dataclass
@@ -231,14 +224,15 @@ class Sandbox:
             message = (f"sandbox {self.index} did not start within {timeout:g} s "
                        f"(handler {self.settings.handler})")
             raise SandboxError(message, json.dumps({"errorType": "Runtime.InitTimeout",
-                                                    "errorMessage": message}).encode())
+                                                    "errorMessage": message}).encode(), sandbox=self.index)
         if not self.ready.is_set() and self._init_error is not None:
             try:
                 reason = json.loads(self._init_error)
                 summary = f"{reason.get('errorType')}: {reason.get('errorMessage')}"
             except (ValueError, AttributeError):
                 summary = self._init_error.decode("utf-8", "replace")
-            raise SandboxError(f"sandbox {self.index} failed to initialise: {summary}", self._init_error)
+            raise SandboxError(f"sandbox {self.index} failed to initialise: {summary}", self._init_error,
+                               sandbox=self.index)
 
     def _finish(self, body: bytes, is_error: bool) -> None:
         with self._lock:

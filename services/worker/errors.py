@@ -1,0 +1,62 @@
+"""Exceptions of the inference worker. Lambda reports an escaped one by its class name
+(``errorType``), which is what the coordinator's status and report show for the failed rank.
+
+::
+
+    WorkerError                    a rank cannot do its work (a bad event is contracts.EventError, before any)
+    ├── CheckpointError            a checkpoint we cannot use: which file (``checkpoint``), why, what to do
+    │   │                          (also a ValueError)
+    │   ├── LegacyCheckpointError  a whole pickled model: run `cosmic convert-checkpoint <path>`
+    │   └── RefusedGlobal          the pickle names a global outside the allow-lists (``name``)
+    ├── PartitionError             a partition not in a supported format or without the expected arrays
+    │                              (``partition``; also a ValueError)
+    └── ScriptFailed               the legacy script is missing, exited non-zero or overran its deadline
+                                   (``script``)
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """A rank that cannot do its work; the message says what to fix."""
+
+
+class CheckpointError(WorkerError, ValueError):
+    """A checkpoint we cannot use; the message names the file, the reason and what to do.
+    ``checkpoint`` is the file (a name, path or ``s3://`` URI) when one is known."""
+
+    def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class LegacyCheckpointError(CheckpointError):
+    """A whole pickled model (the legacy ``DataParallel``): convert it once, then load the result."""
+
+
+class RefusedGlobal(CheckpointError):
+    """The pickle names a global outside the allow-lists; ``name`` is the one it named."""
+
+    def __init__(self, name: str, file: str = "") -> None:
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}refused to load global {name}: not one of the legacy model's classes or "
+                         f"torch's tensor helpers, so not a plain legacy checkpoint (nothing in it was run)",
+                         checkpoint=file or None)
+        self.name = name
+
+
+class PartitionError(WorkerError, ValueError):
+    """A partition that is not in a supported format or does not hold the expected arrays;
+    ``partition`` is its key or file name."""
+
+    def __init__(self, message: str, *, partition: str | None = None) -> None:
+        super().__init__(message)
+        self.partition = partition
+
+
+class ScriptFailed(WorkerError):
+    """The legacy script exited non-zero or overran its deadline; ``script`` is the event's, when known."""
+
+    def __init__(self, message: str, *, script: str | None = None) -> None:
+        super().__init__(message)
+        self.script = script

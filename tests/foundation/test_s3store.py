@@ -1,0 +1,36 @@
+"""``StoreError`` carries S3's code, bucket and key, against moto's real S3 server; None when S3 did not answer."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from services.ports import free_port
+from services.s3store import S3Store, StoreError
+
+
+def test_a_store_error_carries_the_s3_code_bucket_and_key(s3_endpoint: str) -> None:
+    store = S3Store()
+    store.client.create_bucket(Bucket="store-errors")
+    with pytest.raises(StoreError) as missing_key:
+        store.get("store-errors", "not/there.json")
+    assert (missing_key.value.code, missing_key.value.bucket, missing_key.value.key) == \
+        ("NoSuchKey", "store-errors", "not/there.json")
+    with pytest.raises(StoreError) as missing_bucket:
+        list(store.keys("no-such-bucket-here", "partitions/"))
+    assert (missing_bucket.value.code, missing_bucket.value.key) == ("NoSuchBucket", "partitions/")
+    store.put("store-errors", "broken.json", b"{not json")
+    with pytest.raises(StoreError, match="not valid JSON") as unreadable:
+        store.get_json("store-errors", "broken.json")
+    assert unreadable.value.code is None
+    assert store.get_json("store-errors", "not/there.json") is None  # a missing document is no error
+
+
+def test_a_store_that_does_not_answer_is_a_store_error_without_a_code() -> None:
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2))
+    with pytest.raises(StoreError, match="cannot read s3://b/k") as unanswered:
+        S3Store(client).get("b", "k")
+    assert unanswered.value.code is None and (unanswered.value.bucket, unanswered.value.key) == ("b", "k")
