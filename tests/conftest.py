@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_REGION": "us-east-1"}
+from tests.common import CREDENTIALS
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from services.coordinator.state import JobStore, manifest_key
+from tests.common import REPO
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
-from tests.rendezvous.conftest import REPO
 
 
 def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:

@@ -23,7 +23,7 @@ from services.coordinator.summary import (
     seed_table_row,
     summarize,
 )
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 X86 = 0.0000166667
 

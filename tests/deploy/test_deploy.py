@@ -38,9 +38,8 @@ from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
 from services.local.s3server import S3Server
 from services.ports import free_port
-from tests.conftest import CREDENTIALS
+from tests.common import CREDENTIALS, REPO
 from tests.processes import rendezvous_process, runtime_process
-from tests.rendezvous.conftest import REPO
 
 ZONE = "cosmic.test."
 DOMAIN = "rendezvous.cosmic.test"

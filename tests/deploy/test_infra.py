@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
+from tests.common import REPO  # noqa: E402
 
-INFRA = Path(__file__).resolve().parents[2] / "infra"
+INFRA = REPO / "infra"
 TEMPLATES = sorted(INFRA.glob("*.yaml"))
 EXPECTED = {"storage.yaml", "worker.yaml", "rendezvous.yaml", "coordinator.yaml", "stepfunctions.yaml"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 SCRIPT = r"""
 import json, subprocess, sys, threading, time, urllib.request

@@ -14,7 +14,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +26,7 @@ from services.rendezvous.register import (
     parse_task_document,
     register,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.common import REPO
 
 
 class MetadataEndpoint:
@@ -130,7 +128,7 @@ def _a_records(route53: Any, zone_id: str, name: str) -> list[dict[str, Any]]:
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.rendezvous.register", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "services.rendezvous.register", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -30,7 +30,7 @@ from services import cli
 from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
 from services.local import stack as embedded
 from services.ports import free_port
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 STACK_TIMEOUT = 90
 

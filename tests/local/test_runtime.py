@@ -21,8 +21,8 @@ pytest.importorskip("awslambdaric")
 from botocore.config import Config  # noqa: E402
 
 from services.ports import free_port  # noqa: E402
+from tests.common import REPO, lambda_client  # noqa: E402
 from tests.processes import runtime_process  # noqa: E402
-from tests.rendezvous.conftest import REPO  # noqa: E402
 
 TIMEOUT_S = 2
 
@@ -36,14 +36,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield endpoint
 
 
-def client(endpoint: str) -> Any:
-    return boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local",
-                        aws_secret_access_key="local",
-                        config=Config(retries={"max_attempts": 0}, read_timeout=30, connect_timeout=5))
-
-
 def invoke(endpoint: str, payload: dict[str, Any], name: str = "cosmic-worker", **kwargs: Any) -> tuple[dict, Any]:
-    response = client(endpoint).invoke(FunctionName=name, Payload=json.dumps(payload), **kwargs)
+    response = lambda_client(endpoint).invoke(FunctionName=name, Payload=json.dumps(payload), **kwargs)
     return response, json.loads(response["Payload"].read() or b"null")
 
 
@@ -67,8 +61,8 @@ def test_standard_endpoint_variable_is_enough(runtime: str, monkeypatch: pytest.
 
 def test_event_invocation_runs_later(runtime: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    response = client(runtime).invoke(FunctionName="cosmic-worker", InvocationType="Event",
-                                      Payload=json.dumps({"action": "touch", "path": str(marker)}))
+    response = lambda_client(runtime).invoke(FunctionName="cosmic-worker", InvocationType="Event",
+                                             Payload=json.dumps({"action": "touch", "path": str(marker)}))
     assert response["StatusCode"] == 202
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
@@ -88,7 +82,7 @@ def test_concurrency_limit_answers_429(runtime: str) -> None:
         try:
             invoke(runtime, {"action": "sleep", "seconds": 1})
             outcomes.append("ok")
-        except client(runtime).exceptions.TooManyRequestsException:
+        except lambda_client(runtime).exceptions.TooManyRequestsException:
             outcomes.append("429")
 
     threads = [threading.Thread(target=call) for _ in range(3)]
@@ -136,7 +130,7 @@ def test_log_tail_ends_in_a_report_with_the_real_peak_memory(runtime: str) -> No
 
 
 def test_bad_requests(runtime: str) -> None:
-    lam = client(runtime)
+    lam = lambda_client(runtime)
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.invoke(FunctionName="not-this-one", Payload=b"{}")
     with pytest.raises(lam.exceptions.InvalidRequestContentException):

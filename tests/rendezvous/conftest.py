@@ -21,8 +21,7 @@ import pytest
 from services.ports import free_ports
 from services.rendezvous.netio import recv_exactly
 from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.common import REPO
 
 
 @dataclass
