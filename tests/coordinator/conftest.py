@@ -62,7 +62,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 
 
 @pytest.fixture(scope="session")
-def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """moto's S3 seeded with tiny partitions, the local runtime running the real worker (through a
     handler that fails on request), and the rendezvous server: what a coordinator talks to."""
     torch = pytest.importorskip("torch")  # the workers in the runtime's sandboxes; never the coordinator

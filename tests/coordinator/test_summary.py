@@ -304,6 +304,7 @@ def test_unknown_formats_are_refused(prices):
         render_report(seed_job(prices), "text")
 
 
+@pytest.mark.integration
 def test_the_coordinator_imports_neither_torch_nor_the_worker():
     code = ("import sys, services.coordinator.summary, services.coordinator.plots, services.coordinator.pricing\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('services.worker.')\n"

@@ -254,6 +254,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert any("__pycache__" in entry for entry in entries)
 
 
+@pytest.mark.integration
 def test_hadolint_passes() -> None:
     exe = Path(sys.executable).with_name("hadolint")
     if not exe.is_file():
@@ -388,6 +389,7 @@ def _docker_engine() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_rendezvous_image_builds_and_starts_healthy() -> None:
     reason = _docker_engine()

@@ -95,7 +95,7 @@ class Cloud:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+def cloud(e2e: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     folder = tmp_path_factory.mktemp("deploy")
     with S3Server(log_path=folder / "moto.log", module="tests.deploy.moto_server", cwd=REPO) as moto:
         runtime_env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": moto.endpoint, "COSMIC_WORKER_FUNCTION": "cosmic-worker",
@@ -321,6 +321,7 @@ def test_build_and_push_streams_report_the_engines_errors() -> None:
                         "build coordinator", seen.append)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_the_sdk_builds_the_rendezvous_target_where_a_daemon_answers() -> None:
     """The build cosmic deploy runs (Engine API, classic builder, linux/amd64); needs a Docker daemon."""

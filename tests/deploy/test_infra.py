@@ -52,6 +52,7 @@ def test_every_template_is_there() -> None:
     assert {path.name for path in TEMPLATES} >= EXPECTED
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_cfn_lint_is_clean(path: Path) -> None:
     result = subprocess.run([_cfn_lint(), "--format", "parseable", "--non-zero-exit-code", "informational",

@@ -17,6 +17,8 @@ import pytest
 
 from tests.common import REPO
 
+pytestmark = pytest.mark.integration  # every test runs Python 3.12 in a child
+
 SCRIPT = r"""
 import json, subprocess, sys, threading, time, urllib.request
 assert sys.version_info[:2] == (3, 12), sys.version

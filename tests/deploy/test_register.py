@@ -72,7 +72,7 @@ def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def metadata() -> Iterator[MetadataEndpoint]:
+def metadata(integration: None) -> Iterator[MetadataEndpoint]:
     with MetadataEndpoint() as endpoint:
         yield endpoint
 
@@ -201,6 +201,7 @@ def test_no_public_ip_fails_unless_private_is_allowed(ec2: Any, route53: Any, zo
     assert record["ResourceRecords"] == [{"Value": eni["private_ip"]}]
 
 
+@pytest.mark.integration
 def test_missing_metadata_uri_exits_non_zero_with_a_clear_message() -> None:
     env = {key: value for key, value in os.environ.items() if key != "ECS_CONTAINER_METADATA_URI_V4"}
     env.update(COSMIC_RENDEZVOUS_ZONE_ID="Z123", COSMIC_RENDEZVOUS_RECORD_NAME="rendezvous.example.com")
@@ -212,6 +213,7 @@ def test_missing_metadata_uri_exits_non_zero_with_a_clear_message() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_missing_settings_exit_2_naming_the_variable() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("COSMIC_RENDEZVOUS_")}
 

@@ -24,6 +24,8 @@ from services.ports import free_port  # noqa: E402
 from tests.common import REPO, lambda_client  # noqa: E402
 from tests.processes import runtime_process  # noqa: E402
 
+pytestmark = pytest.mark.integration  # the runtime, and the runtime's command line
+
 TIMEOUT_S = 2
 
 

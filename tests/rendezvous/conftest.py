@@ -84,7 +84,7 @@ def _nofile_limit(limit: int) -> Callable[[], None]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(integration: None, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with the given options (``name_timeout=0.5`` -> ``--name-timeout 0.5``)."""
     started: list[ServerProcess] = []
 

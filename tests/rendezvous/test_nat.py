@@ -340,6 +340,7 @@ def kept_ports(records: dict[str, list[dict[str, object]]]) -> str:
     return ", ".join(f"{role} {kept[role]}/{len(common)}" for role in ROLES)
 
 
+@pytest.mark.integration
 @pytest.mark.netns
 @pytest.mark.timeout(130)
 def test_pairing_through_two_nats(nat_lab: Lab, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> RedshiftModel:
+def tiny_model(integration: None) -> RedshiftModel:
     torch = pytest.importorskip("torch")
     from services.worker.model import RedshiftModel
 
@@ -57,7 +57,7 @@ def world(s3_endpoint: str, tiny_model: RedshiftModel) -> World:
 
 
 @pytest.fixture
-def rendezvous(tmp_path: Path) -> Iterator[str]:
+def rendezvous(integration: None, tmp_path: Path) -> Iterator[str]:
     """A rendezvous server of this test's own on loopback: its ``host:port``."""
     with rendezvous_process(tmp_path / "rendezvous.log") as endpoint:
         yield endpoint

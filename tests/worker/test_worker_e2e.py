@@ -17,6 +17,8 @@ from tests.common import lambda_client
 from tests.processes import runtime_process
 from tests.worker.conftest import World
 
+pytestmark = pytest.mark.e2e  # the real worker in the runtime's sandboxes, S3, a rendezvous server
+
 
 @pytest.fixture(scope="module")
 def runtime(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
