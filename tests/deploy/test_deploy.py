@@ -24,11 +24,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("moto")
-pytest.importorskip("docker")
-pytest.importorskip("yaml")
-pytest.importorskip("torch")
-pytest.importorskip("awslambdaric")
+pytest.importorskip("yaml")  # services.deploy.templates reads the templates with it
 
 import boto3
 
@@ -96,6 +92,12 @@ class Cloud:
 
 @pytest.fixture(scope="module")
 def cloud(e2e: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """moto's server as the AWS account, the local runtime as its Lambda (running the real worker, for the
+    smoke test's selftest) and a rendezvous server, for ``cosmic deploy`` to deploy into."""
+    pytest.importorskip("moto")
+    pytest.importorskip("docker")  # the deploy reports the SDK's version, even when it builds nothing
+    pytest.importorskip("torch")
+    pytest.importorskip("awslambdaric")
     folder = tmp_path_factory.mktemp("deploy")
     with S3Server(log_path=folder / "moto.log", module="tests.deploy.moto_server", cwd=REPO) as moto:
         runtime_env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": moto.endpoint, "COSMIC_WORKER_FUNCTION": "cosmic-worker",

@@ -23,9 +23,6 @@ from typing import Any, ClassVar
 
 import pytest
 
-pytest.importorskip("moto")
-pytest.importorskip("awslambdaric")
-
 from services import cli
 from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
 from services.local import stack as embedded
@@ -38,6 +35,8 @@ STACK_TIMEOUT = 90
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An isolated cache folder (so the stack record is this test's own) and a light handler."""
+    pytest.importorskip("moto")  # the stack's S3
+    pytest.importorskip("awslambdaric")  # the stack's Lambda runtime
     monkeypatch.setenv("COSMIC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("COSMIC_WORKER_HANDLER", "tests.worker.handlers.dispatch")
     monkeypatch.delenv("COSMIC_SANDBOXES", raising=False)
