@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.ports import free_port, free_ports
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 
 @contextmanager

@@ -85,6 +85,7 @@ def test_result_is_json_able() -> None:
     assert isinstance(parse_event(VALID), WorkerEvent)
 
 
+@pytest.mark.integration
 def test_contract_imports_neither_torch_nor_boto3() -> None:
     code = "import sys, services.contracts; print(sorted(m for m in ('torch', 'boto3', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

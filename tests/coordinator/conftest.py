@@ -15,39 +15,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("fastapi")
-pytest.importorskip("awslambdaric")
+from services.ports import free_port
+from tests.common import REPO, http_ok, seed_bucket, wait_for
+from tests.processes import rendezvous_process, runtime_process
 
-from services.coordinator.state import TERMINAL  # noqa: E402
-from services.ports import free_port  # noqa: E402
-from services.s3store import S3Store  # noqa: E402
-from tests.processes import rendezvous_process, runtime_process  # noqa: E402
-from tests.rendezvous.conftest import REPO  # noqa: E402
+if TYPE_CHECKING:
+    from services.s3store import S3Store
 
 PARTITIONS = 6
 SANDBOXES = 4
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not ready within {timeout} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @dataclass
@@ -82,9 +62,13 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 
 
 @pytest.fixture(scope="session")
-def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """moto's S3 seeded with tiny partitions, the local runtime running the real worker (through a
+    handler that fails on request), and the rendezvous server: what a coordinator talks to."""
+    torch = pytest.importorskip("torch")  # the workers in the runtime's sandboxes; never the coordinator
+    pytest.importorskip("awslambdaric")
+    from services.s3store import S3Store
     from services.worker.model import RedshiftModel
-    from tests.worker.conftest import seed_bucket
 
     folder = tmp_path_factory.mktemp("coordinator-stack")
     store = S3Store()
@@ -127,6 +111,8 @@ class Api:
         return str(body["job_id"])
 
     def wait(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        from services.coordinator.state import TERMINAL
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, body = self.call("GET", f"/jobs/{job_id}")
@@ -143,6 +129,7 @@ class Api:
 
 @pytest.fixture
 def start_coordinator(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    pytest.importorskip("fastapi")
     started: list[Api] = []
 
     def start(token: str = "", **env: str) -> Api:
@@ -152,7 +139,7 @@ def start_coordinator(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Ap
         process = _start([sys.executable, "-m", "services.coordinator", "--port", str(port)], log, stack.env(**extra))
         api = Api(f"http://127.0.0.1:{port}", process, log, token)
         started.append(api)
-        _wait_for(lambda: _http_ok(api.url + "/healthz") or process.poll() is not None, "coordinator", 30, log)
+        wait_for(lambda: http_ok(api.url + "/healthz") or process.poll() is not None, "coordinator", 30, log)
         assert process.poll() is None, log.read_text()
         return api
 

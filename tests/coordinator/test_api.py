@@ -14,8 +14,8 @@ from typing import Any
 
 from services.coordinator.state import JobStore, manifest_key
 from services.memory import peak_rss_kib
+from tests.common import REPO
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
-from tests.rendezvous.conftest import REPO
 
 
 def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:

@@ -16,7 +16,7 @@ from services.accuracy import redshift_metrics
 from services.coordinator.pricing import PricesError, load_prices
 from services.coordinator.report import render_report, render_table, seed_table_row
 from services.coordinator.summary import Invocation, JobFacts, combined_data, summarize
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 X86 = 0.0000166667
 
@@ -297,6 +297,7 @@ def test_unknown_formats_are_refused(prices):
         render_report(seed_job(prices), "text")
 
 
+@pytest.mark.integration
 def test_the_coordinator_imports_neither_torch_nor_the_worker():
     code = ("import sys, services.coordinator.summary, services.coordinator.report, services.coordinator.plots\n"
             "import services.coordinator.pricing\n"

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "Dockerfile"
-COMPOSE = ROOT / "compose.yaml"
-DOCKERIGNORE = ROOT / ".dockerignore"
+from tests.common import REPO
+
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE = REPO / "compose.yaml"
+DOCKERIGNORE = REPO / ".dockerignore"
 TARGETS = ("rendezvous", "worker", "coordinator")
 LOCALSTACK_IMAGE = "localstack/localstack:4.14.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -178,7 +179,7 @@ def test_healthchecks_use_the_health_port(stages: dict[str, Stage]) -> None:
 
 
 def test_torch_is_the_pinned_cpu_build_and_only_in_the_worker(stages: dict[str, Stage]) -> None:
-    pin = next(req for req in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pin = next(req for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
                ["optional-dependencies"]["worker"] if req.startswith("torch"))
     installs = [args for args in stages["worker"].all("RUN") if "torch" in args]
     assert any(f"pip install {pin} --index-url {TORCH_CPU_INDEX}" in args for args in installs), \
@@ -211,12 +212,12 @@ def test_worker_is_a_lambda_image_with_our_handler(stages: dict[str, Stage]) -> 
     from services.coordinator.config import CoordinatorSettings
 
     assert f"AWS_LAMBDA_FUNCTION_NAME={CoordinatorSettings().worker.function}" in env
-    assert re.search(r"^def handler\(", (ROOT / "services/worker/handler.py").read_text(), re.M)
+    assert re.search(r"^def handler\(", (REPO / "services/worker/handler.py").read_text(), re.M)
 
 
 def test_coordinator_image_can_run_the_step_functions_handlers(stages: dict[str, Stage]) -> None:
     """infra/stepfunctions.yaml runs this image as ``/opt/venv/bin/python -m awslambdaric <handler>`` on Lambda."""
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["coordinator"]
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["coordinator"]
     assert any(re.fullmatch(r"awslambdaric==[\d.]+", req) for req in extra), \
         f"the coordinator extra needs a pinned awslambdaric for its Lambda handlers: {extra}"
     installs = " ".join(stages["coordinator"].all("RUN"))
@@ -233,7 +234,7 @@ def test_entrypoints_name_real_modules(stages: dict[str, Stage]) -> None:
     assert stages["rendezvous"].all("ENTRYPOINT") == ['["python", "-m", "services.rendezvous"]']
     assert stages["coordinator"].all("ENTRYPOINT") == ['["python", "-m", "services.coordinator"]']
     for package in ("rendezvous", "coordinator", "local/runtime"):  # the worker image's compose entrypoint is the last
-        assert (ROOT / "services" / package / "__main__.py").is_file()
+        assert (REPO / "services" / package / "__main__.py").is_file()
 
 
 def test_no_secrets_baked_in(stages: dict[str, Stage]) -> None:
@@ -253,6 +254,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert any("__pycache__" in entry for entry in entries)
 
 
+@pytest.mark.integration
 def test_hadolint_passes() -> None:
     exe = Path(sys.executable).with_name("hadolint")
     if not exe.is_file():
@@ -358,7 +360,7 @@ def test_init_seeds_where_the_payload_looks(compose: dict[str, Any]) -> None:
     init = compose["services"]["init"]
     assert init["build"]["target"] == "worker", "making the demo data needs torch"
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in init["volumes"]}
-    script = ROOT / mounts[init["entrypoint"][1]]
+    script = REPO / mounts[init["entrypoint"][1]]
     assert script.is_file()
     spec = importlib.util.spec_from_file_location("compose_seed", script)
     assert spec and spec.loader
@@ -366,7 +368,7 @@ def test_init_seeds_where_the_payload_looks(compose: dict[str, Any]) -> None:
     spec.loader.exec_module(seed)
     from services.local import stack as embedded
 
-    payload = yaml.safe_load((ROOT / "examples/payload.json").read_text())
+    payload = yaml.safe_load((REPO / "examples/payload.json").read_text())
     assert seed.seed_store is embedded.seed_store, "compose seeds with the embedded stack's own code"
     assert seed.BUCKET == embedded.STATE_BUCKET == payload["bucket"] == payload["data_bucket"]
     assert payload["S3_object_name"] == embedded.MODEL_FOLDER
@@ -387,13 +389,14 @@ def _docker_engine() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_rendezvous_image_builds_and_starts_healthy() -> None:
     reason = _docker_engine()
     if reason:
         pytest.skip(reason)
     tag = "cosmic-rendezvous:test"
-    subprocess.run(["docker", "build", "--target", "rendezvous", "-t", tag, str(ROOT)], check=True, timeout=1500)
+    subprocess.run(["docker", "build", "--target", "rendezvous", "-t", tag, str(REPO)], check=True, timeout=1500)
     done = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c",
                            "import services.rendezvous.server, uvloop, boto3; import importlib.util as u; "
                            "assert u.find_spec('torch') is None"], capture_output=True, text=True, timeout=120,

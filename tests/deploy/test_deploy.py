@@ -24,11 +24,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("moto")
-pytest.importorskip("docker")
-pytest.importorskip("yaml")
-pytest.importorskip("torch")
-pytest.importorskip("awslambdaric")
+pytest.importorskip("yaml")  # services.deploy.templates reads the templates with it
 
 import boto3
 
@@ -38,9 +34,8 @@ from services.deploy.settings import DeploySettings
 from services.envconfig import SettingsError
 from services.local.s3server import S3Server
 from services.ports import free_port
-from tests.conftest import CREDENTIALS
+from tests.common import CREDENTIALS, REPO
 from tests.processes import rendezvous_process, runtime_process
-from tests.rendezvous.conftest import REPO
 
 ZONE = "cosmic.test."
 DOMAIN = "rendezvous.cosmic.test"
@@ -96,7 +91,13 @@ class Cloud:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+def cloud(e2e: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """moto's server as the AWS account, the local runtime as its Lambda (running the real worker, for the
+    smoke test's selftest) and a rendezvous server, for ``cosmic deploy`` to deploy into."""
+    pytest.importorskip("moto")
+    pytest.importorskip("docker")  # the deploy reports the SDK's version, even when it builds nothing
+    pytest.importorskip("torch")
+    pytest.importorskip("awslambdaric")
     folder = tmp_path_factory.mktemp("deploy")
     with S3Server(log_path=folder / "moto.log", module="tests.deploy.moto_server", cwd=REPO) as moto:
         runtime_env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": moto.endpoint, "COSMIC_WORKER_FUNCTION": "cosmic-worker",
@@ -322,6 +323,7 @@ def test_build_and_push_streams_report_the_engines_errors() -> None:
                         "build coordinator", seen.append)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(1800)
 def test_the_sdk_builds_the_rendezvous_target_where_a_daemon_answers() -> None:
     """The build cosmic deploy runs (Engine API, classic builder, linux/amd64); needs a Docker daemon."""

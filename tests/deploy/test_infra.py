@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
+from tests.common import REPO  # noqa: E402
 
-INFRA = Path(__file__).resolve().parents[2] / "infra"
+INFRA = REPO / "infra"
 TEMPLATES = sorted(INFRA.glob("*.yaml"))
 EXPECTED = {"storage.yaml", "worker.yaml", "rendezvous.yaml", "coordinator.yaml", "stepfunctions.yaml"}
 
@@ -51,6 +52,7 @@ def test_every_template_is_there() -> None:
     assert {path.name for path in TEMPLATES} >= EXPECTED
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_cfn_lint_is_clean(path: Path) -> None:
     result = subprocess.run([_cfn_lint(), "--format", "parseable", "--non-zero-exit-code", "informational",

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
+
+pytestmark = pytest.mark.integration  # every test runs Python 3.12 in a child
 
 SCRIPT = r"""
 import json, subprocess, sys, threading, time, urllib.request

@@ -14,7 +14,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +26,7 @@ from services.rendezvous.register import (
     parse_task_document,
     register,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.common import REPO
 
 
 class MetadataEndpoint:
@@ -74,7 +72,7 @@ def aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def metadata() -> Iterator[MetadataEndpoint]:
+def metadata(integration: None) -> Iterator[MetadataEndpoint]:
     with MetadataEndpoint() as endpoint:
         yield endpoint
 
@@ -130,7 +128,7 @@ def _a_records(route53: Any, zone_id: str, name: str) -> list[dict[str, Any]]:
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.rendezvous.register", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "services.rendezvous.register", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -203,6 +201,7 @@ def test_no_public_ip_fails_unless_private_is_allowed(ec2: Any, route53: Any, zo
     assert record["ResourceRecords"] == [{"Value": eni["private_ip"]}]
 
 
+@pytest.mark.integration
 def test_missing_metadata_uri_exits_non_zero_with_a_clear_message() -> None:
     env = {key: value for key, value in os.environ.items() if key != "ECS_CONTAINER_METADATA_URI_V4"}
     env.update(COSMIC_RENDEZVOUS_ZONE_ID="Z123", COSMIC_RENDEZVOUS_RECORD_NAME="rendezvous.example.com")
@@ -214,6 +213,7 @@ def test_missing_metadata_uri_exits_non_zero_with_a_clear_message() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_missing_settings_exit_2_naming_the_variable() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("COSMIC_RENDEZVOUS_")}
 

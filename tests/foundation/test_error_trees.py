@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 
 from services import contracts, envconfig, s3store
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 SERVICES = ["services.coordinator", "services.worker", "services.deploy", "services.local", "services.client",
             "services.rendezvous"]

@@ -92,6 +92,7 @@ def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: py
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_rendezvous_subcommand_does_not_import_other_services() -> None:
     code = ("import sys; from services.cli import main; import services.rendezvous.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'boto3', 'numpy', 'fastapi')]; "
@@ -100,6 +101,7 @@ def test_rendezvous_subcommand_does_not_import_other_services() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.e2e
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """The README's main command, smaller: one job of 2 ranks over 2 partitions, the whole stack.
 

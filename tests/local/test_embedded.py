@@ -23,14 +23,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-pytest.importorskip("moto")
-pytest.importorskip("awslambdaric")
-
 from services import cli
 from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
 from services.local import stack as embedded
 from services.ports import free_port
-from tests.rendezvous.conftest import REPO
+from tests.common import REPO
 
 STACK_TIMEOUT = 90
 
@@ -38,6 +35,8 @@ STACK_TIMEOUT = 90
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An isolated cache folder (so the stack record is this test's own) and a light handler."""
+    pytest.importorskip("moto")  # the stack's S3
+    pytest.importorskip("awslambdaric")  # the stack's Lambda runtime
     monkeypatch.setenv("COSMIC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("COSMIC_WORKER_HANDLER", "tests.worker.handlers.dispatch")
     monkeypatch.delenv("COSMIC_SANDBOXES", raising=False)
@@ -68,6 +67,7 @@ def _invoke(stack: embedded.Stack) -> dict[str, Any]:
         client.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(STACK_TIMEOUT)
 def test_ensure_stack_starts_reattaches_seeds_and_stops(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = embedded.ensure_stack(sandboxes=1)
@@ -119,6 +119,7 @@ def _check_seed(stack: embedded.Stack, cache: Path, monkeypatch: pytest.MonkeyPa
     assert embedded.seed(stack, sizes=("tiny",), count=2).uploaded == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(STACK_TIMEOUT)
 def test_the_stack_survives_its_starter_and_a_dead_one_is_replaced(cache: Path) -> None:
     starter = subprocess.Popen(
@@ -178,7 +179,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def api() -> Iterator[str]:
+def api(integration: None) -> Iterator[str]:
     _Api.routes, _Api.seen = {}, []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -224,6 +225,7 @@ def test_cosmic_status_without_a_coordinator_fails_with_the_hint(monkeypatch: py
     assert captured.out == ""
 
 
+@pytest.mark.integration
 def test_the_coordinator_side_never_imports_torch() -> None:
     modules = ["services.local.stack", "services.client.api", "services.client.commands",
                "services.client.submit", "services.client.status", "services.client.report",

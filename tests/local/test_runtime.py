@@ -21,8 +21,10 @@ pytest.importorskip("awslambdaric")
 from botocore.config import Config  # noqa: E402
 
 from services.ports import free_port  # noqa: E402
+from tests.common import REPO, lambda_client  # noqa: E402
 from tests.processes import runtime_process  # noqa: E402
-from tests.rendezvous.conftest import REPO  # noqa: E402
+
+pytestmark = pytest.mark.integration  # the runtime, and the runtime's command line
 
 TIMEOUT_S = 2
 
@@ -36,14 +38,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield endpoint
 
 
-def client(endpoint: str) -> Any:
-    return boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local",
-                        aws_secret_access_key="local",
-                        config=Config(retries={"max_attempts": 0}, read_timeout=30, connect_timeout=5))
-
-
 def invoke(endpoint: str, payload: dict[str, Any], name: str = "cosmic-worker", **kwargs: Any) -> tuple[dict, Any]:
-    response = client(endpoint).invoke(FunctionName=name, Payload=json.dumps(payload), **kwargs)
+    response = lambda_client(endpoint).invoke(FunctionName=name, Payload=json.dumps(payload), **kwargs)
     return response, json.loads(response["Payload"].read() or b"null")
 
 
@@ -67,8 +63,8 @@ def test_standard_endpoint_variable_is_enough(runtime: str, monkeypatch: pytest.
 
 def test_event_invocation_runs_later(runtime: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    response = client(runtime).invoke(FunctionName="cosmic-worker", InvocationType="Event",
-                                      Payload=json.dumps({"action": "touch", "path": str(marker)}))
+    response = lambda_client(runtime).invoke(FunctionName="cosmic-worker", InvocationType="Event",
+                                             Payload=json.dumps({"action": "touch", "path": str(marker)}))
     assert response["StatusCode"] == 202
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
@@ -88,7 +84,7 @@ def test_concurrency_limit_answers_429(runtime: str) -> None:
         try:
             invoke(runtime, {"action": "sleep", "seconds": 1})
             outcomes.append("ok")
-        except client(runtime).exceptions.TooManyRequestsException:
+        except lambda_client(runtime).exceptions.TooManyRequestsException:
             outcomes.append("429")
 
     threads = [threading.Thread(target=call) for _ in range(3)]
@@ -102,29 +98,29 @@ def test_concurrency_limit_answers_429(runtime: str) -> None:
 
 def test_capacity_is_read_through_the_control_plane_as_on_aws(runtime: str) -> None:
     """The sandbox count is the function's reserved concurrency and the account's limit."""
-    lambda_client = client(runtime)
-    assert lambda_client.get_function_concurrency(FunctionName="cosmic-worker")["ReservedConcurrentExecutions"] == 2
-    function = lambda_client.get_function(FunctionName="cosmic-worker")
+    api = lambda_client(runtime)
+    assert api.get_function_concurrency(FunctionName="cosmic-worker")["ReservedConcurrentExecutions"] == 2
+    function = api.get_function(FunctionName="cosmic-worker")
     assert function["Concurrency"]["ReservedConcurrentExecutions"] == 2
     configuration = function["Configuration"]
     assert (configuration["FunctionName"], configuration["MemorySize"], configuration["Timeout"]) == \
         ("cosmic-worker", 2048, TIMEOUT_S)
     assert configuration["FunctionArn"].endswith(":function:cosmic-worker")
-    limits = lambda_client.get_account_settings()["AccountLimit"]
+    limits = api.get_account_settings()["AccountLimit"]
     assert (limits["ConcurrentExecutions"], limits["UnreservedConcurrentExecutions"]) == (2, 0)
-    assert [f["FunctionName"] for f in lambda_client.list_functions()["Functions"]] == ["cosmic-worker"]
-    with pytest.raises(lambda_client.exceptions.ResourceNotFoundException):
-        lambda_client.get_function_concurrency(FunctionName="no-such-function")
+    assert [f["FunctionName"] for f in api.list_functions()["Functions"]] == ["cosmic-worker"]
+    with pytest.raises(api.exceptions.ResourceNotFoundException):
+        api.get_function_concurrency(FunctionName="no-such-function")
 
 
 def test_every_answer_carries_a_request_id(runtime: str) -> None:
-    lambda_client = client(runtime)
-    answers = [lambda_client.get_account_settings(), lambda_client.invoke(FunctionName="cosmic-worker", Payload=b"{}"),
-               lambda_client.invoke(FunctionName="cosmic-worker", InvocationType="DryRun")]
+    api = lambda_client(runtime)
+    answers = [api.get_account_settings(), api.invoke(FunctionName="cosmic-worker", Payload=b"{}"),
+               api.invoke(FunctionName="cosmic-worker", InvocationType="DryRun")]
     for answer in answers:
         assert answer["ResponseMetadata"]["HTTPHeaders"].get("x-amzn-requestid")
-    with pytest.raises(lambda_client.exceptions.ResourceNotFoundException) as missing:
-        lambda_client.invoke(FunctionName="nothing", Payload=b"{}")
+    with pytest.raises(api.exceptions.ResourceNotFoundException) as missing:
+        api.invoke(FunctionName="nothing", Payload=b"{}")
     assert missing.value.response["ResponseMetadata"]["HTTPHeaders"].get("x-amzn-requestid")
 
 
@@ -164,7 +160,7 @@ def test_log_tail_ends_in_a_report_with_the_real_peak_memory(runtime: str) -> No
 
 
 def test_bad_requests(runtime: str) -> None:
-    lam = client(runtime)
+    lam = lambda_client(runtime)
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.invoke(FunctionName="not-this-one", Payload=b"{}")
     with pytest.raises(lam.exceptions.InvalidRequestContentException):

@@ -21,8 +21,7 @@ import pytest
 from services.ports import free_ports
 from services.rendezvous.netio import recv_exactly
 from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.common import REPO
 
 
 @dataclass
@@ -85,7 +84,7 @@ def _nofile_limit(limit: int) -> Callable[[], None]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(integration: None, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with the given options (``name_timeout=0.5`` -> ``--name-timeout 0.5``)."""
     started: list[ServerProcess] = []
 

@@ -68,7 +68,7 @@ class ReferenceStandIn:
 
 
 @pytest.fixture
-def stand_in() -> Iterator[ReferenceStandIn]:
+def stand_in(integration: None) -> Iterator[ReferenceStandIn]:
     server = ReferenceStandIn()
     yield server
     server.close()
@@ -226,6 +226,7 @@ def test_dropped_by_the_server_is_peer_gone(start_server) -> None:
         pair("ttl", "127.0.0.1", server.port, timeout=5)
 
 
+@pytest.mark.integration
 def test_garbled_reply_is_a_protocol_error() -> None:
     broken = ReferenceStandIn(reply=lambda address: b"\0\0\0\0\0\0\0\0")
     try:

@@ -49,7 +49,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.common import REPO
+
 PEER_SCRIPT = Path(__file__).resolve().with_name("nat_peer.py")
 
 #: Every namespace of this test is called ``<PREFIX>-<pid of the pytest process>-<random>-<role>``;
@@ -254,7 +255,7 @@ def nat_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -263,7 +264,7 @@ def _child_env() -> dict[str, str]:
 def started(argv: list[str], stdout: Path, stderr: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child writing to files (no pipe to fill), in /work/main; always ended and reaped on exit."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(argv, cwd=ROOT, env=_child_env(), stdin=subprocess.DEVNULL, stdout=out,
+        process = subprocess.Popen(argv, cwd=REPO, env=_child_env(), stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=err)
     try:
         yield process
@@ -339,6 +340,7 @@ def kept_ports(records: dict[str, list[dict[str, object]]]) -> str:
     return ", ".join(f"{role} {kept[role]}/{len(common)}" for role in ROLES)
 
 
+@pytest.mark.integration
 @pytest.mark.netns
 @pytest.mark.timeout(130)
 def test_pairing_through_two_nats(nat_lab: Lab, tmp_path: Path) -> None:

@@ -324,6 +324,7 @@ def test_settings_come_from_the_environment(start_server) -> None:
     assert closed_without_reply(lonely, within=2.0)
 
 
+@pytest.mark.integration
 def test_bad_setting_is_a_clear_error() -> None:
     import subprocess
     import sys

@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-import io
-import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.rendezvous.conftest import start_server  # noqa: F401 (a fixture the worker's tests use too)
+from tests.common import seed_bucket
+from tests.processes import rendezvous_process
 
-torch = pytest.importorskip("torch")
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
-
-from services.s3store import S3Store  # noqa: E402
-from services.worker.data import save_partition  # noqa: E402
-from services.worker.model import RedshiftModel  # noqa: E402
-from services.worker.synthetic import partition  # noqa: E402
-
-SAMPLES = 48  # per tiny partition: enough for batch edges, small enough for a fast CPU forward
+if TYPE_CHECKING:
+    from services.s3store import S3Store
+    from services.worker.model import RedshiftModel
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> RedshiftModel:
+def tiny_model(integration: None) -> RedshiftModel:
+    torch = pytest.importorskip("torch")
+    from services.worker.model import RedshiftModel
+
     torch.manual_seed(3)
     return RedshiftModel().eval()
-
-
-def partition_bytes(index: int, samples: int = SAMPLES, suffix: str = ".pt", labels: bool = True) -> bytes:
-    data = partition(index, samples)
-    if not labels:
-        data = type(data)(data.images, data.magnitudes, None)
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"cosmic-test-{secrets.token_hex(4)}{suffix}"
-    try:
-        save_partition(data, path)
-        return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -63,23 +47,17 @@ class World:
         return sorted(self.store.keys(self.bucket, prefix))
 
 
-def seed_bucket(store: S3Store, name_prefix: str, count: int, model: RedshiftModel) -> tuple[str, list[str], str]:
-    """A fresh bucket with ``count`` tiny partitions at ``tiny/{i}.pt`` and ``model``'s checkpoint in
-    the legacy model folder: ``(bucket, partition keys, checkpoint key)``."""
-    bucket = name_prefix + secrets.token_hex(4)
-    store.client.create_bucket(Bucket=bucket)
-    keys = [f"tiny/{index}.pt" for index in range(1, count + 1)]
-    for index, key in enumerate(keys, start=1):
-        store.put(bucket, key, partition_bytes(index))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    checkpoint_key = "Anomaly Detection/Fine_Tune_Model/tiny.pt"
-    store.put(bucket, checkpoint_key, buffer.getvalue())
-    return bucket, keys, checkpoint_key
-
-
 @pytest.fixture(scope="session")
 def world(s3_endpoint: str, tiny_model: RedshiftModel) -> World:
+    from services.s3store import S3Store
+
     store = S3Store()
     bucket, keys, checkpoint_key = seed_bucket(store, "cosmic-test-", 2, tiny_model)
     return World(store, bucket, keys, checkpoint_key)
+
+
+@pytest.fixture
+def rendezvous(integration: None, tmp_path: Path) -> Iterator[str]:
+    """A rendezvous server of this test's own on loopback: its ``host:port``."""
+    with rendezvous_process(tmp_path / "rendezvous.log") as endpoint:
+        yield endpoint

@@ -25,7 +25,7 @@ from services.worker.model import RedshiftModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model() -> RedshiftModel:
+def model(integration: None) -> RedshiftModel:
     torch.manual_seed(0)
     return RedshiftModel().eval()
 

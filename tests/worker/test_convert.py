@@ -185,7 +185,7 @@ def _randomise_batchnorm(model: nn.Module) -> None:
 
 
 @pytest.fixture
-def legacy(tmp_path: Path, original_source: None) -> tuple[Path, nn.Module]:
+def legacy(integration: None, tmp_path: Path, original_source: None) -> tuple[Path, nn.Module]:
     """A legacy checkpoint (a whole pickled DataParallel(ViT_Astro)) and the live model it holds."""
     torch.manual_seed(0)
     original = ViT_Astro()
@@ -270,6 +270,7 @@ def test_unmappable_names_are_listed(tmp_path: Path, legacy: tuple[Path, nn.Modu
     assert not path.with_name(path.stem + CONVERTED_SUFFIX).exists()
 
 
+@pytest.mark.integration
 def test_names_fall_back_to_order_when_every_shape_matches(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     reference = RedshiftModel().state_dict()
     renamed = {f"layer{i}": tensor.clone() for i, tensor in enumerate(reference.values())}
@@ -320,6 +321,7 @@ def test_cli_converts_and_reports(legacy: tuple[Path, nn.Module], capsys: pytest
     assert not path.with_name(path.stem + CONVERTED_SUFFIX).exists()
 
 
+@pytest.mark.integration
 def test_cli_converts_a_plain_state_dict_too(tmp_path: Path) -> None:
     path = tmp_path / "weights.pth"
     torch.save({"model": RedshiftModel().state_dict()}, path)

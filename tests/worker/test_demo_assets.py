@@ -33,6 +33,7 @@ def test_legacy_sized_partition_has_the_legacy_sample_count(tmp_path: Path) -> N
     assert len(load_partition(path.read_bytes(), path.name)) == 1278
 
 
+@pytest.mark.integration
 def test_checkpoint_is_a_state_dict_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = demo_assets.demo_checkpoint(root=tmp_path, steps=5, samples=128)
     state = torch.load(path, weights_only=True)

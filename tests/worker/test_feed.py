@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("torch")
 from services.s3store import Blob, S3Store
 from services.worker.feed import PartitionFeed
-from tests.worker.conftest import World, partition_bytes
+from tests.common import partition_bytes
+from tests.worker.conftest import World
 
 
 class CountingStore(S3Store):

@@ -27,7 +27,8 @@ from services.worker import handler as handler_module  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
 from services.worker.data import PartitionError, load_partition  # noqa: E402
 from services.worker.legacy_script import ScriptFailed  # noqa: E402
-from tests.worker.conftest import World, partition_bytes  # noqa: E402
+from tests.common import partition_bytes  # noqa: E402
+from tests.worker.conftest import World  # noqa: E402
 
 LEGACY_KEYS = ["total_cpu_time (seconds)", "total_cpu_memory (MB)", "execution_time (seconds/batch)", "num_batches",
                "batch_size", "device", "throughput_bps", "sample_persec", "result_path", "data_path"]
@@ -197,16 +198,14 @@ def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
 
 
-def test_collective_gives_up_on_absent_peers_and_the_rank_still_succeeds(world: World, invoke, start_server) -> None:
-    server = start_server()
-    response = invoke(world.event(world_size=2, rendezvous=f"127.0.0.1:{server.port}", comm_name="absent-peer",
+def test_collective_gives_up_on_absent_peers_and_the_rank_still_succeeds(world: World, invoke, rendezvous: str) -> None:
+    response = invoke(world.event(world_size=2, rendezvous=rendezvous, comm_name="absent-peer",
                                   collective_timeout_s=1.0))
     assert response["status"] == "succeeded" and response["collective"].startswith("failed: ")
 
 
-def test_collective_summary_matches_the_ranks(world: World, invoke, start_server, tiny_model) -> None:
-    server = start_server()
-    base = world.event(world_size=2, rendezvous=f"127.0.0.1:{server.port}", comm_name="collective-test",
+def test_collective_summary_matches_the_ranks(world: World, invoke, rendezvous: str, tiny_model) -> None:
+    base = world.event(world_size=2, rendezvous=rendezvous, comm_name="collective-test",
                        collective_timeout_s=30.0)
     results: dict[int, Any] = {}
 
@@ -277,9 +276,8 @@ def test_script_outside_the_folder_is_refused(world: World, invoke, tmp_path) ->
 
 
 # -- selftest ----------------------------------------------------------------------------------
-def test_selftest_checks_s3_and_pairs_partners(world: World, invoke, start_server) -> None:
-    server = start_server()
-    base = world.event(mode="selftest", world_size=2, rendezvous=f"127.0.0.1:{server.port}", comm_name="smoke")
+def test_selftest_checks_s3_and_pairs_partners(world: World, invoke, rendezvous: str) -> None:
+    base = world.event(mode="selftest", world_size=2, rendezvous=rendezvous, comm_name="smoke")
     results: dict[int, Any] = {}
     threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, invoke({**base, "rank": r})))
                for r in (0, 1)]

@@ -25,7 +25,7 @@ def data() -> object:
 
 
 @pytest.fixture(scope="module")
-def fitted() -> RedshiftModel:
+def fitted(integration: None) -> RedshiftModel:
     """A briefly fitted demo model (the head and magnitude branch trained, ~8 s on 2 cores)."""
     model, _ = fit(steps=60, samples=512)
     return model.eval()
@@ -42,6 +42,7 @@ def _with_batchnorm_statistics(model: RedshiftModel) -> RedshiftModel:
     return model.eval()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("streams", [1, 2])
 def test_fp32_matches_the_plain_model_across_batch_edges(data, streams: int) -> None:
     torch.manual_seed(1)
@@ -54,6 +55,7 @@ def test_fp32_matches_the_plain_model_across_batch_edges(data, streams: int) -> 
     assert abs(predicted - expected).max() < 1e-5
 
 
+@pytest.mark.integration
 def test_the_model_is_left_as_it_was(data) -> None:
     torch.manual_seed(1)
     model = RedshiftModel().eval()
@@ -64,6 +66,7 @@ def test_the_model_is_left_as_it_was(data) -> None:
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
+@pytest.mark.integration
 def test_batchnorm_folding_is_exact() -> None:
     torch.manual_seed(2)
     cnn = _with_batchnorm_statistics(RedshiftModel()).cnn
@@ -92,6 +95,7 @@ def test_bf16_stays_close(data, fitted: RedshiftModel) -> None:
     assert abs(bf16 - fp32).mean() < 0.05 * abs(fp32).mean() + 0.01
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("requested", ["auto", "bf16-mlp", "bf16"])
 def test_fp32_without_native_bf16(monkeypatch: pytest.MonkeyPatch, data, requested: str) -> None:
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
@@ -118,6 +122,7 @@ def test_threads_come_from_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     assert inference.available_threads() >= 1
 
 
+@pytest.mark.integration
 def test_streams_are_at_most_the_threads() -> None:
     model = RedshiftModel().eval()
     assert inference.Predictor(model, "fp32", threads=1).streams == 1
@@ -125,6 +130,7 @@ def test_streams_are_at_most_the_threads() -> None:
     assert inference.Predictor(model, "fp32", threads=2, streams=8).streams == 2
 
 
+@pytest.mark.integration
 def test_unknown_precision() -> None:
     with pytest.raises(ValueError, match="precision"):
         inference.Predictor(RedshiftModel(), precision="fp8")

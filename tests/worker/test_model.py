@@ -11,7 +11,7 @@ LEGACY_PARAMETERS = 15.9e6  # "about 15.9 M parameters" (shared/LEGACY.md)
 
 
 @pytest.fixture(scope="module")
-def model() -> RedshiftModel:
+def model(integration: None) -> RedshiftModel:
     torch.manual_seed(0)
     return RedshiftModel().eval()
 

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 pytest.importorskip("awslambdaric")
-from tests.local.test_runtime import client
+from tests.common import lambda_client
 from tests.processes import runtime_process
 from tests.worker.conftest import World
+
+pytestmark = pytest.mark.e2e  # the real worker in the runtime's sandboxes, S3, a rendezvous server
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +30,12 @@ def runtime(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def invoke(endpoint: str, payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    response = client(endpoint).invoke(FunctionName="cosmic-worker", Payload=json.dumps(payload), LogType="Tail")
+    response = lambda_client(endpoint).invoke(FunctionName="cosmic-worker", Payload=json.dumps(payload), LogType="Tail")
     return response, json.loads(response["Payload"].read())
 
 
-def test_two_ranks_infer_and_summarise_together(runtime: str, world: World, start_server) -> None:
-    server = start_server()
-    base = world.event(world_size=2, rendezvous=f"127.0.0.1:{server.port}", comm_name="e2e-" + os.urandom(8).hex())
+def test_two_ranks_infer_and_summarise_together(runtime: str, world: World, rendezvous: str) -> None:
+    base = world.event(world_size=2, rendezvous=rendezvous, comm_name="e2e-" + os.urandom(8).hex())
     events = [{**base, "rank": rank, "partitions": [world.partitions[rank]]} for rank in (0, 1)]
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda event: invoke(runtime, event), events))

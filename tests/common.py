@@ -1,0 +1,94 @@
+"""Paths and helpers the tests of more than one service share; fixtures stay in the conftests.
+
+Test modules and conftests import from here, never from another folder's conftest. Importing this
+module needs no optional dependency: what needs torch or boto3 imports it where it is used, so that
+a test that needs neither runs without them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.s3store import S3Store
+    from services.worker.model import RedshiftModel
+
+#: The repository's root: the working directory of every child process the tests start.
+REPO = Path(__file__).resolve().parents[1]
+
+#: What boto3 needs to talk to moto's server (or the local runtime), which accept any keys.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_REGION": "us-east-1"}
+
+#: Samples per tiny partition: enough for batch edges, small enough for a fast CPU forward.
+SAMPLES = 48
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
+    """Return once ``check()`` is true; fail after ``timeout`` seconds, with the tail of ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not ready within {timeout} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def lambda_client(endpoint: str) -> Any:
+    """boto3's own Lambda client for the local runtime at ``endpoint``, its retries off (a test sees
+    every throttle and error as it happens)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local",
+                        aws_secret_access_key="local",
+                        config=Config(retries={"max_attempts": 0}, read_timeout=30, connect_timeout=5))
+
+
+def partition_bytes(index: int, samples: int = SAMPLES, suffix: str = ".pt", labels: bool = True) -> bytes:
+    """The bytes of synthetic partition ``index`` saved as ``suffix`` (needs torch)."""
+    from services.worker.data import save_partition
+    from services.worker.synthetic import partition
+
+    data = partition(index, samples)
+    if not labels:
+        data = type(data)(data.images, data.magnitudes, None)
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"cosmic-test-{secrets.token_hex(4)}{suffix}"
+    try:
+        save_partition(data, path)
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def seed_bucket(store: S3Store, name_prefix: str, count: int, model: RedshiftModel) -> tuple[str, list[str], str]:
+    """A fresh bucket with ``count`` tiny partitions at ``tiny/{i}.pt`` and ``model``'s checkpoint in
+    the legacy model folder: ``(bucket, partition keys, checkpoint key)`` (needs torch)."""
+    import torch
+
+    bucket = name_prefix + secrets.token_hex(4)
+    store.client.create_bucket(Bucket=bucket)
+    keys = [f"tiny/{index}.pt" for index in range(1, count + 1)]
+    for index, key in enumerate(keys, start=1):
+        store.put(bucket, key, partition_bytes(index))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    checkpoint_key = "Anomaly Detection/Fine_Tune_Model/tiny.pt"
+    store.put(bucket, checkpoint_key, buffer.getvalue())
+    return bucket, keys, checkpoint_key
