@@ -29,6 +29,7 @@ pytest.importorskip("awslambdaric")
 from services import cli
 from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
 from services.local import stack as embedded
+from services.local.processes import alive
 from services.ports import free_port
 from tests.rendezvous.conftest import REPO
 
@@ -50,7 +51,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def _gone(pids: tuple[int, ...], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(embedded._alive(pid) for pid in pids):
+        if not any(alive(pid) for pid in pids):
             return True
         time.sleep(0.05)
     return False
@@ -133,7 +134,7 @@ def test_the_stack_survives_its_starter_and_a_dead_one_is_replaced(cache: Path) 
         starter.stdout.close()  # type: ignore[union-attr]
     assert len(pids) == 3
     time.sleep(0.5)
-    assert all(embedded._alive(pid) for pid in pids), "a service died with the process that started it"
+    assert all(alive(pid) for pid in pids), "a service died with the process that started it"
 
     stack = embedded.ensure_stack()
     try:
