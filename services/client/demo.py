@@ -8,7 +8,7 @@ the communicator to agree on a collective summary. It ends with the seed table u
 hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
 
 This process never imports torch: the demo data is made by a child process (see
-:mod:`services.local.stack`), and the workers run in the runtime's sandboxes.
+:mod:`services.local.seeding`), and the workers run in the runtime's sandboxes.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
 
 def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
     from services.client.api import ApiClient
-    from services.local.stack import ensure_stack, seed, stack_dir
+    from services.local.seeding import seed
+    from services.local.stack import ensure_stack, stack_dir
 
     print(f"[1/5] starting a fresh embedded stack: moto's S3 server, the local Lambda runtime "
           f"({sandboxes} sandboxes), the rendezvous server (logs in {stack_dir()})", flush=True)

@@ -13,9 +13,8 @@ stops what is left and starts afresh. Logs go to ``<cache>/embedded/*.log``.
 Sandboxes: the runtime runs at most ``sandboxes`` invocations at once, and a job with the
 communicator needs all its ranks at once, so a job's world size must not exceed it (default 4).
 
-The children are started and stopped by :mod:`services.local.processes`. This module never imports
-torch: the demo data and checkpoint are made by a child process (``python -m services.worker.demo_assets``)
-and uploaded by :func:`seed`.
+The children are started and stopped by :mod:`services.local.processes`; the demo data is put in
+the stack's S3 by :mod:`services.local.seeding`. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,12 +54,9 @@ STATE_BUCKET = "cosmicai-data"
 WORKER_FUNCTION = "cosmic-worker"
 LOCAL_CREDENTIAL = "cosmic-local"
 REGION = "us-east-1"
-#: The model folder the legacy payload names (``S3_object_name``); the checkpoint goes in its Fine_Tune_Model/.
-MODEL_FOLDER = "Anomaly Detection"
 #: Seconds each service may take to answer after it is started (the runtime imports torch in every sandbox).
 READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
 STOP_TIMEOUT = 10.0
-ASSETS_TIMEOUT = 900.0
 
 
 class EmbeddedError(RuntimeError):
@@ -301,82 +296,3 @@ def _write_record(stack: Stack) -> None:
     partial = _record_path().with_suffix(".partial")
     partial.write_text(json.dumps(stack.to_json(), indent=2) + "\n")
     partial.replace(_record_path())
-
-
-# -- seeding ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Seeded:
-    """What :func:`seed_store` put in S3: the bucket, the checkpoint's key, the partitions' keys."""
-
-    bucket: str
-    checkpoint_key: str
-    partitions: dict[str, list[str]]
-    uploaded: int
-
-
-def seed(stack: Stack, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
-    """Make the demo checkpoint and partitions and upload them to the stack's ``cosmicai-data``."""
-    from services.s3store import S3Store
-
-    return seed_store(S3Store(_s3_client(stack)), STATE_BUCKET, sizes, count)
-
-
-def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
-    """Make the demo checkpoint and partitions (a child process: torch stays out of here) and upload
-    them to ``bucket`` (made if missing) where the example payload looks: the model folder and
-    ``{size}/{i}.pt``. Used by the embedded stack and by compose's init step alike.
-
-    Objects already there with the same size are skipped, so seeding again is cheap.
-    """
-    assets = _make_assets(sizes, count)
-    _ensure_bucket(store, bucket)
-    checkpoint = Path(assets["checkpoint"])
-    uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
-    keys: dict[str, list[str]] = {}
-    for size, paths in assets["partitions"].items():
-        keys[size] = [f"{size}/{Path(path).name}" for path in paths]
-        uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
-    present: dict[str, dict[str, int]] = {}  # one listing per folder
-    uploaded = 0
-    for path, key in uploads:
-        folder = key.rsplit("/", 1)[0] + "/"
-        if folder not in present:
-            present[folder] = {name: size for name, _, size in store.objects(bucket, folder)}
-        if present[folder].get(key) != path.stat().st_size:
-            store.client.upload_file(str(path), bucket, key)
-            uploaded += 1
-    event(log, "embedded_seeded", bucket=bucket, objects=len(uploads), uploaded=uploaded)
-    return Seeded(bucket, uploads[0][1], keys, uploaded)
-
-
-def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
-    """Run ``python -m services.worker.demo_assets``; its progress lines go straight to our stderr."""
-    command = python("services.worker.demo_assets", "--sizes", *sizes, "--count", str(count), "--json")
-    try:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
-                              timeout=ASSETS_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise EmbeddedError(f"making the demo data took over {ASSETS_TIMEOUT:.0f} s: {' '.join(command)}") from None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise EmbeddedError(f"making the demo data failed (exit {done.returncode}): {' '.join(command)}")
-    return dict(json.loads(lines[-1]))
-
-
-def _s3_client(stack: Stack) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=REGION,
-                        aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
-                        config=Config(connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"},
-                                      retries={"mode": "standard", "max_attempts": 3}))
-
-
-def _ensure_bucket(store: Any, bucket: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        store.client.head_bucket(Bucket=bucket)
-    except ClientError:
-        store.client.create_bucket(Bucket=bucket)
