@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("awslambdaric")
+from tests.local.test_runtime import client
 from tests.processes import runtime_process
 from tests.worker.conftest import World
-from tests.worker.test_runtime import client
 
 
 @pytest.fixture(scope="module")
