@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("awslambdaric")
 
 from services.coordinator.state import TERMINAL  # noqa: E402
+from services.local.processes import Child, http_ok, python, start  # noqa: E402
 from services.ports import free_port  # noqa: E402
 from services.s3store import S3Store  # noqa: E402
 from tests.processes import rendezvous_process, runtime_process  # noqa: E402
@@ -33,26 +31,12 @@ PARTITIONS = 6
 SANDBOXES = 4
 
 
-def _wait_for(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not ready within {timeout} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @dataclass
-class Stack:
-    """Endpoints of the servers a coordinator needs, and the seeded bucket."""
+class Servers:
+    """Endpoints of the servers a coordinator needs, and the seeded bucket (the ``stack`` fixture).
+
+    Not :class:`services.local.stack.Stack`: these are the tests' own servers, sharing the session's
+    S3 server and running the flaky test handler, started and stopped with the tests."""
 
     s3: str
     lambda_endpoint: str
@@ -76,13 +60,8 @@ class Stack:
         return sorted(self.store.keys(self.bucket, prefix))
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="session")
-def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     from services.worker.model import RedshiftModel
     from tests.worker.conftest import seed_bucket
 
@@ -95,7 +74,7 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with runtime_process(folder / "runtime.log", *runtime_options,
                          env={"COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}) as lambda_endpoint, \
             rendezvous_process(folder / "rendezvous.log") as rendezvous:
-        yield Stack(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
+        yield Servers(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
 
 
 @dataclass
@@ -103,7 +82,7 @@ class Api:
     """A coordinator child process and a small JSON client for it."""
 
     url: str
-    process: subprocess.Popen[bytes]
+    child: Child
     log: Path
     token: str = ""
 
@@ -137,33 +116,27 @@ class Api:
         raise AssertionError(f"job {job_id} did not finish within {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        self.child.kill()
 
 
 @pytest.fixture
-def start_coordinator(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+def start_coordinator(stack: Servers, tmp_path: Path) -> Iterator[Callable[..., Api]]:
     started: list[Api] = []
 
-    def start(token: str = "", **env: str) -> Api:
+    def start_api(token: str = "", **env: str) -> Api:
         port = free_port()
         log = tmp_path / f"coordinator-{len(started)}.log"
         extra = {"COSMIC_API_TOKEN": token, **env}
-        process = _start([sys.executable, "-m", "services.coordinator", "--port", str(port)], log, stack.env(**extra))
-        api = Api(f"http://127.0.0.1:{port}", process, log, token)
+        child = start(python("services.coordinator", "--port", str(port)), name="the coordinator", log=log,
+                      env=stack.env(**extra), cwd=REPO, stop_timeout=15)
+        api = Api(f"http://127.0.0.1:{port}", child, log, token)
         started.append(api)
-        _wait_for(lambda: _http_ok(api.url + "/healthz") or process.poll() is not None, "coordinator", 30, log)
-        assert process.poll() is None, log.read_text()
+        child.wait_ready(lambda: http_ok(api.url + "/healthz"), 30)
         return api
 
-    yield start
+    yield start_api
     for api in started:
-        if api.process.poll() is None:
-            api.process.send_signal(signal.SIGTERM)
-            try:
-                api.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                api.process.kill()
+        api.child.stop()
 
 
 @pytest.fixture
