@@ -7,10 +7,10 @@ way, neither can leave a server running after it exits, and both write results t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.local.processes import Child, ChildError, healthz, python, start
+from services.ports import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
@@ -26,7 +29,7 @@ HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
-_children: list[subprocess.Popen[bytes]] = []
+_children: list[Child] = []
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -35,47 +38,27 @@ class Server:
     """A server under test, running as a child process."""
 
     label: str
-    proc: subprocess.Popen[bytes]
+    child: Child
     port: int
     health_port: int | None
     log: Path
 
 
-def spawn(cmd: list[str], log: Path, stdout: int | None = None) -> subprocess.Popen[bytes]:
-    """Start a child whose stderr goes to ``log``; every child is killed when the bench exits."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                                stderr=err, stdin=subprocess.DEVNULL)
-    _children.append(proc)
-    return proc
+def spawn(cmd: list[str], log: Path, stdout: int = subprocess.DEVNULL) -> Child:
+    """Start a child whose stderr goes to ``log``; every child is killed when the bench exits.
 
-
-def stop(proc: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT: a stuck server must not outlive the bench."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
+    ``child.stop()`` sends SIGTERM, then SIGKILL after STOP_TIMEOUT: a stuck server must not outlive the bench.
+    """
+    child = start(cmd, name=log.stem, log=log, stdout=stdout, cwd=REPO, stop_timeout=STOP_TIMEOUT)
+    _children.append(child)
+    return child
 
 
 def stop_all() -> None:
-    """Stop every child still running (the bench's ``finally``)."""
+    """Stop every child still running (the bench's ``finally``), whatever fails on the way."""
     while _children:
-        with contextlib.suppress(Exception):
-            stop(_children.pop())
-
-
-def free_port() -> int:
-    """A loopback port free right now; the server may still lose a race for it (then we retry)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _children.pop().stop()
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> str:
@@ -86,20 +69,17 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> str:
 
 def start_ours(loop: str, label: str, *extra: str) -> Server:
     """Our server on ``loop``, ready: its /healthz answers (it starts listening before that port)."""
+    log = OUT / f"{label.replace('/', '-')}.stderr.log"
     for _ in range(3):
-        port, health_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "services.rendezvous", "--host", HOST, "--port", str(port),
-               "--health-host", HOST, "--health-port", str(health_port), "--loop", loop,
-               "--log-level", "WARNING", *extra]
-        log = OUT / f"{label.replace('/', '-')}.stderr.log"
-        proc = spawn(cmd, log)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if http_get(health_port, "/healthz", timeout=0.5):
-                    return Server(label, proc, port, health_port, log)
-            time.sleep(0.05)
-        stop(proc)  # lost a port race or did not come up: try fresh ports
+        port, health_port = free_ports(2)
+        child = spawn(python("services.rendezvous", "--host", HOST, "--port", str(port), "--health-host", HOST,
+                             "--health-port", str(health_port), "--loop", loop, "--log-level", "WARNING", *extra), log)
+        try:
+            child.wait_ready(functools.partial(healthz, health_port, HOST), STARTUP_TIMEOUT)
+        except ChildError:
+            child.stop()  # lost a port race or did not come up: try fresh ports
+            continue
+        return Server(label, child, port, health_port, log)
     raise RuntimeError(f"{label}: server did not start; see {log}")
 
 
@@ -112,8 +92,6 @@ def children_killed_on_exit() -> Iterator[None]:
     finally:
         stop_all()
         signal.signal(signal.SIGTERM, previous)
-
-
 
 
 def write_report(name: str, report: dict[str, object]) -> None:

@@ -57,7 +57,9 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import numpy
-from _harness import HOST, OUT, children_killed_on_exit, free_port, start_ours, stop, write_report
+from _harness import HOST, OUT, children_killed_on_exit, start_ours, write_report
+
+from services.ports import free_ports
 
 MIB = 1 << 20
 SIZES = (1 * MIB, 4 * MIB)
@@ -410,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     setup_runs = plan["setup_runs"] if world_size == SETUP_WORLD_SIZE else 0
                     group_plan = {**plan, "setup_runs": setup_runs, "port": server.port,
                                   "comm_names": [secrets.token_hex(16) for _ in range(setup_runs + 1)],
-                                  "gloo_ports": [free_port() for _ in range(setup_runs + 1)]}
+                                  "gloo_ports": free_ports(setup_runs + 1)}
                     work = (len(SIZES) * len(plan["starts"]) * (plan["warmup"] + plan["n_allreduce"]) * 0.5
                             + (plan["warmup"] + plan["n_barrier"]) * 0.1 + setup_runs * 2.0)
                     started = time.monotonic()
@@ -427,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     if setup_runs:
                         setup[backend] = combine_setup(reports)
         finally:
-            stop(server.proc)
+            server.child.stop()
     ordered = [rows[key] for key in sorted(rows, key=lambda k: (k[0] != "allreduce", k[1], STARTS.index(k[2]), k[3]))]
     for row in ordered:
         for backend in ("ours", "gloo"):

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
-from _harness import BENCH, OUT, REPO, children_killed_on_exit, stop, write_report
+from _harness import BENCH, OUT, REPO, children_killed_on_exit, write_report
 from lambda_runtime import client, start_runtime
 
 from services.coordinator import config
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = bare_boto3(endpoint, args.ranks, args.sandboxes)
             ours, wall, states = through_coordinator(store, args.ranks, args.sandboxes)
         finally:
-            stop(proc)
+            proc.stop()
     plan_s, list_s = done - listed, listed - started
     print(f"\nplanning {args.partitions} partitions: list {list_s * 1e3:.0f} ms + plan {plan_s * 1e3:.0f} ms "
           f"= {(list_s + plan_s) * 1e3:.0f} ms (target < 1000 ms)")

@@ -23,7 +23,8 @@ from services.coordinator import config
 from services.coordinator.payload import JobRequest
 from services.coordinator.service import Coordinator
 from services.coordinator.state import TERMINAL
-from services.local.stack import ensure_stack, seed
+from services.local.seeding import seed
+from services.local.stack import ensure_stack
 
 
 def run_job(coordinator: Coordinator, world_size: int, label: str) -> tuple[float, float, str]:

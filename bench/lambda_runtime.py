@@ -18,36 +18,38 @@ import json
 import os
 import re
 import statistics
-import sys
 import threading
 import time
 from typing import Any
 
 import boto3
-from _harness import BENCH, OUT, REPO, children_killed_on_exit, free_port, spawn, stop, write_report
+from _harness import BENCH, OUT, REPO, children_killed_on_exit, spawn, write_report
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from noop_handler import handler
+
+from services.local.processes import Child, python
+from services.ports import free_port
 
 PAYLOAD = {"job": "bench", "rank": 3, "partitions": ["100MB/1.pt", "100MB/2.pt"]}
 
 
-def start_runtime(sandboxes: int, label: str, handler: str = "noop_handler.handler") -> tuple[Any, str]:
+def start_runtime(sandboxes: int, label: str, handler: str = "noop_handler.handler") -> tuple[Child, str]:
+    """The runtime on a free port, ready once a DryRun invoke answers (its sandboxes have started)."""
     port = free_port()
-    log = OUT / f"{label}.stderr.log"
-    proc = spawn([sys.executable, "-m", "services.local.runtime", "--port", str(port), "--sandboxes", str(sandboxes),
-                  "--handler", handler, "--log-level", "WARNING"], log)
+    child = spawn(python("services.local.runtime", "--port", str(port), "--sandboxes", str(sandboxes),
+                         "--handler", handler, "--log-level", "WARNING"), OUT / f"{label}.stderr.log")
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     lam = client(endpoint)
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             lam.invoke(FunctionName="function", InvocationType="DryRun", Payload=b"{}")
-            return proc, endpoint
-        except Exception:  # not listening yet: the sandboxes are still starting
-            if proc.poll() is not None:
-                raise RuntimeError(f"runtime exited: {log.read_text()}") from None
-            time.sleep(0.05)
-    raise RuntimeError("runtime did not start")
+        except (BotoCoreError, ClientError):  # not listening yet: the sandboxes are still starting
+            return False
+        return True
+
+    return child.wait_ready(answers, 60), endpoint
 
 
 def client(endpoint: str) -> Any:
@@ -118,7 +120,7 @@ def cold_starts(runs: int) -> list[float]:
             report = base64.b64decode(response["LogResult"]).decode().strip().splitlines()[-1]
             inits.append(float(re.search(r"Init Duration: ([\d.]+) ms", report).group(1)))  # type: ignore[union-attr]
         finally:
-            stop(proc)
+            proc.stop()
     return inits
 
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             front = percentiles(through_front(endpoint, args.n))
             front_rate = throughput(endpoint, args.sandboxes, args.seconds)
         finally:
-            stop(proc)
+            proc.stop()
         inits = cold_starts(args.cold)
     base = percentiles(direct(args.n))
     base_rate = direct_throughput(args.seconds)

@@ -39,7 +39,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from _harness import OUT, children_killed_on_exit, start_ours, stop, write_report
+from _harness import OUT, children_killed_on_exit, start_ours, write_report
 
 from services.rendezvous import pair
 
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_client(client, server.port, rounds))
                 print(f"  {client}: {rounds} rounds in {time.monotonic() - started:.1f} s", flush=True)
         finally:
-            stop(server.proc)
+            server.child.stop()
     print_report(results)
     write_report("pair_latency",
                  {"results": results, "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}})

@@ -49,7 +49,6 @@ from _harness import (
     http_get,
     spawn,
     start_ours,
-    stop,
     write_report,
 )
 
@@ -60,23 +59,24 @@ def start_baseline(uvloop: bool, label: str) -> Server:
     if uvloop:
         cmd.append("--uvloop")
     log = OUT / f"{label.replace('/', '-')}.stderr.log"
-    proc = spawn(cmd, log, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
+    child = spawn(cmd, log, stdout=subprocess.PIPE)
+    stdout = child.process.stdout
+    assert stdout is not None
     line = b""
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not line.endswith(b"\n") and time.monotonic() < deadline and proc.poll() is None:
+        while not line.endswith(b"\n") and time.monotonic() < deadline and child.running():
             if selector.select(timeout=0.1):
-                chunk = os.read(proc.stdout.fileno(), 256)
+                chunk = os.read(stdout.fileno(), 256)
                 if not chunk:
                     break
                 line += chunk
     match = re.match(rb"listening \S+ (\d+)", line)
     if not match:
-        stop(proc)
+        child.stop()
         raise RuntimeError(f"{label}: baseline did not start (said {line!r}); see {log}")
-    return Server(label, proc, int(match.group(1)), None, log)
+    return Server(label, child, int(match.group(1)), None, log)
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -144,9 +144,9 @@ def measure(server: Server, binary: Path, seconds: float, concurrency: int) -> l
     rows = []
     for threads in (1, 2):
         before = scrape(server)["rendezvous_pairings_total"] if server.health_port else None
-        cpu = cpu_seconds(server.proc.pid)
+        cpu = cpu_seconds(server.child.pid)
         result = run_loadgen(binary, server.port, seconds, threads, concurrency)
-        cpu = cpu_seconds(server.proc.pid) - cpu
+        cpu = cpu_seconds(server.child.pid) - cpu
         after = scrape(server)["rendezvous_pairings_total"] if server.health_port else None
         kinds = {k: v for k, v in result["error_kinds"].items() if v}
         rows.append(Row(server.label, threads, int(result["pairings"]), float(result["pairings_per_s"]),
@@ -177,7 +177,7 @@ def throughput(binary: Path, seconds: float, concurrency: int) -> tuple[list[Row
         try:
             rows += measure(server, binary, seconds, concurrency)
         finally:
-            code = stop(server.proc)
+            code = server.child.stop()
         servers[label] = {"exit_code": code, **summarize_log(server.log)}
     base = {row.threads: row.pairings_per_s for row in rows if row.variant == BASELINE}
     for row in rows:
@@ -271,21 +271,21 @@ def memory(waiters: int) -> dict[str, object]:
     clients: list[socket.socket] = []
     try:
         time.sleep(0.5)
-        idle = rss_kib(server.proc.pid)
+        idle = rss_kib(server.child.pid)
         started = time.monotonic()
         clients, bad = open_waiters(server.port, waiters, timeout=90.0)
         opened_s = time.monotonic() - started
         reached, _ = wait_for_gauge(server, "rendezvous_waiters", waiters, timeout=30.0)
-        loaded = rss_kib(server.proc.pid)
+        loaded = rss_kib(server.child.pid)
         gauge_full = scrape(server).get("rendezvous_waiters")
         close_with_reset(clients)
         clients = []
         emptied, drain_s = wait_for_gauge(server, "rendezvous_waiters", 0, timeout=30.0)
         final = scrape(server)
-        after = rss_kib(server.proc.pid)
+        after = rss_kib(server.child.pid)
     finally:
         close_with_reset(clients)
-        stop(server.proc)
+        server.child.stop()
     return {"waiters": waiters, "gauge_reached": reached, "gauge_at_full": gauge_full, "bad_replies": bad,
             "open_s": round(opened_s, 2), "idle_rss_kib": idle, "loaded_rss_kib": loaded,
             "rss_per_waiter_bytes": round((loaded - idle) * 1024 / waiters),

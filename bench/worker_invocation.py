@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _harness import BENCH, OUT, REPO, children_killed_on_exit, stop, write_report
+from _harness import BENCH, OUT, REPO, children_killed_on_exit, write_report
 from lambda_runtime import client, start_runtime
 
 from services.local.s3server import S3Server
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             warm, warm_report = sorted(warm_runs, key=lambda run: run[1]["Duration"])[len(warm_runs) // 2]
             memory = {size: invoke(endpoint, event(size))[1]["Max Memory Used"] for size in args.sizes}
         finally:
-            stop(proc)
+            proc.stop()
     baseline = {size: legacy(path, checkpoint) for size, path in partitions.items()}
 
     timings = warm["timings_s"]

@@ -1,6 +1,6 @@
 """One-shot seeding of LocalStack under compose: the demo data where examples/payload.json looks.
 
-Runs in the worker image (making the demo data needs torch) with ``services.local.stack.
+Runs in the worker image (making the demo data needs torch) with ``services.local.seeding.
 seed_store``, the embedded stack's own seeding: ``python3 -m services.worker.demo_assets`` makes the
 checkpoint and partitions into ``COSMIC_CACHE_DIR``, then they are uploaded to the bucket, made if
 missing. Objects already there with the same size are skipped, so a rerun is cheap.
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from services import envconfig
-from services.local.stack import EmbeddedError, seed_store
+from services.local.seeding import seed_store
+from services.local.stack import EmbeddedError
 from services.s3store import S3Store
 
 

@@ -4,15 +4,11 @@ every test that needs one."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.local.processes import healthz, python, start
 from services.ports import free_port, free_ports
 from tests.common import REPO
 
@@ -23,18 +19,12 @@ def _child(args: list[str], log: Path, ready: Callable[[], bool], startup_s: flo
     """``python -m *args`` from the repository, its output in ``log``; returns once ``ready()``, and
     requires a clean exit on SIGTERM afterwards."""
     environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=environ, stdout=out,
-                                   stderr=subprocess.STDOUT)
+    child = start(python(*args), name=f"python -m {args[0]}", log=log, env=environ, cwd=REPO, stop_timeout=20)
     try:
-        deadline = time.monotonic() + startup_s
-        while not ready():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        child.wait_ready(ready, startup_s)
         yield
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        assert child.stop() == 0, log.read_text()
 
 
 @contextmanager
@@ -47,18 +37,10 @@ def runtime_process(log: Path, *options: str, env: dict[str, str] | None = None,
         yield f"http://127.0.0.1:{port}"
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @contextmanager
 def rendezvous_process(log: Path, startup_s: float = 15.0) -> Iterator[str]:
     """``python -m services.rendezvous`` on loopback; yields its ``host:port`` once /healthz answers."""
     port, health_port = free_ports(2)
     with _child(["services.rendezvous", "--host", "127.0.0.1", "--port", str(port), "--health-host", "127.0.0.1",
-                 "--health-port", str(health_port)], log, lambda: _healthy(health_port), startup_s):
+                 "--health-port", str(health_port)], log, lambda: healthz(health_port), startup_s):
         yield f"127.0.0.1:{port}"

@@ -8,7 +8,7 @@ the communicator to agree on a collective summary. It ends with the seed table u
 hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
 
 This process never imports torch: the demo data is made by a child process (see
-:mod:`services.local.stack`), and the workers run in the runtime's sandboxes.
+:mod:`services.local.seeding`), and the workers run in the runtime's sandboxes.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from services.local.processes import Child, ChildError, python, start
 
 #: The partition size the demo data has (the smallest of the legacy study's).
 PARTITION_MB = 25
@@ -71,12 +71,13 @@ def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
 
 def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
     from services.client.api import ApiClient
-    from services.local.stack import ensure_stack, seed, stack_dir
+    from services.local.seeding import seed
+    from services.local.stack import ensure_stack, stack_dir
 
     print(f"[1/5] starting a fresh embedded stack: moto's S3 server, the local Lambda runtime "
           f"({sandboxes} sandboxes), the rendezvous server (logs in {stack_dir()})", flush=True)
     stack = ensure_stack(sandboxes=sandboxes, fresh=True)
-    coordinator: subprocess.Popen[bytes] | None = None
+    coordinator: Child | None = None
     try:
         stack.export()
         print(f"      S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint}, rendezvous {stack.rendezvous_endpoint}")
@@ -91,32 +92,30 @@ def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
         return _sweep(client, args)
     finally:
         if coordinator is not None:
-            _stop(coordinator)
+            coordinator.stop()
         stack.stop()
         print("      stopped the coordinator and the embedded stack")
 
 
-def _start_coordinator(token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_coordinator(token: str, log_path: Path) -> tuple[Child, str]:
     """``python -m services.coordinator`` on a free port, with the stack's environment; waits for /healthz."""
     from services.client.api import ApiClient
-    from services.local.stack import EmbeddedError, log_tail
+    from services.local.stack import EmbeddedError
     from services.ports import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"[3/5] starting the coordinator at {url} (a random API token; log {log_path})", flush=True)
     env = {**os.environ, "COSMIC_COORDINATOR_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "services.coordinator", "--port", str(port)],
-                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    coordinator = start(python("services.coordinator", "--port", str(port)), name="the coordinator", log=log_path,
+                        append=True, env=env)
     client = ApiClient(url, token, timeout=2)
-    deadline = time.monotonic() + COORDINATOR_START_TIMEOUT
-    while not client.healthy():
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            raise EmbeddedError(f"the coordinator did not start; {log_tail(str(log_path))}", service="coordinator")
-        time.sleep(0.2)
-    return process, url
+    try:
+        coordinator.wait_ready(client.healthy, COORDINATOR_START_TIMEOUT, poll=0.2)
+    except ChildError as exc:
+        coordinator.stop()
+        raise EmbeddedError(str(exc), service="coordinator") from None
+    return coordinator, url
 
 
 def _sweep(client: Any, args: argparse.Namespace) -> bool:
@@ -161,13 +160,3 @@ def _print_jobs(cells: list[Any]) -> bool:
 
 def _ranks(count: int) -> str:
     return f"{count} rank{'s' if count != 1 else ''}"
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

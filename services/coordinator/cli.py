@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     if args.embedded:
-        from services.local.stack import ensure_stack, seed  # lazily: it spawns processes
+        from services.local.seeding import seed  # lazily: it spawns processes
+        from services.local.stack import ensure_stack
 
         stack = ensure_stack(sandboxes=args.sandboxes)
         stack.export()

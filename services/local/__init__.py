@@ -5,6 +5,8 @@
   real runtime interface client).
 - :mod:`~services.local.stack`: the one-machine stack that starts, records, reattaches and stops
   them; :mod:`~services.local.seeding` puts demo data where the users' payload looks.
+- :mod:`~services.local.processes`: how every local server is started as a child process, awaited
+  and stopped (the stack, the S3 server, the demo's coordinator, the benchmarks and the tests).
 
 Nothing here imports the coordinator: the coordinator reaches these services through the same
 boto3 endpoints it uses on AWS.

@@ -6,10 +6,14 @@
     ├── S3ServerError          moto's S3 server did not start on ``port`` (missing package, port taken, crashed)
     ├── SandboxError           a sandbox of the local Lambda runtime (``sandbox``) cannot take invocations;
     │                          ``body`` is the error as Lambda would return it
-    └── EmbeddedError          the one-machine stack, or its ``service``, did not start or answer
+    ├── EmbeddedError          the one-machine stack, or its ``service``, did not start or answer
+    └── ChildError             a child process (``name``) exited while starting or was not ready in time;
+                               the message ends with its ``log``'s tail
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class LocalError(Exception):
@@ -40,3 +44,11 @@ class EmbeddedError(LocalError):
     def __init__(self, message: str, *, service: str | None = None) -> None:
         super().__init__(message)
         self.service = service
+
+
+class ChildError(LocalError):
+    """A child exited while starting, or was not ready in time; the message ends with its log's tail."""
+
+    def __init__(self, message: str, name: str, log: Path | None) -> None:
+        super().__init__(message)
+        self.name, self.log = name, log

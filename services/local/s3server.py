@@ -8,14 +8,11 @@ The embedded stack starts its own, detached, server but shares :func:`s3_answers
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 from services.local.errors import S3ServerError
+from services.local.processes import Child, ChildError, python, start
 from services.ports import free_port
 
 
@@ -39,37 +36,22 @@ class S3Server:
         self._module, self._cwd = module, cwd
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path
-        self._log: IO[bytes] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
 
     def start(self, timeout: float = 30.0) -> S3Server:
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115 (closed in stop)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", self._module, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, cwd=self._cwd,
-            env={**os.environ, "MOTO_PORT": str(self.port)})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise S3ServerError(f"moto's S3 server exited with status {self._process.returncode} "
-                                    f"(is moto[server] installed? log: {self._log_path})", port=self.port)
-            if s3_answers(self.port):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise S3ServerError(f"moto's S3 server did not answer on port {self.port} within {timeout:.0f} s",
-                            port=self.port)
+        self._child = start(python(self._module, "-H", "127.0.0.1", "-p", str(self.port)), name="moto's S3 server",
+                            log=self._log_path, append=True, env={**os.environ, "MOTO_PORT": str(self.port)},
+                            cwd=self._cwd, new_session=True)
+        try:
+            self._child.wait_ready(lambda: s3_answers(self.port), timeout)
+        except ChildError as exc:
+            self.stop()
+            raise S3ServerError(f"{exc}\n(is moto[server] installed?)", port=self.port) from None
+        return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        if self._log is not None:
-            self._log.close()
+        if self._child is not None:
+            self._child.stop()
 
     def __enter__(self) -> S3Server:
         return self.start()

@@ -13,8 +13,8 @@ stops what is left and starts afresh. Logs go to ``<cache>/embedded/*.log``.
 Sandboxes: the runtime runs at most ``sandboxes`` invocations at once, and a job with the
 communicator needs all its ranks at once, so a job's world size must not exceed it (default 4).
 
-This module never imports torch: the demo data and checkpoint are made by a child process
-(``python -m services.worker.demo_assets``) and uploaded by :func:`seed`.
+The children are started and stopped by :mod:`services.local.processes`; the demo data is put in
+the stack's S3 by :mod:`services.local.seeding`. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -24,13 +24,8 @@ import fcntl
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +33,18 @@ from typing import Any
 from services import envconfig
 from services.cache import cache_dir
 from services.local.errors import EmbeddedError
+from services.local.processes import (
+    ROOT,
+    Child,
+    ChildError,
+    alive,
+    healthz,
+    is_ours,
+    listening,
+    python,
+    start,
+    stop_pids,
+)
 from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
@@ -48,15 +55,11 @@ log = logging.getLogger("cosmic.coordinator.embedded")
 DEFAULT_SANDBOXES = 4
 STATE_BUCKET = "cosmicai-data"
 WORKER_FUNCTION = "cosmic-worker"
-#: The model folder the legacy payload names (``S3_object_name``); the checkpoint goes in its Fine_Tune_Model/.
-MODEL_FOLDER = "Anomaly Detection"
 LOCAL_CREDENTIAL = "cosmic-local"
 REGION = "us-east-1"
 #: Seconds each service may take to answer after it is started (the runtime imports torch in every sandbox).
 READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
 STOP_TIMEOUT = 10.0
-ASSETS_TIMEOUT = 900.0
-_ROOT = Path(__file__).resolve().parents[2]  # the project: the children's working folder
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,12 @@ class Service:
 
     def alive(self) -> bool:
         """The process is running (not a zombie) and is still the one we started."""
-        return _alive(self.pid) and _is_ours(self.pid, self.marker, self.port)
+        return alive(self.pid) and is_ours(self.pid, self.marker, self.port)
 
     def answers(self) -> bool:
         if self.health_port is not None:
-            return _healthz(self.health_port)
-        return _listening(self.port)
+            return healthz(self.health_port)
+        return listening(self.port)
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,6 @@ def running_stack() -> Stack | None:
 
 
 # -- starting --------------------------------------------------------------------------------------
-#: Popen objects of the children this process started, kept so they are reaped and never garbage
-#: collected while running (the processes themselves outlive us by design).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
 def _start(sandboxes: int) -> Stack:
     folder = stack_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,26 +195,26 @@ def _start(sandboxes: int) -> Stack:
     try:
         # all at once: ports asked for one by one, before any child binds, can repeat
         s3_port, runtime_port, pair_port, health_port = free_ports(4)
-        s3 = _spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+        s3 = _spawn(started, "s3", python("moto.server", "-H", "127.0.0.1", "-p", str(s3_port)),
                     s3_port, "moto.server", _child_env(None, MOTO_PORT=str(s3_port)))
-        started.append(s3)
-        runtime = _spawn("runtime", [sys.executable, "-m", "services.local.runtime", "--host", "127.0.0.1",
-                                     "--port", str(runtime_port), "--sandboxes", str(sandboxes),
-                                     "--function", WORKER_FUNCTION],
+        runtime = _spawn(started, "runtime", python("services.local.runtime", "--host", "127.0.0.1",
+                                                    "--port", str(runtime_port), "--sandboxes", str(sandboxes),
+                                                    "--function", WORKER_FUNCTION),
                          runtime_port, "services.local.runtime", _child_env(f"http://127.0.0.1:{s3_port}"))
-        started.append(runtime)
-        rendezvous = _spawn("rendezvous", [sys.executable, "-m", "services.rendezvous", "--host", "127.0.0.1",
-                                           "--port", str(pair_port), "--health-host", "127.0.0.1",
-                                           "--health-port", str(health_port)],
+        rendezvous = _spawn(started, "rendezvous", python("services.rendezvous", "--host", "127.0.0.1",
+                                                          "--port", str(pair_port), "--health-host", "127.0.0.1",
+                                                          "--health-port", str(health_port)),
                             pair_port, "services.rendezvous", _child_env(None), health_port=health_port)
-        started.append(rendezvous)
-        _wait_ready(s3, lambda: s3_answers(s3.port))
-        _wait_ready(rendezvous, lambda: _healthz(health_port))
-        _wait_ready(runtime, lambda: _dry_run(runtime.port))
+        s3.wait_ready(lambda: s3_answers(s3_port), READY_TIMEOUT["s3"], poll=0.1)
+        rendezvous.wait_ready(lambda: healthz(health_port), READY_TIMEOUT["rendezvous"], poll=0.1)
+        runtime.wait_ready(lambda: _dry_run(runtime_port), READY_TIMEOUT["runtime"], poll=0.1)
+    except ChildError as exc:
+        _stop_services(started, STOP_TIMEOUT)
+        raise EmbeddedError(str(exc), service=exc.name) from None
     except BaseException:
         _stop_services(started, STOP_TIMEOUT)
         raise
-    stack = Stack(s3, runtime, rendezvous, sandboxes, time.time())
+    stack = Stack(started[0], started[1], started[2], sandboxes, time.time())
     event(log, "embedded_started", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
           rendezvous=stack.rendezvous_endpoint, sandboxes=sandboxes, pids=list(stack.pids), logs=str(folder))
     return stack
@@ -232,60 +230,19 @@ def _child_env(s3_endpoint: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def _spawn(name: str, command: list[str], port: int, marker: str, env: dict[str, str],
-           health_port: int | None = None) -> Service:
+def _spawn(started: list[Service], name: str, command: list[str], port: int, marker: str, env: dict[str, str],
+           health_port: int | None = None) -> Child:
+    """Start one service in its own session (it outlives us), appended to ``started`` at once."""
     log_path = stack_dir() / f"{name}.log"
-    with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
-        log_file.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-        log_file.flush()
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=env, cwd=_ROOT, start_new_session=True)
-    _CHILDREN[process.pid] = process
-    return Service(name, process.pid, port, str(log_path), marker, health_port)
-
-
-def _wait_ready(service: Service, ready: Any) -> None:
-    timeout = READY_TIMEOUT[service.name]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(service.pid):
-            raise EmbeddedError(f"the {service.name} service exited while starting; {log_tail(service.log)}",
-                                service=service.name)
-        if ready():
-            return
-        time.sleep(0.1)
-    raise EmbeddedError(f"the {service.name} service did not answer on port {service.port} within "
-                        f"{timeout:.0f} s; {log_tail(service.log)}", service=service.name)
-
-
-def log_tail(path: str, lines: int = 15) -> str:
-    try:
-        text = Path(path).read_text(errors="replace").splitlines()[-lines:]
-    except OSError as exc:
-        return f"no log ({exc})"
-    return f"last lines of {path}:\n" + "\n".join("    " + line for line in text)
-
-
-# -- probes ----------------------------------------------------------------------------------------
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-def _healthz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    child = start(command, name=f"the {name} service (port {port})", log=log_path, append=True, env=env, cwd=ROOT,
+                  new_session=True)
+    started.append(Service(name, child.pid, port, str(log_path), marker, health_port))
+    return child
 
 
 def _dry_run(port: int) -> bool:
     """Lambda's own readiness check: a DryRun invoke through boto3 (the runtime listens once warm)."""
-    if not _listening(port):
+    if not listening(port):
         return False
     import boto3
     from botocore.config import Config
@@ -303,66 +260,12 @@ def _dry_run(port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
-    """Running and not a zombie; reaps our own children that have exited."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _is_ours(pid: int, marker: str, port: int) -> bool:
-    try:
-        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # no /proc to tell: trust the record
-    return marker.encode() in arguments and str(port).encode() in arguments
-
-
 # -- stopping --------------------------------------------------------------------------------------
-def _stop_services(services: Any, timeout: float) -> None:
+def _stop_services(services: Iterable[Service], timeout: float) -> None:
     """SIGTERM each service's process group (its sandboxes too), SIGKILL what outlives ``timeout``."""
-    mine = [service for service in services if service.alive()]
-    for service in mine:
-        _signal_group(service.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(_alive(service.pid) for service in mine) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for service in mine:
-        if _alive(service.pid):
-            event(log, "embedded_kill", logging.WARNING, service=service.name, pid=service.pid)
-        _signal_group(service.pid, signal.SIGKILL, alone=False)  # stragglers of the group, a leader that hung
-        child = _CHILDREN.pop(service.pid, None)
-        if child is not None:
-            child.wait(timeout=5)
-
-
-def _signal_group(pid: int, signum: int, alone: bool = True) -> None:
-    """Signal the session we started (its pid is its group's id), else (``alone``) the process itself.
-
-    ``alone`` is only for a process just checked to be ours: after it exits its pid may be reused.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        try:
-            os.killpg(pid, signum)
-        except ProcessLookupError:
-            if alone:
-                os.kill(pid, signum)
+    mine = {service.pid: service for service in services if service.alive()}
+    for pid in stop_pids(mine, timeout, group=True):
+        event(log, "embedded_kill", logging.WARNING, service=mine[pid].name, pid=pid)
 
 
 # -- the record ------------------------------------------------------------------------------------
@@ -392,80 +295,3 @@ def _write_record(stack: Stack) -> None:
     partial = _record_path().with_suffix(".partial")
     partial.write_text(json.dumps(stack.to_json(), indent=2) + "\n")
     partial.replace(_record_path())
-
-
-# -- seeding ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Seeded:
-    """What :func:`seed_store` put in S3: the bucket, the checkpoint's key, the partitions' keys."""
-
-    bucket: str
-    checkpoint_key: str
-    partitions: dict[str, list[str]]
-    uploaded: int
-
-
-def seed(stack: Stack, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
-    """Make the demo checkpoint and partitions and upload them to the stack's ``cosmicai-data``."""
-    from services.s3store import S3Store
-
-    return seed_store(S3Store(_s3_client(stack)), STATE_BUCKET, sizes, count)
-
-
-def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), count: int = 4) -> Seeded:
-    """Make the demo checkpoint and partitions (a child process: torch stays out of here) and upload
-    them to ``bucket`` (made if missing) where the example payload looks: the model folder and
-    ``{size}/{i}.pt``. Used by the embedded stack and by compose's init step alike.
-
-    Objects already there with the same size are skipped, so seeding again is cheap.
-    """
-    assets = _make_assets(sizes, count)
-    _ensure_bucket(store, bucket)
-    checkpoint = Path(assets["checkpoint"])
-    uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
-    keys: dict[str, list[str]] = {}
-    for size, paths in assets["partitions"].items():
-        keys[size] = [f"{size}/{Path(path).name}" for path in paths]
-        uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
-    present: dict[str, dict[str, int]] = {}  # one listing per folder
-    uploaded = 0
-    for path, key in uploads:
-        folder = key.rsplit("/", 1)[0] + "/"
-        if folder not in present:
-            present[folder] = {name: size for name, _, size in store.objects(bucket, folder)}
-        if present[folder].get(key) != path.stat().st_size:
-            store.client.upload_file(str(path), bucket, key)
-            uploaded += 1
-    event(log, "embedded_seeded", bucket=bucket, objects=len(uploads), uploaded=uploaded)
-    return Seeded(bucket, uploads[0][1], keys, uploaded)
-
-
-def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
-    """Run ``python -m services.worker.demo_assets``; its progress lines go straight to our stderr."""
-    command = [sys.executable, "-m", "services.worker.demo_assets", "--sizes", *sizes, "--count", str(count), "--json"]
-    try:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=_ROOT,
-                              timeout=ASSETS_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise EmbeddedError(f"making the demo data took over {ASSETS_TIMEOUT:.0f} s: {' '.join(command)}") from None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise EmbeddedError(f"making the demo data failed (exit {done.returncode}): {' '.join(command)}")
-    return dict(json.loads(lines[-1]))
-
-
-def _s3_client(stack: Stack) -> Any:
-    """The stack's own S3, whatever this process's AWS variables say (see :func:`services.s3store.s3_client`)."""
-    from services.s3store import s3_client
-
-    return s3_client(stack.s3_endpoint, REGION, LOCAL_CREDENTIAL, LOCAL_CREDENTIAL, connect_timeout=5,
-                     read_timeout=60, attempts=3)
-
-
-def _ensure_bucket(store: Any, bucket: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        store.client.head_bucket(Bucket=bucket)
-    except ClientError:
-        store.client.create_bucket(Bucket=bucket)

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from services.local.processes import Child, python, start
 from services.ports import free_port
-from tests.common import REPO, http_ok, seed_bucket, wait_for
+from tests.common import REPO, http_ok, seed_bucket
 from tests.processes import rendezvous_process, runtime_process
 
 if TYPE_CHECKING:
@@ -31,8 +29,11 @@ SANDBOXES = 4
 
 
 @dataclass
-class Stack:
-    """Endpoints of the servers a coordinator needs, and the seeded bucket."""
+class Servers:
+    """Endpoints of the servers a coordinator needs, and the seeded bucket (the ``stack`` fixture).
+
+    Not :class:`services.local.stack.Stack`: these are the tests' own servers, sharing the session's
+    S3 server and running the flaky test handler, started and stopped with the tests."""
 
     s3: str
     lambda_endpoint: str
@@ -56,13 +57,8 @@ class Stack:
         return sorted(self.store.keys(self.bucket, prefix))
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="session")
-def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """moto's S3 seeded with tiny partitions, the local runtime running the real worker (through a
     handler that fails on request), and the rendezvous server: what a coordinator talks to."""
     torch = pytest.importorskip("torch")  # the workers in the runtime's sandboxes; never the coordinator
@@ -79,7 +75,7 @@ def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory)
     with runtime_process(folder / "runtime.log", *runtime_options,
                          env={"COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}) as lambda_endpoint, \
             rendezvous_process(folder / "rendezvous.log") as rendezvous:
-        yield Stack(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
+        yield Servers(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
 
 
 @dataclass
@@ -87,7 +83,7 @@ class Api:
     """A coordinator child process and a small JSON client for it."""
 
     url: str
-    process: subprocess.Popen[bytes]
+    child: Child
     log: Path
     token: str = ""
 
@@ -123,34 +119,28 @@ class Api:
         raise AssertionError(f"job {job_id} did not finish within {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        self.child.kill()
 
 
 @pytest.fixture
-def start_coordinator(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+def start_coordinator(stack: Servers, tmp_path: Path) -> Iterator[Callable[..., Api]]:
     pytest.importorskip("fastapi")
     started: list[Api] = []
 
-    def start(token: str = "", **env: str) -> Api:
+    def start_api(token: str = "", **env: str) -> Api:
         port = free_port()
         log = tmp_path / f"coordinator-{len(started)}.log"
         extra = {"COSMIC_API_TOKEN": token, **env}
-        process = _start([sys.executable, "-m", "services.coordinator", "--port", str(port)], log, stack.env(**extra))
-        api = Api(f"http://127.0.0.1:{port}", process, log, token)
+        child = start(python("services.coordinator", "--port", str(port)), name="the coordinator", log=log,
+                      env=stack.env(**extra), cwd=REPO, stop_timeout=15)
+        api = Api(f"http://127.0.0.1:{port}", child, log, token)
         started.append(api)
-        wait_for(lambda: http_ok(api.url + "/healthz") or process.poll() is not None, "coordinator", 30, log)
-        assert process.poll() is None, log.read_text()
+        child.wait_ready(lambda: http_ok(api.url + "/healthz"), 30)
         return api
 
-    yield start
+    yield start_api
     for api in started:
-        if api.process.poll() is None:
-            api.process.send_signal(signal.SIGTERM)
-            try:
-                api.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                api.process.kill()
+        api.child.stop()
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from typing import Any
 from services.coordinator.state import JobStore, manifest_key
 from services.memory import peak_rss_kib
 from tests.common import REPO
-from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Stack
+from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Servers
 
 
-def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:
+def test_legacy_payload_runs_to_a_report(api: Api, stack: Servers) -> None:
     payload = stack.payload()
     job_id = api.submit(payload)
     final = api.wait(job_id)
@@ -41,7 +41,7 @@ def test_legacy_payload_runs_to_a_report(api: Api, stack: Stack) -> None:
     assert status == 200 and job_id in [job["job_id"] for job in listed]
 
 
-def test_workers_get_the_rendezvous_address_the_name_has_when_the_job_starts(start_coordinator, stack: Stack) -> None:
+def test_workers_get_the_rendezvous_address_the_name_has_when_the_job_starts(start_coordinator, stack: Servers) -> None:
     """On AWS the name follows the rendezvous task; every rank of a job gets the one address it had."""
     port = stack.rendezvous.rpartition(":")[2]
     api = start_coordinator(COSMIC_RENDEZVOUS_ENDPOINT=f"localhost:{port}")
@@ -54,14 +54,14 @@ def test_workers_get_the_rendezvous_address_the_name_has_when_the_job_starts(sta
     assert status == 200 and report["collective"]["status"] == "agreed", report["collective"]
 
 
-def test_a_rendezvous_name_that_does_not_resolve_is_passed_on_with_a_warning(start_coordinator, stack: Stack) -> None:
+def test_a_rendezvous_name_that_does_not_resolve_is_passed_on_with_a_warning(start_coordinator, stack: Servers) -> None:
     api = start_coordinator(COSMIC_RENDEZVOUS_ENDPOINT="no-such-host.invalid:10000")
     status, body = api.call("POST", "/jobs", stack.payload(world_size=1, communicator=False))
     assert status == 202 and any("does not resolve" in warning for warning in body["warnings"]), body
     assert api.wait(body["job_id"])["state"] == "succeeded"
 
 
-def test_a_job_wider_than_the_functions_capacity_is_warned_at_submit(api, stack: Stack) -> None:
+def test_a_job_wider_than_the_functions_capacity_is_warned_at_submit(api, stack: Servers) -> None:
     """The runtime's sandboxes are the function's reserved concurrency, read as on AWS."""
     status, body = api.call("POST", "/jobs", stack.payload(file_limit="6", world_size=6, communicator=False))
     assert status == 202, body
@@ -77,7 +77,7 @@ def detail_of(body: Any) -> str:
     return json.dumps(body["detail"])
 
 
-def test_bad_payloads_are_422_naming_the_field(api: Api, stack: Stack) -> None:
+def test_bad_payloads_are_422_naming_the_field(api: Api, stack: Servers) -> None:
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({"file_limit": "eleven"}, "file_limit", "whole number"),
         ({"file_limit": 0}, "file_limit", "at least 1"),
@@ -143,13 +143,13 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(api: Api) -> Non
     assert (peak_rss_kib(api.process.pid) or 0) - (before or 0) < 64 * 1024
 
 
-def test_a_validation_error_quotes_an_excerpt_of_the_input(api: Api, stack: Stack) -> None:
+def test_a_validation_error_quotes_an_excerpt_of_the_input(api: Api, stack: Servers) -> None:
     status, body = api.call("POST", "/jobs", stack.payload(S3_object_name="a" * 50_000))
     assert status == 422 and "S3_object_name" in detail_of(body)
     assert len(json.dumps(body)) < 2_000, len(json.dumps(body))
 
 
-def test_errors_answer_with_the_status_their_class_carries(api: Api, stack: Stack) -> None:
+def test_errors_answer_with_the_status_their_class_carries(api: Api, stack: Servers) -> None:
     status, body = api.call("POST", "/jobs", stack.payload(data_bucket="no-such-bucket-here"))
     assert status == 422 and "NoSuchBucket" in body["detail"], body  # UnknownBucket, by the S3 code
     status, body = api.call("GET", "/jobs/j-nope/plots/timeline.png")
@@ -159,7 +159,7 @@ def test_errors_answer_with_the_status_their_class_carries(api: Api, stack: Stac
 
 
 def test_second_active_job_on_a_result_path_is_409_and_idempotency_key_returns_the_same_job(
-        api: Api, stack: Stack) -> None:
+        api: Api, stack: Servers) -> None:
     payload = stack.payload(world_size=3)
     first = api.submit(payload, **{"Idempotency-Key": "retry-me"})
     status, again = api.call("POST", "/jobs", payload, headers={"Idempotency-Key": "retry-me"})
@@ -170,7 +170,7 @@ def test_second_active_job_on_a_result_path_is_409_and_idempotency_key_returns_t
     assert api.submit(payload), "a finished job frees its result path"
 
 
-def test_auth_when_a_token_is_configured(start_coordinator, stack: Stack) -> None:
+def test_auth_when_a_token_is_configured(start_coordinator, stack: Servers) -> None:
     api = start_coordinator(token="s3cret")
     api.token = ""
     assert api.call("GET", "/jobs")[0] == 401
@@ -180,13 +180,13 @@ def test_auth_when_a_token_is_configured(start_coordinator, stack: Stack) -> Non
     assert api.call("GET", "/jobs")[0] == 200
 
 
-def test_refuses_to_listen_beyond_loopback_without_a_token(stack: Stack) -> None:
+def test_refuses_to_listen_beyond_loopback_without_a_token(stack: Servers) -> None:
     done = subprocess.run([sys.executable, "-m", "services.coordinator", "--host", "0.0.0.0", "--port", "0"],
                           cwd=REPO, env=stack.env(COSMIC_API_TOKEN=""), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "COSMIC_API_TOKEN" in done.stdout + done.stderr
 
 
-def test_a_rank_that_fails_its_first_attempt_is_reinvoked(api: Api, stack: Stack) -> None:
+def test_a_rank_that_fails_its_first_attempt_is_reinvoked(api: Api, stack: Servers) -> None:
     job_id = api.submit(stack.payload(result_path="results/flaky-1", world_size=3))
     final = api.wait(job_id)
     assert final["state"] == "succeeded", final
@@ -197,7 +197,7 @@ def test_a_rank_that_fails_its_first_attempt_is_reinvoked(api: Api, stack: Stack
     assert status == 200 and report["invocations"]["attempts"] == 4 and report["failed_ranks"] == []
 
 
-def test_throttled_runtime_is_retried_with_backoff(api: Api, stack: Stack) -> None:
+def test_throttled_runtime_is_retried_with_backoff(api: Api, stack: Servers) -> None:
     world = SANDBOXES + 2  # more ranks at once than the runtime has sandboxes: it answers 429 to the rest
     job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=world, communicator=False,
                                       max_concurrency=world))
@@ -210,7 +210,7 @@ def test_throttled_runtime_is_retried_with_backoff(api: Api, stack: Stack) -> No
     assert throttles > 0
 
 
-def test_two_jobs_at_once_on_one_bucket_keep_to_their_own_objects(api: Api, stack: Stack) -> None:
+def test_two_jobs_at_once_on_one_bucket_keep_to_their_own_objects(api: Api, stack: Servers) -> None:
     first, second = stack.payload(world_size=2, communicator=False), stack.payload(world_size=2, communicator=False)
     jobs = [api.submit(first), api.submit(second)]
     assert [api.wait(job)["state"] for job in jobs] == ["succeeded", "succeeded"]
@@ -221,7 +221,7 @@ def test_two_jobs_at_once_on_one_bucket_keep_to_their_own_objects(api: Api, stac
         assert f"{payload['result_path']}/summary.json" in keys
 
 
-def test_cancel_stops_scheduling(api: Api, stack: Stack) -> None:
+def test_cancel_stops_scheduling(api: Api, stack: Servers) -> None:
     job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False,
                                       max_concurrency=1))
     deadline = time.monotonic() + 60
@@ -237,7 +237,7 @@ def test_cancel_stops_scheduling(api: Api, stack: Stack) -> None:
     assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
 
 
-def test_retry_reruns_only_the_failed_ranks(api: Api, stack: Stack) -> None:
+def test_retry_reruns_only_the_failed_ranks(api: Api, stack: Servers) -> None:
     good = stack.store.get(stack.bucket, "tiny/2.pt").data
     stack.store.put(stack.bucket, "broken/1.pt", good)
     stack.store.put(stack.bucket, "broken/2.pt", b"corrupt")
@@ -254,7 +254,7 @@ def test_retry_reruns_only_the_failed_ranks(api: Api, stack: Stack) -> None:
     assert [len(rank["attempts"]) for rank in final["ranks"]] == [1, 2]
 
 
-def test_kill_9_mid_job_then_restart_finishes_without_rerunning(start_coordinator, stack: Stack) -> None:
+def test_kill_9_mid_job_then_restart_finishes_without_rerunning(start_coordinator, stack: Servers) -> None:
     api = start_coordinator()
     payload = stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False, max_concurrency=1)
     job_id = api.submit(payload)

@@ -10,10 +10,10 @@ import pytest
 from services.contracts import legacy_item, parse_event
 from services.coordinator.lambda_handlers import BadPayload, plan_handler, summarize_handler
 from services.coordinator.manifest import read_manifest
-from tests.coordinator.conftest import Stack
+from tests.coordinator.conftest import Servers
 
 
-def test_plan_items_drive_the_worker_and_summarize_reads_them(stack: Stack) -> None:
+def test_plan_items_drive_the_worker_and_summarize_reads_them(stack: Servers) -> None:
     payload = stack.payload(file_limit="4", world_size=2, result_path="results/stepfunctions")
     planned = plan_handler(payload, None)
     items = json.loads(stack.store.get(planned["items"]["Bucket"], planned["items"]["Key"]).data)
@@ -31,7 +31,7 @@ def test_plan_items_drive_the_worker_and_summarize_reads_them(stack: Stack) -> N
     assert [doc["rank"] for doc in combined] == [0, 1]
 
 
-def test_plan_refuses_a_bad_payload_naming_fields(stack: Stack) -> None:
+def test_plan_refuses_a_bad_payload_naming_fields(stack: Servers) -> None:
     with pytest.raises(BadPayload, match="file_limit"):
         plan_handler(stack.payload(file_limit="many"), None)
 
@@ -41,7 +41,7 @@ def test_summarize_refuses_a_state_without_the_manifest_location() -> None:
         summarize_handler({"job": {"job_id": "legacy-results/x", "world_size": 2}}, None)
 
 
-def test_legacy_item_round_trips_through_the_worker_contract(stack: Stack) -> None:
+def test_legacy_item_round_trips_through_the_worker_contract(stack: Servers) -> None:
     planned = plan_handler(stack.payload(file_limit="3", world_size=3, result_path="results/roundtrip"), None)
     items = json.loads(stack.store.get(planned["items"]["Bucket"], planned["items"]["Key"]).data)
     event = parse_event(items[2])

@@ -366,12 +366,12 @@ def test_init_seeds_where_the_payload_looks(compose: dict[str, Any]) -> None:
     assert spec and spec.loader
     seed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed)
-    from services.local import stack as embedded
+    from services.local import seeding, stack
 
     payload = yaml.safe_load((REPO / "examples/payload.json").read_text())
-    assert seed.seed_store is embedded.seed_store, "compose seeds with the embedded stack's own code"
-    assert seed.BUCKET == embedded.STATE_BUCKET == payload["bucket"] == payload["data_bucket"]
-    assert payload["S3_object_name"] == embedded.MODEL_FOLDER
+    assert seed.seed_store is seeding.seed_store, "compose seeds with the embedded stack's own code"
+    assert seed.BUCKET == stack.STATE_BUCKET == payload["bucket"] == payload["data_bucket"]
+    assert payload["S3_object_name"] == seeding.MODEL_FOLDER
     assert payload["data_prefix"] in seed.SIZES and int(payload["file_limit"]) <= seed.COUNT
 
 

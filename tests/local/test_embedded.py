@@ -25,7 +25,9 @@ import pytest
 
 from services import cli
 from services.client.api import HINT, ApiClient, ApiError, CoordinatorUnreachable, Progress
+from services.local import seeding
 from services.local import stack as embedded
+from services.local.processes import alive
 from services.ports import free_port
 from tests.common import REPO
 
@@ -49,7 +51,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def _gone(pids: tuple[int, ...], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(embedded._alive(pid) for pid in pids):
+        if not any(alive(pid) for pid in pids):
             return True
         time.sleep(0.05)
     return False
@@ -104,19 +106,19 @@ def _check_seed(stack: embedded.Stack, cache: Path, monkeypatch: pytest.MonkeyPa
     for name, path in files.items():
         path.write_bytes(name.encode() * 100)
     assets = {"checkpoint": str(files["checkpoint"]), "partitions": {"tiny": [str(files["1"]), str(files["2"])]}}
-    monkeypatch.setattr(embedded, "_make_assets", lambda sizes, count: assets)
-    first = embedded.seed(stack, sizes=("tiny",), count=2)
+    monkeypatch.setattr(seeding, "_make_assets", lambda sizes, count: assets)
+    first = seeding.seed(stack, sizes=("tiny",), count=2)
     assert first.uploaded == 3 and first.partitions == {"tiny": ["tiny/1.pt", "tiny/2.pt"]}
     assert first.checkpoint_key == "Anomaly Detection/Fine_Tune_Model/demo.pt"
-    client = embedded._s3_client(stack)
+    client = seeding._s3_client(stack)
     try:
         listed = {item["Key"]: item["Size"] for item in client.list_objects_v2(Bucket="cosmicai-data")["Contents"]}
     finally:
         client.close()
     assert listed == {"Anomaly Detection/Fine_Tune_Model/demo.pt": 1000, "tiny/1.pt": 100, "tiny/2.pt": 100}
-    assert embedded.seed(stack, sizes=("tiny",), count=2).uploaded == 0
+    assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 0
     files["2"].write_bytes(b"changed, so uploaded again")
-    assert embedded.seed(stack, sizes=("tiny",), count=2).uploaded == 1
+    assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 1
 
 
 @pytest.mark.e2e
@@ -134,7 +136,7 @@ def test_the_stack_survives_its_starter_and_a_dead_one_is_replaced(cache: Path) 
         starter.stdout.close()  # type: ignore[union-attr]
     assert len(pids) == 3
     time.sleep(0.5)
-    assert all(embedded._alive(pid) for pid in pids), "a service died with the process that started it"
+    assert all(alive(pid) for pid in pids), "a service died with the process that started it"
 
     stack = embedded.ensure_stack()
     try:
@@ -227,7 +229,7 @@ def test_cosmic_status_without_a_coordinator_fails_with_the_hint(monkeypatch: py
 
 @pytest.mark.integration
 def test_the_coordinator_side_never_imports_torch() -> None:
-    modules = ["services.local.stack", "services.client.api", "services.client.commands",
+    modules = ["services.local.stack", "services.local.seeding", "services.client.api", "services.client.commands",
                "services.client.submit", "services.client.status", "services.client.report",
                "services.client.sweep", "services.coordinator.cli", "services.client.demo",
                "services.coordinator.summary", "services.coordinator.report", "services.coordinator.plots"]

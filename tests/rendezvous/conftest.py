@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from services.local.processes import Child, healthz, python
+from services.local.processes import start as start_child
 from services.ports import free_ports
 from services.rendezvous.netio import recv_exactly
 from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
@@ -28,12 +28,16 @@ from tests.common import REPO
 class ServerProcess:
     """A rendezvous server started by a test; ``log`` holds what it wrote to stderr."""
 
-    process: subprocess.Popen[bytes]
+    child: Child
     host: str
     port: int
     health_port: int
     log_path: Path
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
 
     @property
     def log(self) -> str:
@@ -65,15 +69,10 @@ class ServerProcess:
         raise AssertionError(f"{key} did not reach {value}: {self.metrics().get(key)}")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise
-        return self.process.returncode
+        """SIGTERM; its exit status. A server still running 10 s later is killed, and that fails the test."""
+        code = self.child.stop(timeout=10)
+        assert not self.child.killed, f"the server ignored SIGTERM for 10 s:\n{self.log}"
+        return code
 
 
 def _nofile_limit(limit: int) -> Callable[[], None]:
@@ -91,27 +90,17 @@ def start_server(integration: None, tmp_path: Path) -> Iterator[Callable[..., Se
     def start(*, nofile: int | None = None, env: dict[str, str] | None = None, host: str = "127.0.0.1",
               **options: object) -> ServerProcess:
         port, health_port = free_ports(2)
-        args = [sys.executable, "-m", "services.rendezvous", "--host", host, "--port", str(port),
-                "--health-host", "127.0.0.1", "--health-port", str(health_port)]
+        args = ["--host", host, "--port", str(port), "--health-host", "127.0.0.1", "--health-port", str(health_port)]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         log_path = tmp_path / f"server-{len(started)}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(args, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})},
-                                       preexec_fn=_nofile_limit(nofile) if nofile else None)
-        server = ServerProcess(process, "127.0.0.1", port, health_port, log_path)
+        child = start_child(python("services.rendezvous", *args), name="the rendezvous server", log=log_path,
+                            env={**os.environ, **(env or {})}, cwd=REPO,
+                            preexec=_nofile_limit(nofile) if nofile else None)
+        server = ServerProcess(child, "127.0.0.1", port, health_port, log_path)
         started.append(server)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited with {process.returncode}:\n{server.log}")
-            try:
-                if server.get("/healthz")[0] == 200:
-                    return server
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError(f"server did not become healthy:\n{server.log}")
+        child.wait_ready(lambda: healthz(health_port), 15, poll=0.02)
+        return server
 
     yield start
     for server in started:

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import pytest
 
+from services.local.processes import alive
 from tests.common import REPO
 
 PEER_SCRIPT = Path(__file__).resolve().with_name("nat_peer.py")
@@ -176,16 +177,6 @@ def topology_commands(lab: Lab) -> list[Command]:
     return commands
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_namespace_processes(namespace: str) -> None:
     """SIGKILL whatever still runs inside one of *our* namespaces (processes this test started)."""
     listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False,
@@ -213,7 +204,7 @@ def remove_leftovers() -> None:
         parts = name.split("-")
         if len(parts) == 4 and parts[0] == PREFIX and parts[1].isdigit():
             pid = int(parts[1])
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not alive(pid):
                 stale.append(name)
     delete_namespaces(stale)
 
