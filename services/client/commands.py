@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,13 +119,13 @@ def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], worl
     report under ``jobs/`` and ``duration_cost.png`` into ``out``.
     """
     cells = [Cell(mb, n) for mb in partition_mb for n in world_sizes]
-    limits = {mb: file_limit or count_partitions(base["data_bucket"], f"{mb}MB") for mb in partition_mb}
+    limit = str(file_limit) if file_limit else "all"  # the coordinator counts what is there
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     result = SweepResult(cells)
     for index, cell in enumerate(cells, start=1):
-        payload = {**base, "data_prefix": f"{cell.partition_mb}MB", "file_limit": str(limits[cell.partition_mb]),
+        payload = {**base, "data_prefix": f"{cell.partition_mb}MB", "file_limit": limit,
                    "result_path": f"sweep/{cell.partition_mb}MB/ws{cell.world_size}", "world_size": cell.world_size}
-        say(f"  job {index}/{len(cells)}: {limits[cell.partition_mb]} partitions of {cell.partition_mb}MB "
+        say(f"  job {index}/{len(cells)}: {limit} partitions of {cell.partition_mb}MB "
             f"on {cell.world_size} rank{'s' if cell.world_size > 1 else ''}")
         _run_cell(client, cell, payload, progress)
         if cell.summary is not None:
@@ -177,36 +176,3 @@ def _write_table(result: SweepResult, out: Path) -> str:
     plot.write_bytes(duration_and_cost_vs_world_size(result.rows))
     result.paths.append(plot)
     return render_table(result.rows, "text")
-
-
-def count_partitions(bucket: str, prefix: str) -> int:
-    """How many partitions the sweep's jobs read, by listing S3 as the coordinator will.
-
-    The S3 endpoint is the standard variables', else (a shell beside ``cosmic serve --embedded``)
-    the running embedded stack's.
-    """
-    from botocore.exceptions import BotoCoreError
-
-    from services.aws import aws_region, s3_endpoint
-    from services.coordinator.planning import list_partitions
-    from services.s3store import S3Store, StoreError, s3_client
-
-    environ = dict(os.environ)
-    if not s3_endpoint(environ):
-        from services.local.stack import running_stack
-
-        stack = running_stack()
-        if stack is not None:
-            stack.export(environ)
-    try:
-        store = S3Store(s3_client(s3_endpoint(environ), aws_region(environ), environ.get("AWS_ACCESS_KEY_ID"),
-                                  environ.get("AWS_SECRET_ACCESS_KEY"), connect_timeout=5, read_timeout=30,
-                                  attempts=2))
-        found = len(list_partitions(store, bucket, prefix))
-    except (StoreError, BotoCoreError, OSError) as exc:
-        raise CommandError(f"cannot count the partitions under s3://{bucket}/{prefix}/ ({exc}); "
-                           "pass --file-limit") from None
-    if not found:
-        raise CommandError(f"no partitions under s3://{bucket}/{prefix}/")
-    return found
-

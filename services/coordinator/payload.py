@@ -47,6 +47,10 @@ class CheckpointRef(BaseModel):
         return value
 
 
+#: ``file_limit`` that takes every partition under the prefix, however many there are.
+ALL_PARTITIONS = "all"
+
+
 class JobRequest(BaseModel):
     """``POST /jobs``: the legacy payload as is, plus optional fields (see the README's table)."""
 
@@ -54,7 +58,8 @@ class JobRequest(BaseModel):
 
     # -- the legacy payload -----------------------------------------------------------------
     bucket: str = Field(description="bucket of the model folder (and of job state by default)")
-    file_limit: int | str = Field(description="how many partitions to use: the first K in numeric order")
+    file_limit: int | str = Field(description="how many partitions to use: the first K in numeric order, "
+                                              "or 'all' for every partition under the prefix")
     batch_size: int = Field(512, ge=1, le=65_536)
     object_type: Literal["folder"] = "folder"
     S3_object_name: str = Field(description="the model folder, e.g. 'Anomaly Detection'")
@@ -82,11 +87,13 @@ class JobRequest(BaseModel):
 
     @field_validator("file_limit")
     @classmethod
-    def _file_limit(cls, value: int | str) -> int:
+    def _file_limit(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == ALL_PARTITIONS:
+            return ALL_PARTITIONS
         try:
             limit = int(str(value).strip())
         except ValueError:
-            raise ValueError(f"must be a whole number (as a string or an int), got {value!r}") from None
+            raise ValueError(f"must be a whole number (as a string or an int) or 'all', got {value!r}") from None
         if limit < 1:
             raise ValueError("must be at least 1")
         return limit
@@ -105,5 +112,6 @@ class JobRequest(BaseModel):
         return self
 
     @property
-    def partitions_wanted(self) -> int:
-        return int(self.file_limit)
+    def partitions_wanted(self) -> int | None:
+        """The first ``file_limit`` partitions; None for all of them."""
+        return None if self.file_limit == ALL_PARTITIONS else int(self.file_limit)

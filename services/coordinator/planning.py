@@ -56,10 +56,13 @@ def choose_partitions(store: S3Store, request: JobRequest) -> list[Partition]:
         hint = f"prefixes that exist: {', '.join(folders)}" if folders else "the bucket has no prefixes"
         raise PlanError("data_prefix", f"no partitions ({{i}}.pt) under s3://{request.data_bucket}/"
                                        f"{request.data_prefix}/; {hint}")
-    if request.partitions_wanted > len(available):
-        raise PlanError("file_limit", f"{request.partitions_wanted} partitions asked for, but "
+    wanted = request.partitions_wanted
+    if wanted is None:
+        return available
+    if wanted > len(available):
+        raise PlanError("file_limit", f"{wanted} partitions asked for, but "
                                       f"s3://{request.data_bucket}/{request.data_prefix}/ holds {len(available)}")
-    return available[: request.partitions_wanted]
+    return available[:wanted]
 
 
 def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]:

@@ -61,6 +61,14 @@ def test_a_rendezvous_name_that_does_not_resolve_is_passed_on_with_a_warning(sta
     assert api.wait(body["job_id"])["state"] == "succeeded"
 
 
+def test_file_limit_all_takes_every_partition_under_the_prefix(api: Api, stack: Servers) -> None:
+    """What ``cosmic sweep`` sends, so that it needs no S3 listing of its own."""
+    final = api.wait(api.submit(stack.payload(file_limit="ALL", world_size=2, communicator=False)))
+    assert final["state"] == "succeeded" and final["partitions"] == PARTITIONS, final
+    status, body = api.call("POST", "/jobs", stack.payload(file_limit="some"))
+    assert status == 422 and "whole number" in detail_of(body) and "'all'" in detail_of(body), body
+
+
 def test_a_job_wider_than_the_functions_capacity_is_warned_at_submit(api, stack: Servers) -> None:
     """The runtime's sandboxes are the function's reserved concurrency, read as on AWS."""
     status, body = api.call("POST", "/jobs", stack.payload(file_limit="6", world_size=6, communicator=False))
