@@ -142,13 +142,13 @@ def _send_chunked(url: str, chunk: bytes, most_chunks: int, time_limit_s: float 
 
 def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(api: Api) -> None:
     """A body with no Content-Length was read whole (~1 GB for 200 MB) and echoed in the 422."""
-    before = peak_rss_kib(api.process.pid)
+    before = peak_rss_kib(api.child.pid)
     chunk = b"[" + b"1," * 32_767 + b"1"  # 64 KiB; up to 200 MB in all
     answer, sent = _send_chunked(api.url, chunk, most_chunks=3_200)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert len(answer) < 1024, "an error quotes no more than an excerpt of the input"
     assert sent < 100, f"{sent} chunks of 64 KiB went out before the 413: the body was read on past the limit"
-    assert (peak_rss_kib(api.process.pid) or 0) - (before or 0) < 64 * 1024
+    assert (peak_rss_kib(api.child.pid) or 0) - (before or 0) < 64 * 1024
 
 
 def test_a_validation_error_quotes_an_excerpt_of_the_input(api: Api, stack: Servers) -> None:
