@@ -14,6 +14,7 @@ per job (``secrets.token_hex(16)``), as the coordinator does, and never reuse on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from services.rendezvous.errors import CollectiveTimeout, CommError, PeerGone, R
 from services.rendezvous.frames import Op
 from services.rendezvous.protocol import DEFAULT_PORT
 from services.rendezvous.reduction import Reducer
-from services.rendezvous.transfer import abort_frame, exchange
+from services.rendezvous.transfer import Interrupt, abort_frame, exchange
 
 log = logging.getLogger("cosmic.rendezvous.comm")
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class Communicator:
         self._seq = 0
         self._failure: CommError | None = None
         self._closed = False
+        self._interrupt = Interrupt()
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Communicator:
@@ -115,6 +117,16 @@ class Communicator:
         self._closed = True
         while self._links:
             self._links.popitem()[1].close()
+        self._interrupt.close()
+
+    def interrupt(self, reason: str, failed_rank: int) -> None:
+        """End the operation under way, from any thread: it raises RankFailed naming
+        ``failed_rank`` (its peers hear of it through the abort frame), and so does every later one.
+
+        For a caller who learns from elsewhere that a peer is gone (the coordinator saw it fail,
+        or the job was cancelled): waiting out the deadline for it would only hold the job.
+        """
+        self._interrupt.set(reason, failed_rank)
 
     def connect_all(self) -> None:
         """Open the links to every other rank now (otherwise each opens on first use)."""
@@ -175,7 +187,7 @@ class Communicator:
     def _exchange(self, op: Op, sends: dict[int, Any], receives: list[int], deadline: float,
                   into: dict[int, Any] | None = None) -> dict[int, Any]:
         self._ensure_links([*sends, *receives], deadline)
-        return exchange(self._links, self.rank, op, self._seq, sends, receives, deadline, into)
+        return exchange(self._links, self.rank, op, self._seq, sends, receives, deadline, into, self._interrupt)
 
     def _ensure_links(self, peers: Iterable[int], deadline: float) -> None:
         missing = sorted({p for p in peers if p != self.rank and p not in self._links})
@@ -184,7 +196,12 @@ class Communicator:
         started = time.monotonic()
         remaining = max(deadline - started, 0.001)
         names = [link_name(self.comm_name, self.rank, peer) for peer in missing]
-        results = asyncio.run(_pair_all(names, self.host, self.port, remaining))
+        results = asyncio.run(_pair_all(names, self.host, self.port, remaining, self._interrupt))
+        if self._interrupt.is_set:
+            for result in results:
+                if isinstance(result, socket.socket):
+                    result.close()
+            raise self._interrupt.error(self.rank)
         failed = []
         for peer, result in zip(missing, results, strict=True):
             if isinstance(result, socket.socket):
@@ -212,6 +229,8 @@ class Communicator:
             raise CommError(f"communicator is unusable after an earlier failure: {self._failure}", rank=self.rank)
         deadline = time.monotonic() + self.timeout
         try:
+            if self._interrupt.is_set:
+                raise self._interrupt.error(self.rank)
             return body(deadline)
         except (CommError, RendezvousError, OSError) as error:
             failure = error if isinstance(error, CommError) else CommError(str(error), rank=self.rank)
@@ -247,8 +266,19 @@ class Communicator:
             raise ValueError("a rank cannot send to or receive from itself")
 
 
-async def _pair_all(names: list[str], host: str, port: int, timeout: float) -> list[Any]:
-    return await asyncio.gather(*(pair_async(name, host, port, timeout) for name in names), return_exceptions=True)
+async def _pair_all(names: list[str], host: str, port: int, timeout: float, wake: Interrupt) -> list[Any]:
+    """Pair every link at once; an interrupt cancels the pairings still waiting (their results are errors)."""
+    pairing = asyncio.ensure_future(asyncio.gather(*(pair_async(name, host, port, timeout) for name in names),
+                                                   return_exceptions=True))
+    woken = asyncio.ensure_future(asyncio.get_running_loop().sock_recv(wake.reader, 1))
+    await asyncio.wait([pairing, woken], return_when=asyncio.FIRST_COMPLETED)
+    woken.cancel()
+    if not pairing.done():
+        pairing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pairing
+        return []  # the caller sees the interrupt and raises it
+    return pairing.result()
 
 
 def _tune(sock: socket.socket) -> None:

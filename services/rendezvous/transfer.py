@@ -10,9 +10,11 @@ arrays, is what keeps large messages from being copied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +56,56 @@ def frames(value: Any, op: Op, seq: int) -> list[values.Buffer]:
 def abort_frame(op: Op, seq: int, failed_rank: int, reason: str) -> bytes:
     payload = json.dumps({"failed_rank": failed_rank, "reason": reason}).encode()
     return pack_header(Kind.ABORT, op, seq, b"", len(payload)) + payload
+
+
+class Interrupt:
+    """Ends a rank's waits from another thread: a socket pair whose read end the waits watch.
+
+    A worker's watcher sets it when the coordinator says a peer failed or the job was cancelled,
+    so that the rank leaves a collective at once instead of waiting out its deadline for a peer
+    that will never come. ``set`` is thread-safe and idempotent; the sockets are made only when a
+    wait first needs them, so a communicator that never waits holds none.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        self.reason: str | None = None
+        self.failed_rank: int | None = None
+
+    @property
+    def reader(self) -> socket.socket:
+        """The end a wait watches: readable once the interrupt is set (even if it was set before)."""
+        with self._lock:
+            if self._pair is None:
+                self._pair = socket.socketpair()
+                self._pair[0].setblocking(False)
+                if self.reason is not None:
+                    self._pair[1].send(b"!")
+            return self._pair[0]
+
+    def set(self, reason: str, failed_rank: int) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason, self.failed_rank = reason, failed_rank
+            if self._pair is not None:
+                with contextlib.suppress(OSError):
+                    self._pair[1].send(b"!")
+
+    @property
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+    def error(self, rank: int) -> RankFailed:
+        return RankFailed(f"interrupted: {self.reason}", rank=rank,
+                          failed_rank=self.failed_rank if self.failed_rank is not None else rank)
+
+    def close(self) -> None:
+        with self._lock:
+            pair, self._pair = self._pair, None
+        for sock in pair or ():
+            sock.close()
 
 
 class _Outgoing:
@@ -171,10 +223,12 @@ class _Incoming:
 
 
 def exchange(links: Mapping[int, socket.socket], rank: int, op: Op, seq: int, sends: Mapping[int, Any],
-             receives: list[int], deadline: float, into: Mapping[int, Any] | None = None) -> dict[int, Any]:
+             receives: list[int], deadline: float, into: Mapping[int, Any] | None = None,
+             wake: Interrupt | None = None) -> dict[int, Any]:
     """Send ``sends[peer]`` to each peer and read one message from each of ``receives``, at once.
 
     ``into[peer]``, when given, is an array that peer's array is received into (no allocation).
+    ``wake``, when set from another thread, ends the wait at once with its error.
 
     Returns ``{peer: value}`` for the receives. Raises CollectiveTimeout naming the peers still
     pending at ``deadline`` (a ``time.monotonic()`` instant), RankFailed when a link dies, and
@@ -187,6 +241,8 @@ def exchange(links: Mapping[int, socket.socket], rank: int, op: Op, seq: int, se
             events = (selectors.EVENT_WRITE if peer in outgoing else 0) | (
                 selectors.EVENT_READ if peer in incoming else 0)
             selector.register(links[peer], events, peer)
+        if wake is not None:
+            selector.register(wake.reader, selectors.EVENT_READ, None)
         while outgoing or any(not message.done for message in incoming.values()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -194,6 +250,8 @@ def exchange(links: Mapping[int, socket.socket], rank: int, op: Op, seq: int, se
                 raise CollectiveTimeout(f"{op.name.lower()} #{seq} timed out waiting for ranks {waiting}",
                                         rank=rank, peers=waiting)
             for key, mask in selector.select(remaining):
+                if key.data is None and wake is not None:
+                    raise wake.error(rank)
                 peer, sock = key.data, key.fileobj
                 try:
                     if mask & selectors.EVENT_READ:

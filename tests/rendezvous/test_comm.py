@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import secrets
+import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from services.rendezvous import CommError, Communicator
 from services.rendezvous.comm import fmi_settings, link_name
+from services.rendezvous.errors import RankFailed
 from tests.rendezvous.comm_ranks import run_rank
 from tests.rendezvous.conftest import ServerProcess
 
@@ -127,6 +131,50 @@ def test_absent_rank_is_named_within_the_deadline_and_late_ones_are_waited_for(s
     in_time = run_ranks(server, "late_but_in_time", 3, timeout=10)
     assert_all_ok(in_time, 3)
     assert {o["sum"] for o in in_time.values()} == {3}
+
+
+def _interrupted_after(comm: Communicator, call: Any, delay: float, failed_rank: int) -> tuple[Exception, float]:
+    """Run ``call(comm)`` in this thread, interrupt it from another after ``delay``; the error and when."""
+    timer = threading.Timer(delay, comm.interrupt, args=("the coordinator saw that rank fail", failed_rank))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(RankFailed) as raised:
+            call(comm)
+    finally:
+        timer.cancel()
+    return raised.value, time.monotonic() - started
+
+
+def test_interrupt_ends_a_wait_for_a_rank_that_never_comes_to_pair(server: ServerProcess) -> None:
+    """A crashed rank never pairs: its peers left at once when told, not at the deadline (120 s in jobs)."""
+    with Communicator(0, 2, secrets.token_hex(16), "127.0.0.1", server.port, timeout=30) as comm:
+        error, took = _interrupted_after(comm, lambda c: c.allreduce(np.ones(4)), 0.5, failed_rank=1)
+    assert took < 3 and error.failed_rank == 1 and "interrupted" in str(error), (took, error)
+    with pytest.raises(CommError):
+        comm.barrier()  # closed
+
+
+def test_interrupt_ends_a_collective_waiting_on_a_linked_peer(server: ServerProcess) -> None:
+    """Linked, but the peer never sends (stuck, or died after pairing): the exchange wait ends too."""
+    name = secrets.token_hex(16)
+    peer_linked = threading.Event()
+
+    def idle_peer() -> None:
+        with Communicator(1, 2, name, "127.0.0.1", server.port, timeout=30) as peer:
+            peer.connect_all()
+            peer_linked.set()
+            with contextlib.suppress(CommError):
+                peer.recv(0)  # the abort frame ends this wait too
+
+    thread = threading.Thread(target=idle_peer)
+    thread.start()
+    with Communicator(0, 2, name, "127.0.0.1", server.port, timeout=30) as comm:
+        comm.connect_all()
+        assert peer_linked.wait(10)
+        error, took = _interrupted_after(comm, lambda c: c.allreduce(np.ones(4)), 0.5, failed_rank=1)
+    thread.join(10)
+    assert not thread.is_alive() and took < 3 and error.failed_rank == 1, (took, error)
 
 
 def test_link_names_are_symmetric_unambiguous_and_short() -> None:
