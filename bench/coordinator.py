@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         partitions = choose_partitions(store, payload("plan", args.partitions, args.partitions, 1))
         listed = time.perf_counter()
         planned = plan(payload("plan", args.partitions, min(args.partitions, 2048), 2048), partitions, job_id="bench",
-                       function_timeout_s=900, max_world_size=2048, rendezvous=None, cancel_key="jobs/bench/cancel")
+                       function_timeout_s=900, max_world_size=2048, rendezvous=None)
         done = time.perf_counter()
         assert len(planned.events) == min(args.partitions, 2048)
 

@@ -88,8 +88,12 @@ class WorkerEvent:
         checkpoint: an explicit checkpoint location, which wins over the model folder.
         rendezvous: ``host:port`` of the rendezvous server, for the collective summary.
         comm_name: the job's secret communicator name (required with ``rendezvous``).
-        cancel_key: the S3 key (in ``result_bucket``) of the job's cancel marker, checked
-            between partitions.
+        cancel_key: the S3 key (in ``result_bucket``) of the job's cancel marker
+            (:func:`control_key`), checked between batches: a cancelled rank stops and writes
+            nothing further.
+        abort_key: the S3 key (in ``result_bucket``) of the job's abort marker, which the
+            coordinator writes when a rank fails, times out or is cancelled: the collective is
+            doomed then, so ranks in it leave at once and ranks not yet in it skip it.
         collective_timeout_s: the deadline of the collective summary; it is best effort.
     """
 
@@ -110,6 +114,7 @@ class WorkerEvent:
     rendezvous: str | None = None
     comm_name: str | None = None
     cancel_key: str | None = None
+    abort_key: str | None = None
     collective_timeout_s: float = 60.0
     version: int = SCHEMA_VERSION
 
@@ -184,6 +189,19 @@ def partition_number(key: str) -> int | None:
 def labels_key(result_path: str, rank: int) -> str:
     """The true redshifts of the rank's samples (float32 ``.npy``, same order), when partitions carry them."""
     return f"{result_path}/labels/{rank}.npy"
+
+
+#: The job's markers, under its result path: the one place both the coordinator and the workers
+#: may reach on AWS (the worker role reads and writes only its results' prefix and the inputs).
+CONTROL_MARKERS = ("cancel", "abort")
+
+
+def control_key(result_path: str, job_id: str, marker: str) -> str:
+    """Where a job's ``cancel`` or ``abort`` marker lives: ``{result_path}/_control/{job_id}/{marker}.json``
+    (the job's id in the key: a later job on the same result path never meets an old marker)."""
+    if marker not in CONTROL_MARKERS:
+        raise ValueError(f"no marker {marker!r}; markers are {', '.join(CONTROL_MARKERS)}")
+    return f"{result_path}/_control/{job_id}/{marker}.json"
 
 
 def collective_summary_key(result_path: str) -> str:

@@ -26,7 +26,7 @@ from services.coordinator.manifest import Manifest, read_manifest, write_manifes
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.pricing import load_prices
-from services.coordinator.state import RankRecord, cancel_key
+from services.coordinator.state import RankRecord
 from services.logs import event as log_event
 from services.s3store import S3Store
 
@@ -49,7 +49,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     partitions = choose_partitions(store, request)
     job_id = f"legacy-{request.result_path}"  # what the worker calls a job it got as a legacy item
     job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=settings.worker.timeout,
-                    max_world_size=settings.max_world_size, rendezvous=None, cancel_key=cancel_key(job_id))
+                    max_world_size=settings.max_world_size, rendezvous=None)
     # the Map runs each item once (its retries are for Lambda's service errors only)
     manifest = Manifest.from_plan(job_id, request, job_plan, function=request.function or settings.worker.function,
                                   max_attempts=1)

@@ -38,7 +38,7 @@ from services.coordinator.planning import Partition, Plan, partition_label
 from services.s3store import S3Store
 
 VERSION = 1
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 #: Written only once they have a value, as the coordinator always did (older readers look them up with .get).
 _WHEN_SET = ("started_at", "finished_at", "retried_at", "cancel_requested", "summary_key", "summary_error",
              "failed_ranks")

@@ -15,7 +15,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from services.contracts import Checkpoint, WorkerEvent, partition_number, split_endpoint
+from services.contracts import Checkpoint, WorkerEvent, control_key, partition_number, split_endpoint
 from services.coordinator.errors import PlanError
 from services.coordinator.payload import JobRequest
 from services.s3store import S3Store
@@ -79,7 +79,7 @@ def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]
 
 
 def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, function_timeout_s: float,
-         max_world_size: int, rendezvous: str | None, cancel_key: str,
+         max_world_size: int, rendezvous: str | None,
          max_concurrency_limit: int | None = None) -> Plan:
     """The events of a job whose partitions are known; raises PlanError for impossible requests.
 
@@ -116,7 +116,9 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
                     batch_size=request.batch_size, mode=request.mode, model_bucket=request.bucket,
                     model_prefix=request.S3_object_name, script=request.script if request.mode == "script" else None,
                     checkpoint=checkpoint, rendezvous=rendezvous if communicator else None, comm_name=comm_name,
-                    cancel_key=cancel_key, collective_timeout_s=min(120.0, function_timeout_s / 4))
+                    cancel_key=control_key(request.result_path, job_id, "cancel"),
+                    abort_key=control_key(request.result_path, job_id, "abort"),
+                    collective_timeout_s=min(120.0, function_timeout_s / 4))
         for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
     return Plan(tuple(partitions), events, assignment, comm_name, concurrency)
 

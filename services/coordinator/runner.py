@@ -22,6 +22,7 @@ from typing import Any
 
 from services import logs
 from services.contracts import WorkerEvent, result_key
+from services.coordinator.control import write_marker
 from services.coordinator.invoker import Invoker
 from services.coordinator.manifest import Manifest
 from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
@@ -49,6 +50,7 @@ class JobRunner:
         self.journal: RankJournal | None = None
         self.deadline = time.monotonic() + deadline_s
         self.cancelled = threading.Event()
+        self._aborted = False
         self.ranks: dict[int, RankRecord] = {}
         self.thread = threading.Thread(target=self._run, name=f"job-{self.job_id}", daemon=True)
 
@@ -57,9 +59,19 @@ class JobRunner:
         return self
 
     def cancel(self) -> None:
-        """Stop scheduling ranks; the manifest notes that a cancel was asked for."""
+        """Stop scheduling ranks and tell the running ones (the cancel marker, which they check
+        between batches); the job is ``cancelling`` until every rank has stopped."""
         self.cancelled.set()
-        self._update(cancel_requested=True)
+        write_marker(self.jobs.store, self.manifest, "cancel", reason="cancelled by request")
+        self.jobs.save_manifest(self.bucket, self._update(cancel_requested=True, state="cancelling"))
+
+    def _abort_collective(self, rank: int, reason: str) -> None:
+        """A rank failed: its peers must not wait for it in the collective (a retry skips it)."""
+        with self._manifest_lock:
+            if self._aborted or not self.manifest.communicator:
+                return
+            self._aborted = True
+        write_marker(self.jobs.store, self.manifest, "abort", reason=reason, rank=rank)
 
     def _update(self, **changes: Any) -> Manifest:
         """Replace the manifest by one with ``changes``; returns it (not yet written)."""
@@ -116,7 +128,9 @@ class JobRunner:
 
     def _complete(self) -> None:
         states = {record.state for record in self.ranks.values()}
-        if "failed" in states or self.manifest.error:
+        if self.manifest.cancel_requested:
+            state = "cancelled"  # what failed after the request was stopped by it, or would have been
+        elif "failed" in states or self.manifest.error:
             state = "failed"
         elif "cancelled" in states or "pending" in states:
             state = "cancelled"
@@ -167,7 +181,8 @@ class JobRunner:
         tried = 0
         while tried < budget:
             if self.cancelled.is_set() or time.monotonic() > self.deadline:
-                self._save(record, "cancelled" if record.state != "failed" else "failed")
+                self._save(record, "cancelled" if record.state != "failed" or self.manifest.cancel_requested
+                           else "failed")
                 return
             attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time())
             record.attempts.append(attempt)
@@ -182,6 +197,7 @@ class JobRunner:
                 return
             attempt.state, attempt.error = "failed", outcome.error
             log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
+            self._abort_collective(rank, f"rank {rank} attempt {attempt.attempt} failed: {outcome.error}")
             self._save(record, "failed")
 
     def _save(self, record: RankRecord, state: str) -> None:

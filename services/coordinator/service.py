@@ -13,6 +13,7 @@ from typing import Any
 
 from services.coordinator import finish, plots, report
 from services.coordinator.config import CoordinatorSettings
+from services.coordinator.control import write_marker
 from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, ReportNotFound
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
@@ -20,7 +21,7 @@ from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, current_address, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
-from services.coordinator.state import TERMINAL, JobStore, RankRecord, cancel_key, new_job_id
+from services.coordinator.state import TERMINAL, JobStore, RankRecord, new_job_id
 from services.logs import event as log_event
 from services.s3store import S3Store
 
@@ -51,7 +52,7 @@ class Coordinator:
         rendezvous, warnings = self._rendezvous_address()
         job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker.timeout,
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
-                        cancel_key=cancel_key(job_id), max_concurrency_limit=self.settings.max_concurrency_limit)
+                        max_concurrency_limit=self.settings.max_concurrency_limit)
         concurrency = job_plan.max_concurrency
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
@@ -136,10 +137,11 @@ class Coordinator:
         _bucket, manifest = self._manifest(job_id)
         if manifest.state in TERMINAL:
             raise JobConflict(f"job {job_id} is already {manifest.state}", job_id=job_id, state=manifest.state)
-        self.store.put(manifest.request.data_bucket, cancel_key(job_id), b"cancelled\n", "text/plain")  # workers see it
         runner = self._runners.get(job_id)
         if runner is not None:
             runner.cancel()
+        else:  # not running here (another coordinator's, or between its restarts): the marker stops its ranks
+            write_marker(self.store, manifest, "cancel", reason="cancelled by request")
         log_event(log, "job_cancel_requested", job_id=job_id)
         return self.status(job_id)
 

@@ -14,8 +14,8 @@ Rank records are journaled: changes are coalesced and written as one segment eve
 of two per rank (a PUT per rank capped the fan-out near S3's per-request latency). A coordinator
 killed between flushes loses at most the last interval of record changes, never results: when it
 resumes, a rank the journal does not show finished is checked against its result object in S3
-before it is run again. The cancel marker the workers check lives in the result bucket
-(``jobs/{job_id}/cancel``), beside the data they can read.
+before it is run again. The cancel and abort markers the workers check live under the job's
+result path instead (:mod:`.control`), the one place the worker role may read on AWS.
 """
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ def ranks_key(job_id: str) -> str:
 
 def journal_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/journal/"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"jobs/{job_id}/cancel"
 
 
 def active_key(result_bucket: str, result_path: str) -> str:

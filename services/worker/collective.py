@@ -21,7 +21,8 @@ import numpy as np
 from services.accuracy import OUTLIER_THRESHOLD
 from services.contracts import WorkerEvent, collective_summary_key, split_endpoint
 from services.logs import event as log_event
-from services.s3store import S3Store, StoreError
+from services.s3store import StoreError
+from services.worker.control import Markers, Watcher
 from services.worker.rankreport import RankTally
 
 log = logging.getLogger("cosmic.worker.collective")
@@ -67,13 +68,23 @@ def global_summary(totals: np.ndarray, residuals: list[np.ndarray], world_size: 
     return summary
 
 
-def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.ndarray | None,
+def summarise(job: WorkerEvent, markers: Markers, predicted: np.ndarray, true: np.ndarray | None,
               tally: RankTally, peak_mb: float) -> str:
-    """Run the collective; returns ``done``, ``skipped`` or ``failed: <reason>``, never raises."""
+    """Run the collective; returns ``done``, ``skipped...`` or ``failed: <reason>``, never raises.
+
+    The coordinator's markers decide whether to wait for peers at all: after an abort (a rank
+    failed) or a cancel the collective cannot complete, so a rank skips it, or leaves it at once.
+    """
     if job.rendezvous is None or job.comm_name is None:
         return "skipped"
     if job.attempt > 1:
         return "skipped"  # a retried rank's peers finished long ago; waiting for them would only time out
+    markers.look(force=True)
+    doomed = markers.collective_doomed()
+    if doomed is not None:
+        log_event(log, "collective_skipped", reason=doomed[0], failed_rank=doomed[1])
+        return f"skipped: {doomed[0]}"
+    store = markers.store
     from services.rendezvous.comm import Communicator  # lazily: only ranks with a rendezvous pay for it
     from services.rendezvous.errors import CommError, RendezvousError
 
@@ -83,7 +94,7 @@ def summarise(job: WorkerEvent, store: S3Store, predicted: np.ndarray, true: np.
     row[9] = peak_mb
     try:
         with Communicator(job.rank, job.world_size, job.comm_name, host, port,
-                          timeout=job.collective_timeout_s) as comm:
+                          timeout=job.collective_timeout_s) as comm, Watcher(markers, comm.interrupt):
             totals = comm.allreduce(row[:9])
             peak = comm.allreduce(row[9:], op="max")
             residuals = comm.gather(dz, root=0)

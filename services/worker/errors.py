@@ -10,8 +10,10 @@
     │   └── RefusedGlobal          the pickle names a global outside the allow-lists (``name``)
     ├── PartitionError             a partition not in a supported format or without the expected arrays
     │                              (``partition``; also a ValueError)
-    └── ScriptFailed               the legacy script is missing, exited non-zero or overran its deadline
-                                   (``script``)
+    ├── ScriptFailed               the legacy script is missing, exited non-zero or overran its deadline
+    │                              (``script``)
+    └── JobCancelled               the job's cancel marker appeared: not a failure, the rank stops between
+                                   batches and answers ``cancelled`` (never escapes the handler)
 """
 
 from __future__ import annotations
@@ -60,3 +62,12 @@ class ScriptFailed(WorkerError):
     def __init__(self, message: str, *, script: str | None = None) -> None:
         super().__init__(message)
         self.script = script
+
+
+class JobCancelled(WorkerError):
+    """The job was cancelled while this rank worked; ``reason`` is the marker's. Caught by the
+    native path, which stops, writes nothing further and answers ``cancelled``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the job was cancelled: {reason}")
+        self.reason = reason

@@ -48,6 +48,7 @@ import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -220,8 +221,13 @@ class Predictor:
         with torch.inference_mode():
             self._prepared = _Prepared(model.eval(), self.precision)
 
-    def predict(self, images: torch.Tensor, magnitudes: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Predicted redshifts, float32 ``[n]``."""
+    def predict(self, images: torch.Tensor, magnitudes: torch.Tensor, batch_size: int = 512,
+                after_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Predicted redshifts, float32 ``[n]``.
+
+        ``after_batch(samples_done)`` runs after every batch, in the caller's thread: the one
+        place a rank checks for cancel (it may raise to stop; no stream keeps working after it).
+        """
         out = np.empty(images.shape[0], dtype=np.float32)
         step = -(-batch_size // self.streams)
         if torch.get_num_threads() != self._intra_op_threads:  # process-wide: someone else may have set it
@@ -232,13 +238,17 @@ class Predictor:
                 stop = start + step
                 out[start:stop] = self._forward(images[start:stop], magnitudes[start:stop]).reshape(-1).numpy()
 
-        starts = range(0, images.shape[0], step)
-        if self._pool is None:
-            for start in starts:
-                run(start)
-        else:
-            for _ in self._pool.map(run, starts):  # re-raises a stream's error here
-                pass
+        total = images.shape[0]
+        for batch_start in range(0, total, batch_size):  # a batch's slices run side by side, one per stream
+            starts = range(batch_start, min(batch_start + batch_size, total), step)
+            if self._pool is None:
+                for start in starts:
+                    run(start)
+            else:
+                for _ in self._pool.map(run, starts):  # re-raises a stream's error here
+                    pass
+            if after_batch is not None:
+                after_batch(min(batch_start + batch_size, total))
         return out
 
     def _forward(self, images: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:

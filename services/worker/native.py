@@ -2,9 +2,9 @@
 
 The order of work is what makes a warm invocation mostly inference: the first partition starts
 downloading before the model is looked up (a cold start overlaps the two), each next partition
-downloads while the current one is inferred, and the cancel marker is checked between
-partitions. Results are written under the rank's own keys only, so a retried rank overwrites
-its own objects and nothing else.
+downloads while the current one is inferred, and the cancel marker is checked between batches
+(a cancelled rank stops within about a second and writes nothing further). Results are written
+under the rank's own keys only, so a retried rank overwrites its own objects and nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from services.contracts import WorkerEvent, WorkerResult, labels_key, prediction
 from services.logs import event as log_event
 from services.s3store import S3Store
 from services.worker.collective import summarise
+from services.worker.control import Markers
+from services.worker.errors import JobCancelled
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint
 from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
@@ -28,28 +30,26 @@ from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
 log = logging.getLogger("cosmic.worker.native")
 
 
-def cancelled(store: S3Store, job: WorkerEvent) -> bool:
-    """Whether the job's cancel marker exists (no marker key: never cancelled)."""
-    return job.cancel_key is not None and store.etag(job.result_bucket, job.cancel_key) is not None
-
-
 def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: int,
                runtime: dict[str, Any]) -> WorkerResult:
     tally = RankTally()
+    markers = Markers(store, job)
     predictions: list[np.ndarray] = []
     truths: list[np.ndarray] = []
-    status = "succeeded"
     with PartitionFeed(store, job.data_bucket, list(job.partitions), ahead=prefetch) as feed:
         loaded = models.get(locate_checkpoint(store, job))
         tally.load_s = loaded.load_s
         for fetched in feed:
-            if cancelled(store, job):
-                status = "cancelled"
-                log_event(log, "cancelled", before=fetched.key, done=len(tally.partitions_done))
-                break
             started = time.perf_counter()
             part = fetched.partition
-            predictions.append(loaded.predictor.predict(part.images, part.magnitudes, job.batch_size))
+            try:
+                markers.stop_if_cancelled()
+                predictions.append(loaded.predictor.predict(part.images, part.magnitudes, job.batch_size,
+                                                            after_batch=lambda _: markers.stop_if_cancelled()))
+            except JobCancelled as cancelled:
+                log_event(log, "cancelled", during=fetched.key, partitions_done=len(tally.partitions_done),
+                          reason=cancelled.reason)
+                return _cancelled(job, tally, loaded.cold)
             infer_s = time.perf_counter() - started
             if part.redshifts is not None:
                 truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
@@ -72,18 +72,26 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     peak_mb = peak_rss_mb()
     runtime = {**runtime, "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
                "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
-    document = rank_document(job, tally, status=status, cold_start=loaded.cold, peak_mb=peak_mb, runtime=runtime,
-                             accuracy=accuracy)
+    document = rank_document(job, tally, status="succeeded", cold_start=loaded.cold, peak_mb=peak_mb,
+                             runtime=runtime, accuracy=accuracy)
     started = time.perf_counter()
     store.put_json(job.result_bucket, result_key(job.result_path, job.rank), document)
     tally.upload_s += time.perf_counter() - started
 
-    collective = summarise(job, store, predicted, true, tally, peak_mb) if status == "succeeded" else "skipped"
-    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status=status,
+    collective = summarise(job, markers, predicted, true, tally, peak_mb)
+    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="succeeded",
                         result_keys=[*written, result_key(job.result_path, job.rank)],
                         num_samples=tally.num_samples, partitions_done=tally.partitions_done,
                         timings_s=tally.timings(), peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
                         collective=collective, checks={"accuracy": accuracy} if accuracy else {})
+
+
+def _cancelled(job: WorkerEvent, tally: RankTally, cold: bool) -> WorkerResult:
+    """What a cancelled rank answers: the partitions it finished, nothing written (the job is stopping)."""
+    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="cancelled", result_keys=[],
+                        num_samples=tally.num_samples, partitions_done=tally.partitions_done,
+                        timings_s=tally.timings(), peak_rss_mb=round(peak_rss_mb(), 1), cold_start=cold,
+                        collective="skipped", checks={})
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -56,7 +56,7 @@ def new_manifest(**request: Any) -> Manifest:
     job_request = JobRequest.model_validate(payload)
     partitions = [Partition(f"data/25MB/{i}.pt", 1000 * i) for i in (1, 2, 3)]
     job_plan = plan(job_request, partitions, job_id="j-new", function_timeout_s=900, max_world_size=8,
-                    rendezvous="127.0.0.1:10000", cancel_key="jobs/j-new/cancel")
+                    rendezvous="127.0.0.1:10000")
     return Manifest.from_plan("j-new", job_request, job_plan, function="cosmic-worker", max_attempts=3,
                               rendezvous="127.0.0.1:10000", idempotency_key="key-1", warnings=["a warning"])
 

@@ -50,14 +50,14 @@ def _plan(payload: dict[str, Any], rendezvous: str | None, job_id: str | None = 
     """The events the coordinator plans for ``payload``, over partitions ``1..file_limit`` of its prefix."""
     from services.coordinator.payload import JobRequest
     from services.coordinator.planning import Partition, plan
-    from services.coordinator.state import cancel_key, new_job_id
+    from services.coordinator.state import new_job_id
 
     request = JobRequest.model_validate(payload)
     partitions = [Partition(f"{request.data_prefix}/{index}.pt", PARTITION_BYTES)
                   for index in range(1, request.partitions_wanted + 1)]
     job_id = job_id or new_job_id()
     planned = plan(request, partitions, job_id=job_id, function_timeout_s=FUNCTION_TIMEOUT_S, max_world_size=2048,
-                   rendezvous=rendezvous, cancel_key=cancel_key(job_id))
+                   rendezvous=rendezvous)
     return [event.to_dict() for event in planned.events]
 
 

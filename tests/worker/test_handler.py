@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,13 @@ def test_npz_and_unlabelled_partitions(world: World, invoke) -> None:
     assert not any("/labels/" in key for key in response["result_keys"])
 
 
-def test_cancel_marker_stops_between_partitions(world: World, invoke) -> None:
+def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke) -> None:
+    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind."""
     event = world.event(cancel_key="jobs/cancelled-job/CANCEL")
-    world.store.put(world.bucket, event["cancel_key"], b"")
+    world.store.put(world.bucket, event["cancel_key"], b"")  # any object there is a marker, even not JSON
     response = invoke(event)
     assert response["status"] == "cancelled" and response["partitions_done"] == [] and response["num_samples"] == 0
-    document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
-    assert document["status"] == "cancelled"
+    assert response["result_keys"] == [] and world.keys(event["result_path"]) == []
 
 
 def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
@@ -226,6 +227,33 @@ def test_collective_summary_matches_the_ranks(world: World, invoke, rendezvous: 
     assert summary["num_samples"] == 96 and summary["world_size"] == 2
     for name in ("mae", "mse", "bias", "nmad", "r2", "outlier_fraction"):
         assert summary["accuracy"][name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+
+
+def test_an_abort_marker_ends_the_wait_for_a_peer_that_failed(world: World, invoke, rendezvous: str) -> None:
+    """The coordinator saw rank 1 fail: rank 0 leaves the collective at once, not at its deadline."""
+    event = world.event(world_size=2, rendezvous=rendezvous, comm_name=f"abort-{time.time_ns()}",
+                        collective_timeout_s=60.0, abort_key="jobs/aborted-job/abort.json")
+    marker = threading.Timer(1.0, world.store.put_json,
+                             args=(world.bucket, event["abort_key"], {"rank": 1, "reason": "rank 1 attempt 1 failed"}))
+    started = time.monotonic()
+    marker.start()
+    try:
+        response = invoke(event)
+    finally:
+        marker.cancel()
+    took = time.monotonic() - started
+    assert took < 15, f"rank 0 waited {took:.1f} s for a peer the coordinator knew had failed"
+    assert response["status"] == "succeeded" and "rank 1 attempt 1 failed" in response["collective"], response
+    assert result_key(event["result_path"], 0) in response["result_keys"]  # its own results are kept
+
+
+def test_a_rank_that_meets_the_abort_marker_skips_the_collective(world: World, invoke, rendezvous: str) -> None:
+    event = world.event(world_size=2, rendezvous=rendezvous, comm_name=f"late-{time.time_ns()}",
+                        collective_timeout_s=60.0, abort_key="jobs/aborted-early/abort.json")
+    world.store.put_json(world.bucket, event["abort_key"], {"rank": 1, "reason": "rank 1 timed out"})
+    started = time.monotonic()
+    response = invoke(event)
+    assert time.monotonic() - started < 15 and response["collective"] == "skipped: rank 1 timed out", response
 
 
 def test_retried_attempt_skips_the_collective(world: World, invoke) -> None:

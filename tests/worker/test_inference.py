@@ -56,6 +56,26 @@ def test_fp32_matches_the_plain_model_across_batch_edges(data, streams: int) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("streams", [1, 2])
+def test_the_per_batch_hook_runs_after_each_batch_and_can_stop_the_rest(data, streams: int) -> None:
+    """Where a rank checks for cancel: a hook that raises stops inference before the next batch."""
+    predictor = inference.Predictor(RedshiftModel(), "fp32", threads=2, streams=streams)
+    seen: list[int] = []
+    predictor.predict(data.images, data.magnitudes, batch_size=32, after_batch=seen.append)
+    assert seen == [32, 64, 70]
+    forwards: list[int] = []
+    forward = predictor._forward
+    predictor._forward = lambda images, magnitudes: forwards.append(len(images)) or forward(images, magnitudes)
+
+    def stop_after_the_first(done: int) -> None:
+        raise StopIteration(done)  # what JobCancelled does in a rank
+
+    with pytest.raises(StopIteration):
+        predictor.predict(data.images, data.magnitudes, batch_size=32, after_batch=stop_after_the_first)
+    assert sum(forwards) == 32, f"{sum(forwards)} samples inferred after the hook asked to stop at 32"
+
+
+@pytest.mark.integration
 def test_the_model_is_left_as_it_was(data) -> None:
     torch.manual_seed(1)
     model = RedshiftModel().eval()

@@ -1,0 +1,107 @@
+"""The coordinator's markers as a rank sees them: cancel (stop now) and abort (skip the collective).
+
+Checked from the per-batch hook, so a cancelled rank stops within about a second of work, and by a
+watcher thread while the rank is in the collective, so that a rank whose peer failed leaves it at
+once instead of waiting out its deadline. Each check is one S3 HEAD, made at most once per
+``interval`` seconds: on AWS about $0.0004 per 1,000 (a 30 s rank makes ~30 per marker).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services import logs
+from services.contracts import WorkerEvent
+from services.logs import event as log_event
+from services.s3store import S3Store, StoreError
+from services.worker.errors import JobCancelled
+
+log = logging.getLogger("cosmic.worker.control")
+
+#: Seconds between two looks at a marker.
+CHECK_INTERVAL_S = 1.0
+
+
+class Markers:
+    """One rank's view of its job's markers; a marker once seen stays seen."""
+
+    def __init__(self, store: S3Store, job: WorkerEvent, interval: float = CHECK_INTERVAL_S) -> None:
+        self.store, self.job, self.interval = store, job, interval
+        self._next_look = 0.0
+        self.cancel_reason: str | None = None
+        self.abort: dict[str, Any] | None = None
+
+    def _read(self, key: str | None) -> dict[str, Any] | None:
+        if key is None:
+            return None
+        try:
+            document = self.store.get_json(self.job.result_bucket, key)
+        except StoreError as exc:
+            if exc.code is None and self.store.etag(self.job.result_bucket, key) is not None:
+                return {"reason": "marker present"}  # there, but not ours to parse: still a marker
+            log_event(log, "marker_unreadable", logging.WARNING, key=key, error=str(exc))
+            return None  # S3 hiccup: not a reason to stop; look again next time
+        if document is None:
+            return None
+        return document if isinstance(document, dict) else {"reason": "marker present"}
+
+    def look(self, force: bool = False) -> None:
+        """Read both markers, unless the last look was under ``interval`` ago."""
+        now = time.monotonic()
+        if not force and now < self._next_look:
+            return
+        self._next_look = now + self.interval
+        if self.cancel_reason is None and (cancel := self._read(self.job.cancel_key)) is not None:
+            self.cancel_reason = str(cancel.get("reason") or "cancelled")
+            log_event(log, "cancel_seen", reason=self.cancel_reason)
+        if self.abort is None and (abort := self._read(self.job.abort_key)) is not None:
+            self.abort = abort
+            log_event(log, "abort_seen", failed_rank=abort.get("rank"), reason=abort.get("reason"))
+
+    def stop_if_cancelled(self, force: bool = False) -> None:
+        """The per-batch hook: raises JobCancelled once the cancel marker is there."""
+        self.look(force)
+        if self.cancel_reason is not None:
+            raise JobCancelled(self.cancel_reason)
+
+    def collective_doomed(self) -> tuple[str, int] | None:
+        """Why this rank must not wait in the collective (reason, failed rank), or None."""
+        if self.cancel_reason is not None:
+            return f"the job was cancelled: {self.cancel_reason}", self.job.rank
+        if self.abort is not None:
+            failed = self.abort.get("rank")
+            return str(self.abort.get("reason") or "a rank failed"), int(failed) if failed is not None else -1
+        return None
+
+
+class Watcher:
+    """While a collective runs: look at the markers every ``interval`` and call ``stop`` once
+    when one says the collective is doomed. A context manager; the thread ends with the block."""
+
+    def __init__(self, markers: Markers, stop: Callable[[str, int], None]) -> None:
+        self.markers, self.stop = markers, stop
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.markers.interval):
+            self.markers.look(force=True)
+            doomed = self.markers.collective_doomed()
+            if doomed is not None:
+                log_event(log, "collective_interrupted", reason=doomed[0], failed_rank=doomed[1])
+                self.stop(*doomed)
+                return
+
+    def __enter__(self) -> Watcher:
+        self._thread = threading.Thread(target=logs.carry(self._watch), name="markers", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
