@@ -249,8 +249,9 @@ def stack_parameters(d: Deployment, part: str) -> dict[str, str | None]:
     buckets = {"ModelBucketName": d.output("storage", "ModelBucketName"),
                "DataBucketName": d.output("storage", "DataBucketName"),
                "StateBucketName": d.output("storage", "StateBucketName")}
-    if part == "worker":
-        return {"FunctionName": s.worker_function, "ImageUri": image.get("worker"), **buckets,
+    if part == "worker":  # the state bucket is the coordinator's alone: the workers' markers are under results
+        inputs = {name: value for name, value in buckets.items() if name != "StateBucketName"}
+        return {"FunctionName": s.worker_function, "ImageUri": image.get("worker"), **inputs,
                 "ResultBucketName": buckets["DataBucketName"], "MemorySize": str(s.worker_memory_mb),
                 "Timeout": str(s.worker_timeout_s), "EphemeralStorage": str(s.worker_ephemeral_mb)}
     if part == "rendezvous":

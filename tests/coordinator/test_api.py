@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import select
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.parse
 from typing import Any
 
+from services.contracts import control_key
 from services.coordinator.state import JobStore, manifest_key
 from services.memory import peak_rss_kib
 from tests.common import REPO
@@ -236,13 +238,29 @@ def test_cancel_stops_scheduling(api: Api, stack: Servers) -> None:
     while api.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < 1:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    status, _ = api.call("DELETE", f"/jobs/{job_id}")
-    assert status == 202
+    status, answer = api.call("DELETE", f"/jobs/{job_id}")
+    assert status == 202 and answer["state"] == "cancelling", answer
     final = api.wait(job_id)
     assert final["state"] == "cancelled", final
     assert final["ranks_by_state"].get("cancelled", 0) >= 1 and final["ranks_by_state"].get("succeeded", 0) < 6
-    assert stack.store.etag(stack.bucket, f"jobs/{job_id}/cancel") is not None
+    result_path = final["result"].split("/", 3)[3]
+    assert stack.store.etag(stack.bucket, control_key(result_path, job_id, "cancel")) is not None
     assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
+
+
+def test_a_failed_rank_does_not_hold_its_peers_in_the_collective(api: Api, stack: Servers) -> None:
+    """Rank 1 fails its first attempt: ranks 0 and 2 leave the collective at once (the abort
+    marker), instead of waiting out its deadline (30 s here) for a peer that is being retried."""
+    payload = stack.payload(file_limit="3", world_size=3, communicator=True,
+                            result_path=f"results/flaky-{secrets.token_hex(4)}")
+    started = time.monotonic()
+    final = api.wait(api.submit(payload))
+    took = time.monotonic() - started
+    assert final["state"] == "succeeded", final
+    assert [len(rank["attempts"]) for rank in final["ranks"]] == [1, 2, 1], final["ranks"]
+    assert took < 20, f"the job took {took:.1f} s: its ranks waited for the failed one"
+    abort = stack.store.get_json(stack.bucket, control_key(payload["result_path"], final["job_id"], "abort"))
+    assert abort["rank"] == 1 and "transient failure" in abort["reason"], abort
 
 
 def test_retry_reruns_only_the_failed_ranks(api: Api, stack: Servers) -> None:

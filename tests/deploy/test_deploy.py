@@ -260,7 +260,7 @@ def test_existing_buckets_are_used_instead_of_new_ones(cloud: Cloud) -> None:
 def test_parameters_are_checked_against_the_templates() -> None:
     worker = templates.load("worker")
     good = {"ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/cosmic/worker@sha256:" + "0" * 64,
-            "ModelBucketName": "m", "DataBucketName": "d", "ResultBucketName": "d", "StateBucketName": "s"}
+            "ModelBucketName": "m", "DataBucketName": "d", "ResultBucketName": "d"}
     worker.check(good)
     worker.check({**good, "ImageUri": None})  # not known yet: checked when it is
     with pytest.raises(templates.TemplateError, match="MemorySize='99999' is above MaxValue 10240"):

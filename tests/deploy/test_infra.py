@@ -81,6 +81,24 @@ def test_worker_is_an_image_outside_any_vpc() -> None:
     assert function["EphemeralStorage"] == {"Size": {"Ref": "EphemeralStorage"}}
 
 
+def test_workers_read_the_markers_where_the_coordinator_writes_them_and_nothing_of_its_state() -> None:
+    """The cancel and abort markers live under the job's result path: the worker role reads them
+    through its results grant, and needs nothing of the coordinator's state bucket."""
+    from services.contracts import control_key
+
+    template = _template("worker.yaml")
+    (role,) = _resources(template, "AWS::IAM::Role").values()
+    readable = [_with_defaults(template, resource) for statement in _statements(role)
+                if "s3:GetObject" in _listed(statement["Action"]) for resource in _listed(statement["Resource"])]
+    assert not any("StateBucket" in str(resource) for resource in readable), readable
+    assert "StateBucketName" not in template["Parameters"]
+    prefix = template["Parameters"]["ResultsPrefix"]["Default"]
+    results = f"arn:${{AWS::Partition}}:s3:::${{ResultBucketName}}/{prefix}*"
+    assert results in readable, readable
+    for marker in ("cancel", "abort"):
+        assert control_key(f"{prefix}-partition-25MB/1GB/1", "j1", marker).startswith(prefix)
+
+
 def test_worker_role_is_least_privilege() -> None:
     template = _template("worker.yaml")
     (role,) = _resources(template, "AWS::IAM::Role").values()
@@ -212,11 +230,7 @@ def test_coordinator_leaves_the_partitions_read_only() -> None:
     writes = [resource for statement in _statements(role) if "s3:PutObject" in _listed(statement["Action"])
               for resource in _listed(statement["Resource"])]
     data = [resource["Fn::Sub"] for resource in writes if "${DataBucketName}" in resource["Fn::Sub"]]
-    assert sorted(data) == ["arn:${AWS::Partition}:s3:::${DataBucketName}/${ResultsPrefix}*",
-                            "arn:${AWS::Partition}:s3:::${DataBucketName}/jobs/*"]
-    from services.coordinator.state import cancel_key
-
-    assert cancel_key("j1").startswith("jobs/"), "workers read the cancel marker where the role may write it"
+    assert sorted(data) == ["arn:${AWS::Partition}:s3:::${DataBucketName}/${ResultsPrefix}*"]
 
 
 # --- storage -----------------------------------------------------------------------------------
