@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
     "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),
     "status": ("services.client.status", "a job's progress, or the list of jobs"),
+    "cancel": ("services.client.cancel", "cancel a job: its ranks stop within about a second"),
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import select
 import socket
@@ -246,6 +247,19 @@ def test_cancel_stops_scheduling(api: Api, stack: Servers) -> None:
     result_path = final["result"].split("/", 3)[3]
     assert stack.store.etag(stack.bucket, control_key(result_path, job_id, "cancel")) is not None
     assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
+
+
+def test_cosmic_cancel_waits_until_the_job_is_cancelled(api: Api, stack: Servers) -> None:
+    job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False,
+                                      max_concurrency=1))
+    done = subprocess.run([sys.executable, "-m", "services.cli", "cancel", job_id, "--wait"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, "COSMIC_COORDINATOR_URL": api.url})
+    assert done.returncode == 0, done.stderr
+    assert f"job {job_id}: cancelled" in done.stdout, done.stdout
+    assert api.call("GET", f"/jobs/{job_id}")[1]["state"] == "cancelled"
+    again = subprocess.run([sys.executable, "-m", "services.cli", "cancel", job_id], capture_output=True, text=True,
+                           timeout=60, cwd=REPO, env={**os.environ, "COSMIC_COORDINATOR_URL": api.url})
+    assert again.returncode == 1 and "already cancelled" in again.stderr, again.stderr
 
 
 def test_a_failed_rank_does_not_hold_its_peers_in_the_collective(api: Api, stack: Servers) -> None:
