@@ -62,6 +62,10 @@ class Checkpoint:
     sha256: str | None = None
 
 
+#: Optional event fields added after version 1 was first written (see :meth:`WorkerEvent.to_dict`).
+_ADDED_WITHIN_VERSION = ("abort_key",)
+
+
 @dataclass(frozen=True)
 class WorkerEvent:
     """What one worker invocation must do.
@@ -119,9 +123,13 @@ class WorkerEvent:
     version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as JSON-able data, in the versioned form."""
+        """The event as JSON-able data, in the versioned form. Fields added within a version are
+        left out while unset, so a document written before them reads back byte for byte."""
         data = dataclasses.asdict(self)
         data["partitions"] = list(self.partitions)
+        for name in _ADDED_WITHIN_VERSION:
+            if data[name] is None:
+                del data[name]
         return data
 
 

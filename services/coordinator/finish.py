@@ -41,15 +41,18 @@ def _parallel(function: Callable[[int], T], count: int) -> list[T]:
         return list(pool.map(function, range(count)))
 
 
-def result_arrays(store: S3Store, manifest: Manifest) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Every rank's predictions, in rank order, and the labels when every rank has them."""
+def result_arrays(store: S3Store, manifest: Manifest,
+                  finished: set[int] | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The predictions of every rank (or of the ``finished`` ones: a rank that did not finish may
+    have left an older job's arrays at the same path), in rank order, and the labels when all have them."""
     bucket, path = manifest.request.data_bucket, manifest.request.result_path
+    ranks = sorted(finished) if finished is not None else list(range(manifest.world_size))
 
     def read(rank: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         predicted = _npy(store, bucket, predictions_key(path, rank))
         return predicted, (_npy(store, bucket, labels_key(path, rank)) if predicted is not None else None)
 
-    pairs = [pair for pair in _parallel(read, manifest.world_size) if pair[0] is not None]
+    pairs = [pair for pair in _parallel(lambda index: read(ranks[index]), len(ranks)) if pair[0] is not None]
     predictions = [predicted for predicted, _ in pairs]
     labels = [label for _, label in pairs]
     if not predictions:
@@ -77,6 +80,14 @@ def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
     return found
 
 
+def ending_state(manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
+    """How the job ended, as its manifest will say once the summary is written."""
+    if manifest.cancel_requested:
+        return "cancelled"
+    states = {record.state for record in ranks.values()}
+    return "failed" if "failed" in states or manifest.error else "cancelled" if "cancelled" in states else "succeeded"
+
+
 @dataclass(frozen=True)
 class WrittenSummary:
     """What :func:`write_summary` wrote: the summary's ``s3://`` URI and the document itself."""
@@ -97,7 +108,12 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
 
     documents = [document for document in _parallel(read, manifest.world_size)
                  if isinstance(document, dict) and document.get("job_id", manifest.job_id) == manifest.job_id]
-    predictions, labels = result_arrays(store, manifest)
+    finished = {rank for rank in range(manifest.world_size) if rank not in ranks or ranks[rank].state == "succeeded"}
+    predictions, labels = result_arrays(store, manifest, finished)
+    partitions = manifest.partitions
+    if len(finished) < manifest.world_size:  # cancelled or failed: count only what the finished ranks read
+        read_keys = {key for event in manifest.events if event.rank in finished for key in event.partitions}
+        partitions = [partition for partition in manifest.partitions if partition.key in read_keys]
     collective = store.get_json(data_bucket, collective_summary_key(result_path)) if manifest.communicator else None
     if isinstance(collective, dict) and collective.get("job_id") != manifest.job_id:
         collective = None  # an older job's summary at the same path
@@ -105,11 +121,11 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
         job_id=manifest.job_id, function=manifest.function,
         region=aws_region(),
         world_size=manifest.world_size, partition_label=manifest.partition_label,
-        partitions=len(manifest.partitions), input_bytes=manifest.input_bytes,
+        partitions=len(partitions), input_bytes=sum(partition.size for partition in partitions),
         submitted_at=manifest.submitted_at, finished_at=time.time(), result_path=result_path,
         # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
         s3_gets=sum(len(e.partitions) for e in manifest.events) + 2 * manifest.world_size,
-        s3_puts=3 * manifest.world_size)
+        s3_puts=3 * manifest.world_size, state=ending_state(manifest, ranks))
     document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
     store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
     store.put_json(data_bucket, f"{result_path}/summary.json", document)

@@ -105,7 +105,10 @@ def render_report(summary: Summary, fmt: str) -> str:
 def _md_heading(summary: Summary) -> str:
     label = summary["partition_label"] or "-"
     memory = f"{_cell('memory_mb', summary['peak_memory_mb'])} of {_cell('memory_mb', summary['configured_memory_mb'])}"
-    return (f"# Job {summary['job_id']}\n\n"
+    ended = summary.get("state", "succeeded")
+    note = (f"- **{ended}**: the sizes below count only the ranks that finished before it\n"
+            if ended == "cancelled" else f"- {ended}\n")
+    return (f"# Job {summary['job_id']}\n\n{note}"
             f"- function `{summary['function']}` in {summary['region']} ({summary['architecture']}), "
             f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
             f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "

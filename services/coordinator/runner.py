@@ -23,6 +23,7 @@ from typing import Any
 from services import logs
 from services.contracts import WorkerEvent, result_key
 from services.coordinator.control import write_marker
+from services.coordinator.finish import ending_state
 from services.coordinator.invoker import Invoker
 from services.coordinator.manifest import Manifest
 from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
@@ -127,15 +128,7 @@ class JobRunner:
                 future.result()  # surfaces bugs in _run_rank
 
     def _complete(self) -> None:
-        states = {record.state for record in self.ranks.values()}
-        if self.manifest.cancel_requested:
-            state = "cancelled"  # what failed after the request was stopped by it, or would have been
-        elif "failed" in states or self.manifest.error:
-            state = "failed"
-        elif "cancelled" in states or "pending" in states:
-            state = "cancelled"
-        else:
-            state = "succeeded"
+        state = ending_state(self.manifest, self.ranks)
         ending: dict[str, Any] = {}
         try:
             ending["summary_key"] = self._finish(self.bucket, self.manifest, self.ranks)

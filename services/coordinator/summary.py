@@ -84,6 +84,8 @@ class JobFacts:
     s3_gets: int = 0
     s3_puts: int = 0
     architecture: str = "x86_64"
+    #: How the job ended; a cancelled job's sizes count only the ranks that finished.
+    state: str = "succeeded"
 
 
 class InvocationCounts(TypedDict):
@@ -155,6 +157,7 @@ class Summary(TypedDict):
     region: str
     architecture: str
     result_path: str
+    state: str
     partition_label: str | None
     partitions: int
     world_size: int
@@ -209,7 +212,7 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
     summary: Summary = {
         "schema": SCHEMA,
         "job_id": facts.job_id, "function": facts.function, "region": facts.region,
-        "architecture": facts.architecture, "result_path": facts.result_path,
+        "architecture": facts.architecture, "result_path": facts.result_path, "state": facts.state,
         "partition_label": facts.partition_label, "partitions": facts.partitions, "world_size": facts.world_size,
         "samples": samples, "input_bytes": facts.input_bytes,
         "submitted_at": facts.submitted_at, "finished_at": facts.finished_at, "wall_time_s": wall,

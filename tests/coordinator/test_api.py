@@ -247,6 +247,14 @@ def test_cancel_stops_scheduling(api: Api, stack: Servers) -> None:
     result_path = final["result"].split("/", 3)[3]
     assert stack.store.etag(stack.bucket, control_key(result_path, job_id, "cancel")) is not None
     assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
+    finished = final["ranks_by_state"]["succeeded"]
+    status, report = api.call("GET", f"/jobs/{job_id}/report")
+    assert status == 200 and report["state"] == "cancelled", report
+    assert report["partitions"] == finished < PARTITIONS, "the report counts only the input the finished ranks read"
+    sizes = {key: size for key, _, size in stack.store.objects(stack.bucket, "tiny/")}
+    assert report["input_bytes"] == sum(sizes[f"tiny/{i}.pt"] for i in range(1, finished + 1))  # ranks run in order
+    status, markdown = api.call("GET", f"/jobs/{job_id}/report?format=md")
+    assert b"**cancelled**: the sizes below count only the ranks that finished" in markdown
 
 
 def test_cosmic_cancel_waits_until_the_job_is_cancelled(api: Api, stack: Servers) -> None:
