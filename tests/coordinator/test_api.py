@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from services.coordinator.state import JobStore, manifest_key
+from services.coordinator.state import JobStore, cancel_key, manifest_key
 from services.memory import peak_rss_kib
 from tests.common import REPO
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Servers
@@ -241,7 +241,7 @@ def test_cancel_stops_scheduling(api: Api, stack: Servers) -> None:
     final = api.wait(job_id)
     assert final["state"] == "cancelled", final
     assert final["ranks_by_state"].get("cancelled", 0) >= 1 and final["ranks_by_state"].get("succeeded", 0) < 6
-    assert stack.store.etag(stack.bucket, f"jobs/{job_id}/cancel") is not None
+    assert stack.store.etag(stack.bucket, cancel_key(job_id)) is not None
     assert api.call("DELETE", f"/jobs/{job_id}")[0] == 409
 
 

@@ -8,6 +8,7 @@ steps' handlers).
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import re
@@ -213,10 +214,24 @@ def test_coordinator_leaves_the_partitions_read_only() -> None:
               for resource in _listed(statement["Resource"])]
     data = [resource["Fn::Sub"] for resource in writes if "${DataBucketName}" in resource["Fn::Sub"]]
     assert sorted(data) == ["arn:${AWS::Partition}:s3:::${DataBucketName}/${ResultsPrefix}*",
+                            "arn:${AWS::Partition}:s3:::${DataBucketName}/.cosmic/jobs/*",
                             "arn:${AWS::Partition}:s3:::${DataBucketName}/jobs/*"]
     from services.coordinator.state import cancel_key
 
-    assert cancel_key("j1").startswith("jobs/"), "workers read the cancel marker where the role may write it"
+    assert cancel_key("j1").startswith(".cosmic/jobs/"), "workers read the cancel marker where the role may write it"
+
+
+def test_the_worker_may_read_the_cancel_marker_where_the_coordinator_writes_it() -> None:
+    """In the result bucket under the reserved prefix (and the old jobs/ for jobs started before it)."""
+    from services.coordinator.state import cancel_key
+
+    role = _template("worker.yaml")["Resources"]["WorkerRole"]
+    reads = [resource["Fn::Sub"] for statement in _statements(role) if "s3:GetObject" in _listed(statement["Action"])
+             for resource in _listed(statement["Resource"]) if "${ResultBucketName}" in resource["Fn::Sub"]]
+    marker = "arn:${AWS::Partition}:s3:::${ResultBucketName}/" + cancel_key("j1")
+    assert any(fnmatch.fnmatchcase(marker, pattern) for pattern in reads), reads
+    legacy = "arn:${AWS::Partition}:s3:::${ResultBucketName}/jobs/j1/cancel"
+    assert any(fnmatch.fnmatchcase(legacy, pattern) for pattern in reads), reads
 
 
 # --- storage -----------------------------------------------------------------------------------
