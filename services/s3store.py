@@ -20,7 +20,8 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as TransportError
 
 from services.aws import s3_endpoint
 
@@ -34,14 +35,23 @@ class StoreError(RuntimeError):
     ``code`` is S3's error code (``NoSuchBucket``, ``NoSuchKey``, ``AccessDenied``, ...), or None
     when S3 gave no answer (a transport error: no endpoint, a timeout) or one we cannot read (a
     document that is not JSON). ``bucket`` and ``key`` (the prefix, for a listing) say where.
-    Callers branch on ``code``, never on the message.
+    ``endpoint`` is the S3 endpoint that gave no answer (connection refused, a timeout), set for
+    transport failures only: :attr:`unanswered` tells them from an unreadable document.
+    Callers branch on ``code`` and ``unanswered``, never on the message.
     """
 
-    def __init__(self, message: str, *, bucket: str, key: str, code: str | None = None) -> None:
+    def __init__(self, message: str, *, bucket: str, key: str, code: str | None = None,
+                 endpoint: str | None = None) -> None:
         super().__init__(message)
         self.bucket = bucket
         self.key = key
         self.code = code
+        self.endpoint = endpoint
+
+    @property
+    def unanswered(self) -> bool:
+        """S3 gave no answer at all (a transport failure): the call may work once S3 is back."""
+        return self.code is None and self.endpoint is not None
 
 
 @dataclass(frozen=True)
@@ -92,14 +102,14 @@ class S3Store:
                 for item in page.get("Contents", []):
                     yield item["Key"], item["ETag"].strip('"'), int(item["Size"])
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("list", bucket, prefix, exc) from None
+            raise self._failed("list", bucket, prefix, exc) from None
 
     def get(self, bucket: str, key: str) -> Blob:
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
             return Blob(response["Body"].read(), response["ETag"].strip('"'))
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("read", bucket, key, exc) from None
+            raise self._failed("read", bucket, key, exc) from None
 
     def etag(self, bucket: str, key: str) -> str | None:
         """The object's ETag, or None when it does not exist."""
@@ -108,20 +118,20 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             if _code(exc) in NOT_FOUND:
                 return None
-            raise _failed("check", bucket, key, exc) from None
+            raise self._failed("check", bucket, key, exc) from None
 
     def download(self, bucket: str, key: str, path: str) -> None:
         """Stream an object to a file (multipart, parallel ranges for large checkpoints)."""
         try:
             self.client.download_file(bucket, key, path)
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("download", bucket, key, exc) from None
+            raise self._failed("download", bucket, key, exc) from None
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("write", bucket, key, exc) from None
+            raise self._failed("write", bucket, key, exc) from None
 
     def put_new(self, bucket: str, key: str, data: bytes, content_type: str = "application/json") -> bool:
         """Create ``key`` only if it does not exist (a conditional write); False when it already did.
@@ -134,7 +144,7 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
-            raise _failed("create", bucket, key, exc) from None
+            raise self._failed("create", bucket, key, exc) from None
 
     def get_json(self, bucket: str, key: str) -> Any | None:
         """The JSON document at ``key``, or None when there is none; a malformed one is a StoreError."""
@@ -143,7 +153,7 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             if _code(exc) in NOT_FOUND:
                 return None
-            raise _failed("read", bucket, key, exc) from None
+            raise self._failed("read", bucket, key, exc) from None
         try:
             return json.loads(response["Body"].read())
         except ValueError as exc:
@@ -157,7 +167,7 @@ class S3Store:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
                 found += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("list", bucket, prefix, exc) from None
+            raise self._failed("list", bucket, prefix, exc) from None
         return found
 
     def put_json(self, bucket: str, key: str, document: Any) -> None:
@@ -167,19 +177,21 @@ class S3Store:
         try:
             self.client.delete_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
-            raise _failed("delete", bucket, key, exc) from None
+            raise self._failed("delete", bucket, key, exc) from None
+
+
+    def _failed(self, action: str, bucket: str, key: str, exc: ClientError | BotoCoreError) -> StoreError:
+        """The StoreError for a failed call: S3's code and message when S3 answered, the transport's
+        error and the endpoint when not."""
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = error.get("Code")
+            return StoreError(f"cannot {action} s3://{bucket}/{key}: {code or 'error'}: {error.get('Message', exc)}",
+                              bucket=bucket, key=key, code=code)
+        endpoint = str(self.client.meta.endpoint_url) if isinstance(exc, TransportError | HTTPClientError) else None
+        return StoreError(f"cannot {action} s3://{bucket}/{key}: {exc}", bucket=bucket, key=key, endpoint=endpoint)
 
 
 def _code(exc: ClientError | BotoCoreError) -> str | None:
     """S3's error code; None when S3 did not answer."""
     return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-
-
-def _failed(action: str, bucket: str, key: str, exc: ClientError | BotoCoreError) -> StoreError:
-    """The StoreError for a failed call: S3's code and message when S3 answered, the transport's error when not."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = error.get("Code")
-        return StoreError(f"cannot {action} s3://{bucket}/{key}: {code or 'error'}: {error.get('Message', exc)}",
-                          bucket=bucket, key=key, code=code)
-    return StoreError(f"cannot {action} s3://{bucket}/{key}: {exc}", bucket=bucket, key=key)

@@ -4,7 +4,9 @@ Errors say what to fix: a payload problem is a 422 naming the field (pydantic's 
 planning's for what only S3 can tell: no partitions under the prefix, ``file_limit`` above what
 exists), a second active job on one result path a 409, an unknown job a 404. Every error of
 ours is answered by one handler, with the status its class carries (:mod:`.errors`). With a token
-configured every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+configured every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``.
+S3 or Lambda giving no answer is a 503 naming the endpoint (:class:`.errors.DependencyUnavailable`),
+never a bare 500; ``/healthz`` is liveness, ``/readyz`` checks both dependencies.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import __version__
 from services.coordinator import report as reports
-from services.coordinator.errors import CoordinatorError, StorageFailed
+from services.coordinator.errors import CoordinatorError, from_store_error
 from services.coordinator.limits import BodyLimit, errors_with_excerpts
 from services.coordinator.payload import JobRequest
+from services.coordinator.readiness import Readiness
 from services.coordinator.service import Coordinator
 from services.s3store import StoreError
 
 log = logging.getLogger("cosmic.coordinator.api")
 _bearer = HTTPBearer(auto_error=False)
+#: What every route that reads or writes job state may also answer (OpenAPI).
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "S3 or Lambda gave no answer; ``detail`` names the service, its endpoint and the error"}}
 _MEDIA = {"json": "application/json", "md": "text/markdown; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
 
@@ -58,11 +64,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     @app.exception_handler(StoreError)
     async def refused(_: Request, exc: CoordinatorError | StoreError) -> JSONResponse:
         """The one place an error becomes a status: the one its class carries (an S3 failure
-        becomes the coordinator's by its S3 code first)."""
-        error = StorageFailed.from_store(exc) if isinstance(exc, StoreError) else exc
+        becomes the coordinator's first: 503 when S3 gave no answer, else by its S3 code)."""
+        error = from_store_error(exc) if isinstance(exc, StoreError) else exc
         return JSONResponse({"detail": error.detail}, error.http_status)
 
-    @app.post("/jobs", status_code=202, dependencies=guarded)
+    @app.post("/jobs", status_code=202, dependencies=guarded, responses=_UNAVAILABLE)
     def submit(payload: JobRequest, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
         """Start a job from the legacy payload (plus optional fields); answers at once with its id."""
@@ -70,32 +76,32 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         response.headers["Location"] = f"/jobs/{job_id}"
         return {"job_id": job_id, "url": f"/jobs/{job_id}", "created": created, "warnings": warnings}
 
-    @app.get("/jobs", dependencies=guarded)
+    @app.get("/jobs", dependencies=guarded, responses=_UNAVAILABLE)
     def list_jobs(limit: int = 100) -> list[dict[str, Any]]:
         return coordinator.list_jobs(max(1, min(limit, 1000)))
 
-    @app.get("/jobs/{job_id}", dependencies=guarded)
+    @app.get("/jobs/{job_id}", dependencies=guarded, responses=_UNAVAILABLE)
     def status(job_id: str) -> dict[str, Any]:
         return coordinator.status(job_id)
 
-    @app.delete("/jobs/{job_id}", status_code=202, dependencies=guarded)
+    @app.delete("/jobs/{job_id}", status_code=202, dependencies=guarded, responses=_UNAVAILABLE)
     def cancel(job_id: str) -> dict[str, Any]:
         """Stop scheduling and write the cancel marker (running invocations finish their partition)."""
         return coordinator.cancel(job_id)
 
-    @app.post("/jobs/{job_id}/retry", status_code=202, dependencies=guarded)
+    @app.post("/jobs/{job_id}/retry", status_code=202, dependencies=guarded, responses=_UNAVAILABLE)
     def retry(job_id: str) -> dict[str, Any]:
         """Re-run only the failed ranks of a failed job."""
         return coordinator.retry(job_id)
 
-    @app.get("/jobs/{job_id}/report", dependencies=guarded)
+    @app.get("/jobs/{job_id}/report", dependencies=guarded, responses=_UNAVAILABLE)
     def report(job_id: str, format: Literal["json", "md", "csv"] = "json") -> Response:
         document = coordinator.summary(job_id)
         if format == "json":
             return JSONResponse(document)
         return PlainTextResponse(reports.render_report(document, format), media_type=_MEDIA[format])
 
-    @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded)
+    @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded, responses=_UNAVAILABLE)
     def plot(job_id: str, name: str) -> Response:
         return Response(coordinator.plot(job_id, name), media_type="image/png")
 
@@ -112,6 +118,15 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """Liveness: the process answers (S3 or Lambda being down is ``/readyz``'s to say)."""
         return {"status": "ok"}
+
+    readiness = Readiness(settings.state_bucket)
+
+    @app.get("/readyz", responses={503: {"description": "S3 or Lambda does not answer; each check says why"}})
+    def readyz() -> JSONResponse:
+        """Readiness: S3 and Lambda each answer a cheap call within a few seconds (per-dependency detail)."""
+        ready, document = readiness.check()
+        return JSONResponse(document, 200 if ready else 503)
 
     return app

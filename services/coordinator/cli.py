@@ -47,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from services.coordinator.service import Coordinator
 
     coordinator = Coordinator(settings)
-    resumed = coordinator.resume()
-    event(log, "coordinator_start", host=settings.host, port=settings.port,
-          resumed=len(resumed), token=bool(settings.api_token))
+    coordinator.resume_when_s3_answers()  # S3 down at start: the API serves (503s, /readyz) and resumes later
+    event(log, "coordinator_start", host=settings.host, port=settings.port, token=bool(settings.api_token))
     uvicorn.run(create_app(coordinator), host=settings.host, port=settings.port,
                 log_level="warning", timeout_graceful_shutdown=5)
     return 0

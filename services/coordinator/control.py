@@ -16,10 +16,19 @@ from services.coordinator.manifest import Manifest
 from services.s3store import S3Store
 
 
-def write_marker(store: S3Store, manifest: Manifest, marker: str, *, reason: str, **details: Any) -> str:
-    """Write the job's ``marker`` (``cancel`` or ``abort``); returns its key."""
+def write_marker(store: S3Store, manifest: Manifest, marker: str, *, reason: str, **details: Any) -> str | None:
+    """Write the job's ``marker`` (``cancel`` or ``abort``) where its workers look; returns its key.
+
+    Where the job's events name the key, there (a job planned by an older coordinator has its
+    cancel marker elsewhere, and no abort marker: None, nothing written); else under its result path.
+    """
     request = manifest.request
+    event = manifest.events[0] if manifest.events else None
     key = control_key(request.result_path, manifest.job_id, marker)
-    store.put_json(request.data_bucket, key, {"job_id": manifest.job_id, "marker": marker, "reason": reason,
-                                              "at": time.time(), **details})
+    if event is not None:
+        key = event.cancel_key if marker == "cancel" else event.abort_key
+    if key is None:
+        return None
+    store.put_json(event.result_bucket if event is not None else request.data_bucket, key,
+                   {"job_id": manifest.job_id, "marker": marker, "reason": reason, "at": time.time(), **details})
     return key

@@ -12,6 +12,7 @@
     │                          forbids the action
     ├── StorageFailed          502: S3 refused or failed a call; ``code``, ``bucket``, ``key`` from the StoreError
     │   └── UnknownBucket      422: S3 says NoSuchBucket, a bucket the request names does not exist
+    ├── DependencyUnavailable  503: S3 or Lambda gave no answer (refused, timed out); ``service``, ``endpoint``
     ├── PlanError              422: the request cannot be planned; ``field``, ``reason`` (also a FieldError)
     ├── BadPayload             the Step Functions input is not a job payload; ``field`` (also a FieldError)
     ├── ManifestError          a job manifest in S3 cannot be read; ``field`` is its path (also a FieldError)
@@ -102,6 +103,30 @@ class StorageFailed(CoordinatorError):
         """The coordinator's error for a StoreError, chosen by its S3 code."""
         kind = UnknownBucket if exc.code == "NoSuchBucket" else StorageFailed
         return kind(str(exc), code=exc.code, bucket=exc.bucket, key=exc.key)
+
+
+class DependencyUnavailable(CoordinatorError):
+    """A service the coordinator depends on gave no answer at all: connection refused, a timeout, no
+    route. ``service`` is ``s3`` or ``lambda``, ``endpoint`` the URL called, ``error`` the transport's
+    error, short. A 503: nothing is wrong with the request, and it may work once the service is back."""
+
+    http_status = 503
+    #: The longest transport error quoted in the message: a 503 names the endpoint, it does not dump.
+    MAX_ERROR = 300
+
+    def __init__(self, service: str, endpoint: str, error: str) -> None:
+        short = error if len(error) <= self.MAX_ERROR else error[:self.MAX_ERROR] + "..."
+        super().__init__(f"{service} at {endpoint} is unavailable: {short}")
+        self.service = service
+        self.endpoint = endpoint
+        self.error = short
+
+
+def from_store_error(exc: StoreError) -> CoordinatorError:
+    """The coordinator's error for a StoreError: S3 gave no answer (503), else chosen by its S3 code."""
+    if exc.unanswered:
+        return DependencyUnavailable("s3", str(exc.endpoint), str(exc))
+    return StorageFailed.from_store(exc)
 
 
 class UnknownBucket(StorageFailed):

@@ -24,8 +24,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, ReadTimeoutError
 
+from services.coordinator.errors import DependencyUnavailable
 from services.logs import event as log_event
 
 log = logging.getLogger("cosmic.coordinator.invoke")
@@ -96,12 +97,16 @@ class Invoker:
     def capacity(self) -> Capacity | None:
         """How many of this function's invocations may run at once: its reserved concurrency when
         set, else the account's unreserved concurrency (shared with every other function, so a job
-        within it can still be throttled). None where the endpoint answers neither call."""
+        within it can still be throttled). None where the endpoint answers neither call;
+        DependencyUnavailable (503) when Lambda gives no answer at all: a job would only fail every rank."""
         try:
             reserved = self.client.get_function_concurrency(FunctionName=self.function)
             if reserved.get("ReservedConcurrentExecutions") is not None:
                 return Capacity(int(reserved["ReservedConcurrentExecutions"]), "reserved concurrency of the function")
             limits = self.client.get_account_settings().get("AccountLimit", {})
+        except (ConnectionError, HTTPClientError) as exc:
+            raise DependencyUnavailable("lambda", str(self.client.meta.endpoint_url),
+                                        f"{type(exc).__name__}: {exc}") from None
         except (ClientError, BotoCoreError):
             return None
         value = limits.get("UnreservedConcurrentExecutions")

@@ -26,7 +26,7 @@ from services.coordinator.manifest import Manifest, read_manifest, write_manifes
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, plan
 from services.coordinator.pricing import load_prices
-from services.coordinator.state import RankRecord
+from services.coordinator.state import JOBS, RankRecord
 from services.logs import event as log_event
 from services.s3store import S3Store
 
@@ -55,7 +55,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                                   max_attempts=1)
     items = [legacy_item(e) for e in job_plan.events]
     bucket = settings.state_bucket or request.bucket
-    folder = f"jobs/{job_id.replace('/', '_')}"
+    folder = f"{JOBS}{job_id.replace('/', '_')}"
     store.put(bucket, f"{folder}/items.json", json.dumps(items).encode(), "application/json")
     # not manifest.json: the coordinator would list this job, which it does not run, as its own
     write_manifest(store, bucket, f"{folder}/plan-manifest.json", manifest)

@@ -35,7 +35,7 @@ from services.contracts import FieldError, WorkerEvent, parse_event
 from services.coordinator.errors import ManifestError
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import Partition, Plan, partition_label
-from services.s3store import S3Store
+from services.s3store import S3Store, StoreError
 
 VERSION = 1
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -191,8 +191,14 @@ def write_manifest(store: S3Store, bucket: str, key: str, manifest: Manifest) ->
 
 
 def read_manifest(store: S3Store, bucket: str, key: str) -> Manifest | None:
-    """The manifest at ``key``, None when there is none; ManifestError (naming the object) when malformed."""
-    document = store.get_json(bucket, key)
+    """The manifest at ``key``, None when there is none; ManifestError (naming the object) when malformed,
+    not JSON included. S3 refusing or not answering stays a StoreError."""
+    try:
+        document = store.get_json(bucket, key)
+    except StoreError as exc:
+        if exc.code is not None or exc.unanswered:
+            raise
+        raise ManifestError("manifest", str(exc)) from None
     if document is None:
         return None
     try:

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_KEY_BYTES = 512
+#: The key prefix of the coordinator's own objects (manifests, journals, locks, idempotency records,
+#: cancel markers; :mod:`.state`), in whichever bucket holds them: no payload prefix may overlap it.
+RESERVED_PREFIX = ".cosmic"
 
 
 def safe_prefix(value: str, name: str) -> str:
@@ -31,6 +34,16 @@ def safe_prefix(value: str, name: str) -> str:
     if any(ord(ch) < 32 or ch in "\\" for ch in cleaned):
         raise ValueError(f"{name} must not contain control characters or backslashes")
     return cleaned
+
+
+def outside_reserved(value: str, name: str) -> str:
+    """A prefix (already :func:`safe_prefix`-clean) that neither is nor lies under :data:`RESERVED_PREFIX`.
+
+    Clean prefixes are whole segments, so ``.cosmic-results`` is allowed and ``.cosmic/x`` is not."""
+    if value == RESERVED_PREFIX or value.startswith(RESERVED_PREFIX + "/"):
+        raise ValueError(f"{name} {value!r} is under {RESERVED_PREFIX}/, reserved for the coordinator's own "
+                         "objects (job manifests, journals, locks): choose another prefix")
+    return value
 
 
 class CheckpointRef(BaseModel):
@@ -101,7 +114,8 @@ class JobRequest(BaseModel):
     @field_validator("result_path", "data_prefix", "S3_object_name")
     @classmethod
     def _prefix(cls, value: str, info: object) -> str:
-        return safe_prefix(value, getattr(info, "field_name", "prefix"))
+        name = getattr(info, "field_name", "prefix")
+        return outside_reserved(safe_prefix(value, name), name)
 
     @model_validator(mode="after")
     def _script_mode(self) -> JobRequest:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from services.contracts import Checkpoint, WorkerEvent, control_key, partition_number, split_endpoint
 from services.coordinator.errors import PlanError
-from services.coordinator.payload import JobRequest
+from services.coordinator.payload import RESERVED_PREFIX, JobRequest
 from services.s3store import S3Store
 
 
@@ -52,7 +52,8 @@ def choose_partitions(store: S3Store, request: JobRequest) -> list[Partition]:
     """The first ``file_limit`` partitions, or a PlanError that says what exists instead."""
     available = list_partitions(store, request.data_bucket, request.data_prefix)
     if not available:
-        folders = [f.rstrip("/") for f in store.folders(request.data_bucket)][:20]
+        folders = [f.rstrip("/") for f in store.folders(request.data_bucket)
+                   if f.rstrip("/") != RESERVED_PREFIX][:20]  # never suggest what would be refused
         hint = f"prefixes that exist: {', '.join(folders)}" if folders else "the bucket has no prefixes"
         raise PlanError("data_prefix", f"no partitions ({{i}}.pt) under s3://{request.data_bucket}/"
                                        f"{request.data_prefix}/; {hint}")

@@ -14,6 +14,7 @@ from typing import Any
 from services.coordinator import finish, plots, report
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
+from services.coordinator.durable import PatientStore
 from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, ReportNotFound
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
@@ -23,7 +24,7 @@ from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
 from services.coordinator.state import TERMINAL, JobStore, RankRecord, new_job_id
 from services.logs import event as log_event
-from services.s3store import S3Store
+from services.s3store import S3Store, StoreError
 
 log = logging.getLogger("cosmic.coordinator")
 
@@ -33,6 +34,10 @@ class Coordinator:
         self.settings = settings
         self.store = store or S3Store()
         self.jobs = JobStore(self.store, settings.state_bucket)
+        # the job threads' view: their writes wait out an S3 outage (up to a job's deadline) instead of
+        # crashing the job; the API's requests use the plain store and answer 503 at once
+        self.patient = PatientStore(self.store, settings.job_deadline_s)
+        self._job_state = self.jobs.view(self.patient)
         self.prices = load_prices()
         self.stats = InvokeStats()
         self._runners: dict[str, JobRunner] = {}
@@ -54,6 +59,8 @@ class Coordinator:
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
                         max_concurrency_limit=self.settings.max_concurrency_limit)
         concurrency = job_plan.max_concurrency
+        function = request.function or self.settings.worker.function
+        warnings += self._preflight(function, concurrency)  # before any lock: Lambda not answering is a 503
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
             raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}",
@@ -63,8 +70,6 @@ class Coordinator:
             if winner != job_id:  # another request with the same key won the race
                 self.jobs.release_result_path(bucket, job_id, request.data_bucket, request.result_path)
                 return winner, False, []
-        function = request.function or self.settings.worker.function
-        warnings += self._preflight(function, concurrency)
         manifest = Manifest.from_plan(job_id, request, job_plan, function=function,
                                       max_attempts=request.max_attempts or self.settings.max_attempts,
                                       rendezvous=rendezvous, idempotency_key=idempotency, warnings=warnings)
@@ -102,7 +107,7 @@ class Coordinator:
         return []
 
     def _start(self, bucket: str, manifest: Manifest, resuming: bool = False) -> None:
-        runner = JobRunner(self.jobs, bucket, manifest, self._invoker(manifest.function), self._finish,
+        runner = JobRunner(self._job_state, bucket, manifest, self._invoker(manifest.function), self._finish,
                            self.settings.job_deadline_s, resuming=resuming)
         with self._lock:
             self._runners[manifest.job_id] = runner
@@ -118,7 +123,8 @@ class Coordinator:
 
     # -- resume, cancel, retry ----------------------------------------------------------------
     def resume(self) -> list[str]:
-        """Restart every job a previous coordinator left running; returns their ids."""
+        """Restart every job a previous coordinator left running; returns their ids. An object that
+        cannot be read is skipped and logged (the job shows it); S3 not answering is raised."""
         resumed = []
         for bucket, job_id in self.jobs.active_job_ids():
             try:
@@ -132,6 +138,36 @@ class Coordinator:
             self._start(bucket, found[1], resuming=True)
             resumed.append(job_id)
         return resumed
+
+    def resume_when_s3_answers(self, retry_s: float = 2.0) -> threading.Thread | None:
+        """Resume now; if S3 gives no answer, keep trying from a thread (the API serves meanwhile,
+        answering 503 for what needs S3), so a coordinator started during an outage still resumes."""
+        try:
+            resumed = self.resume()
+        except StoreError as exc:
+            if not exc.unanswered:
+                raise
+            log_event(log, "resume_waiting_for_s3", logging.WARNING, endpoint=exc.endpoint, error=str(exc)[:200])
+        else:
+            log_event(log, "jobs_resumed", count=len(resumed))
+            return None
+
+        def again() -> None:
+            while True:
+                time.sleep(retry_s)
+                try:
+                    resumed = self.resume()
+                except StoreError as exc:
+                    if not exc.unanswered:
+                        log_event(log, "resume_failed", logging.ERROR, error=str(exc))
+                        return
+                    continue
+                log_event(log, "jobs_resumed", count=len(resumed))
+                return
+
+        thread = threading.Thread(target=again, name="resume", daemon=True)
+        thread.start()
+        return thread
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
@@ -175,7 +211,12 @@ class Coordinator:
         return found
 
     def status(self, job_id: str) -> dict[str, Any]:
-        bucket, manifest = self._manifest(job_id)
+        try:
+            bucket, manifest = self._manifest(job_id)
+        except ManifestError as exc:  # shown on the job, not a 500: its other objects may still be fine
+            log_event(log, "job_unreadable", logging.ERROR, job_id=job_id, error=str(exc))
+            return {"job_id": job_id, "state": "unreadable", "error": str(exc),
+                    "warnings": list(self.jobs.unreadable.get(job_id, []))}
         runner = self._runners.get(job_id)
         ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
         counts: dict[str, int] = {}
@@ -188,7 +229,8 @@ class Coordinator:
             "partitions": len(manifest.partitions), "function": manifest.function,
             "communicator": manifest.communicator, "result": f"s3://{request.data_bucket}/{request.result_path}",
             "ranks_by_state": counts, "error": manifest.error, "failed_ranks": manifest.failed_ranks or {},
-            "summary_key": manifest.summary_key, "warnings": list(manifest.warnings),
+            "summary_key": manifest.summary_key,
+            "warnings": list(manifest.warnings) + [f"skipped: {note}" for note in self.jobs.unreadable.get(job_id, [])],
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
                  "error": a.error, "duration_ms": a.report.get("duration_ms"),
@@ -203,8 +245,9 @@ class Coordinator:
                 _, manifest = self._manifest(job_id)
             except JobNotFound:
                 continue
-            except ManifestError as exc:  # one unreadable job must not hide the others
+            except ManifestError as exc:  # one unreadable job must not hide the others; it shows why
                 log_event(log, "job_unreadable", logging.ERROR, job_id=job_id, error=str(exc))
+                listed.append({"job_id": job_id, "state": "unreadable", "error": str(exc)})
                 continue
             listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
                            "world_size": manifest.world_size, "result_path": manifest.request.result_path})
@@ -241,4 +284,4 @@ class Coordinator:
 
     def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
         """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""
-        return finish.write_summary(self.store, self.prices, manifest, ranks).key
+        return finish.write_summary(self.patient, self.prices, manifest, ranks).key

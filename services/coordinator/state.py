@@ -1,13 +1,23 @@
 """Job state in S3: the manifest, one record per rank, the locks. S3 holds the truth, not memory.
 
-Layout in the state bucket (``COSMIC_COORDINATOR_STATE_BUCKET``, else the payload's ``bucket``)::
+Layout in the state bucket (``COSMIC_COORDINATOR_STATE_BUCKET``, else the payload's ``bucket``),
+all under the reserved prefix ``.cosmic/`` that no payload may name (:data:`.payload.RESERVED_PREFIX`,
+a 422): a result path there could otherwise write over the coordinator's own objects::
 
-    jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state (:mod:`.manifest`)
-    jobs/{job_id}/journal/{t}.json  rank records changed since the previous segment (every attempt
-                                    of a rank, with its REPORT figures), one segment per flush
-    jobs/{job_id}/ranks.json        every rank's record, compacted from the journal when a job ends
-    jobs/active/{hash}.json         one per result path of a running job: a second job gets a 409
-    jobs/idempotency/{hash}.json    Idempotency-Key -> job id, so a retried POST finds its job
+    .cosmic/jobs/{job_id}/manifest.json     the request, the plan (one event per rank), the job's state
+    .cosmic/jobs/{job_id}/journal/{t}.json  rank records changed since the previous segment (every attempt
+                                            of a rank, with its REPORT figures), one segment per flush
+    .cosmic/jobs/{job_id}/ranks.json        every rank's record, compacted from the journal when a job ends
+    .cosmic/active/{hash}.json              one per result path of a running job: a second job gets a 409
+    .cosmic/idempotency/{hash}.json         Idempotency-Key -> job id, so a retried POST finds its job
+
+Coordinators before this layout wrote the same objects under ``jobs/`` (``jobs/{job_id}/...``,
+``jobs/active/``, ``jobs/idempotency/``), where payloads could write too. Those are still read, so
+a restarted coordinator resumes, lists and reports the jobs an older one left, and keeps writing
+such a job where it started; new jobs are written under ``.cosmic/`` only. Every object read while
+resuming or listing is read defensively: one that is not what it should be (a result written
+under the old prefix, a document that is not JSON) is skipped and logged, and a job whose
+manifest cannot be read is listed with that error, never a crash.
 
 Rank records are journaled: changes are coalesced and written as one segment every
 ``JOURNAL_INTERVAL_S``, so a job of thousands of ranks costs a few S3 writes per second instead
@@ -30,10 +40,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services import logs
+from services.coordinator.errors import ManifestError
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
-from services.s3store import S3Store
+from services.coordinator.payload import RESERVED_PREFIX
+from services.logs import event as log_event
+from services.s3store import S3Store, StoreError
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+log = logging.getLogger("cosmic.coordinator.state")
+
+#: Where jobs' folders, result-path locks and idempotency records are (the reserved prefix) ...
+JOBS, ACTIVE, IDEMPOTENCY = f"{RESERVED_PREFIX}/jobs/", f"{RESERVED_PREFIX}/active/", f"{RESERVED_PREFIX}/idempotency/"
+#: ... and where coordinators before it put them: still read, for the jobs they left.
+LEGACY_JOBS, LEGACY_ACTIVE, LEGACY_IDEMPOTENCY = "jobs/", "jobs/active/", "jobs/idempotency/"
 
 
 def new_job_id() -> str:
@@ -45,28 +64,29 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def manifest_key(job_id: str) -> str:
-    return f"jobs/{job_id}/manifest.json"
+def manifest_key(job_id: str, jobs: str = JOBS) -> str:
+    """The job's manifest; ``jobs`` is the folder of jobs (:data:`LEGACY_JOBS` for an older coordinator's)."""
+    return f"{jobs}{job_id}/manifest.json"
 
 
 #: Seconds between journal flushes: the most record history a kill -9 can lose.
 JOURNAL_INTERVAL_S = 0.25
 
 
-def ranks_key(job_id: str) -> str:
-    return f"jobs/{job_id}/ranks.json"
+def ranks_key(job_id: str, jobs: str = JOBS) -> str:
+    return f"{jobs}{job_id}/ranks.json"
 
 
-def journal_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/journal/"
+def journal_prefix(job_id: str, jobs: str = JOBS) -> str:
+    return f"{jobs}{job_id}/journal/"
 
 
-def active_key(result_bucket: str, result_path: str) -> str:
-    return f"jobs/active/{_digest(result_bucket + '/' + result_path)}.json"
+def active_key(result_bucket: str, result_path: str, folder: str = ACTIVE) -> str:
+    return f"{folder}{_digest(result_bucket + '/' + result_path)}.json"
 
 
-def idempotency_key(key: str) -> str:
-    return f"jobs/idempotency/{_digest(key)}.json"
+def idempotency_key(key: str, folder: str = IDEMPOTENCY) -> str:
+    return f"{folder}{_digest(key)}.json"
 
 
 @dataclass
@@ -98,21 +118,38 @@ class RankRecord:
 
 
 class JobStore:
-    """Reads and writes job documents; knows which bucket holds which job."""
+    """Reads and writes job documents; knows which bucket (and which layout) holds which job."""
 
     def __init__(self, store: S3Store, state_bucket: str = "") -> None:
         self.store = store
         self.state_bucket = state_bucket
         self._buckets: dict[str, str] = {}  # job id -> state bucket, learned as jobs are made or found
+        self._folders: dict[str, str] = {}  # job id -> its folder of jobs, when not JOBS (an older coordinator's)
+        #: job id -> what could not be read of it (skipped), for the job's status to show
+        self.unreadable: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+
+    def view(self, store: S3Store) -> JobStore:
+        """The same jobs through another store (one that retries, for the job threads), sharing what is known."""
+        other = JobStore(store, self.state_bucket)
+        other._buckets, other._folders, other.unreadable, other._lock = (
+            self._buckets, self._folders, self.unreadable, self._lock)
+        return other
 
     # -- where ------------------------------------------------------------------------------
     def bucket_for(self, payload_bucket: str) -> str:
         return self.state_bucket or payload_bucket
 
-    def remember(self, job_id: str, bucket: str) -> None:
+    def remember(self, job_id: str, bucket: str, folder: str | None = None) -> None:
         with self._lock:
             self._buckets[job_id] = bucket
+            if folder is not None:
+                self._folders[job_id] = folder
+
+    def folder(self, job_id: str) -> str:
+        """The job's folder of jobs: :data:`JOBS`, or :data:`LEGACY_JOBS` for a job an older coordinator made."""
+        with self._lock:
+            return self._folders.get(job_id, JOBS)
 
     def candidate_buckets(self) -> list[str]:
         """Where jobs may be: the configured state bucket, else every bucket jobs were seen in or that exists."""
@@ -132,16 +169,37 @@ class JobStore:
         if bucket is not None:
             return bucket
         for candidate in self.candidate_buckets():
-            if self.store.etag(candidate, manifest_key(job_id)) is not None:
-                self.remember(job_id, candidate)
-                return candidate
+            for folder in (JOBS, LEGACY_JOBS):
+                if self.store.etag(candidate, manifest_key(job_id, folder)) is not None:
+                    self.remember(job_id, candidate, folder)
+                    return candidate
         return None
+
+    def _skip(self, bucket: str, key: str, exc: Exception, job_id: str | None = None) -> None:
+        """Log an object that cannot be read, and note it on its job when it has one."""
+        log_event(log, "state_unreadable", logging.ERROR, bucket=bucket, key=key, job_id=job_id, error=str(exc))
+        if job_id is not None:
+            with self._lock:
+                notes = self.unreadable.setdefault(job_id, [])
+                if str(exc) not in notes:
+                    notes.append(str(exc))
+
+    def _document(self, bucket: str, key: str, job_id: str | None = None) -> Any | None:
+        """The JSON at ``key``, None when absent or unreadable (skipped, logged); S3 not answering is raised."""
+        try:
+            return self.store.get_json(bucket, key)
+        except StoreError as exc:
+            if exc.unanswered:
+                raise
+            self._skip(bucket, key, exc, job_id)
+            return None
 
     # -- documents --------------------------------------------------------------------------
     def save_manifest(self, bucket: str, manifest: Manifest) -> Manifest:
         """Write the job's manifest; returns it as written (stamped with ``updated_at``)."""
-        written = write_manifest(self.store, bucket, manifest_key(manifest.job_id), manifest)
-        self.remember(manifest.job_id, bucket)
+        folder = self.folder(manifest.job_id)
+        written = write_manifest(self.store, bucket, manifest_key(manifest.job_id, folder), manifest)
+        self.remember(manifest.job_id, bucket, folder)
         return written
 
     def manifest(self, job_id: str) -> tuple[str, Manifest] | None:
@@ -149,85 +207,118 @@ class JobStore:
         bucket = self.locate(job_id)
         if bucket is None:
             return None
-        manifest = read_manifest(self.store, bucket, manifest_key(job_id))
+        manifest = read_manifest(self.store, bucket, manifest_key(job_id, self.folder(job_id)))
         return (bucket, manifest) if manifest is not None else None
 
     def ranks(self, bucket: str, job_id: str, world_size: int) -> dict[int, RankRecord]:
         """Every rank's record: the compacted file, then the journal's segments in order; ranks never
-        written are pending."""
+        written are pending. An unreadable segment or record is skipped and noted on the job."""
+        folder = self.folder(job_id)
         found: dict[int, RankRecord] = {}
-        compacted = self.store.get_json(bucket, ranks_key(job_id))
+        compacted = self._document(bucket, ranks_key(job_id, folder), job_id)
         documents = list(compacted.get("records", [])) if isinstance(compacted, dict) else []
-        for key in sorted(self.store.keys(bucket, journal_prefix(job_id))):
-            segment = self.store.get_json(bucket, key)
+        for key in sorted(self.store.keys(bucket, journal_prefix(job_id, folder))):
+            segment = self._document(bucket, key, job_id)
             if isinstance(segment, dict):
                 documents += segment.get("records", [])
         for document in documents:
-            record = RankRecord.from_dict(document)
+            try:
+                record = RankRecord.from_dict(document)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._skip(bucket, journal_prefix(job_id, folder), ValueError(f"a rank record: {exc!r}"), job_id)
+                continue
             found[record.rank] = record
         return {rank: found.get(rank, RankRecord(rank)) for rank in range(world_size)}
 
     def compact(self, bucket: str, job_id: str, ranks: dict[int, RankRecord]) -> None:
         """Replace the journal by one file of every record (what a finished job is read from)."""
-        self.store.put_json(bucket, ranks_key(job_id), {"records": [r.to_dict() for r in ranks.values()]})
-        for key in list(self.store.keys(bucket, journal_prefix(job_id))):
+        folder = self.folder(job_id)
+        self.store.put_json(bucket, ranks_key(job_id, folder), {"records": [r.to_dict() for r in ranks.values()]})
+        for key in list(self.store.keys(bucket, journal_prefix(job_id, folder))):
             self.store.delete(bucket, key)
 
     def job_ids(self) -> list[tuple[str, str]]:
-        """``(bucket, job_id)`` of every job in the candidate buckets, newest first."""
-        found: list[tuple[str, str]] = []
+        """``(bucket, job_id)`` of every job in the candidate buckets, newest first (old layout too)."""
+        found: dict[str, tuple[str, str]] = {}
         for bucket in self.candidate_buckets():
-            for folder in self.store.folders(bucket, "jobs/"):
-                job_id = folder[len("jobs/"):].rstrip("/")
-                if job_id not in ("active", "idempotency"):
-                    found.append((bucket, job_id))
-                    self.remember(job_id, bucket)
-        return sorted(found, key=lambda item: item[1], reverse=True)
+            for folder in (LEGACY_JOBS, JOBS):  # a job in both: the new layout wins
+                for sub in self.store.folders(bucket, folder):
+                    job_id = sub[len(folder):].rstrip("/")
+                    if folder == LEGACY_JOBS and sub in (LEGACY_ACTIVE, LEGACY_IDEMPOTENCY):
+                        continue
+                    found[job_id] = (bucket, job_id)
+                    self.remember(job_id, bucket, folder)
+        return sorted(found.values(), key=lambda item: item[1], reverse=True)
 
     def active_job_ids(self) -> list[tuple[str, str]]:
-        """``(bucket, job_id)`` of the jobs holding a result-path lock: the ones to resume after a restart."""
+        """``(bucket, job_id)`` of the jobs holding a result-path lock: the ones to resume after a restart.
+
+        Only ``{hash}.json`` objects directly under the locks' folders are locks; under the old
+        ``jobs/active/`` a payload could write anything (a result path ``jobs/active`` did), so
+        whatever is not a lock is skipped and logged, never fatal."""
         found = []
         for bucket in self.candidate_buckets():
-            for key in self.store.keys(bucket, "jobs/active/"):
-                lock = self.store.get_json(bucket, key)
-                if isinstance(lock, dict) and "job_id" in lock:
-                    found.append((bucket, str(lock["job_id"])))
-                    self.remember(str(lock["job_id"]), bucket)
+            for folder in (ACTIVE, LEGACY_ACTIVE):
+                for key in self.store.keys(bucket, folder):
+                    name = key[len(folder):]
+                    if "/" in name or not name.endswith(".json"):
+                        self._skip(bucket, key, ValueError("not a result-path lock"))
+                        continue
+                    lock = self._document(bucket, key)
+                    if isinstance(lock, dict) and isinstance(lock.get("job_id"), str) and "result" in lock:
+                        found.append((bucket, lock["job_id"]))
+                    else:
+                        self._skip(bucket, key, ValueError("not a result-path lock"))
         return found
 
     # -- locks ------------------------------------------------------------------------------
     def take_result_path(self, bucket: str, job_id: str, result_bucket: str, result_path: str) -> str | None:
         """Claim the result path for ``job_id``; returns the id of the active job holding it, else None."""
+        legacy = self._holder(bucket, active_key(result_bucket, result_path, LEGACY_ACTIVE))
+        if legacy is not None and legacy != job_id:  # a job an older coordinator started, resumed here
+            return legacy
         key = active_key(result_bucket, result_path)
         body = json.dumps({"job_id": job_id, "result": f"s3://{result_bucket}/{result_path}"}).encode()
         for _ in range(3):
             if self.store.put_new(bucket, key, body):
                 return None
-            holder = self.store.get_json(bucket, key) or {}
-            holder_id = str(holder.get("job_id", ""))
-            found = self.manifest(holder_id) if holder_id else None
-            if found is not None and found[1].state not in TERMINAL:
-                return holder_id
+            holder = self._holder(bucket, key)
+            if holder is not None:
+                return holder
             self.store.delete(bucket, key)  # a lock left by a finished or vanished job
         return "unknown"
 
+    def _holder(self, bucket: str, key: str) -> str | None:
+        """The job holding the lock at ``key``, if it is still active."""
+        holder = self._document(bucket, key) or {}
+        holder_id = str(holder.get("job_id", "")) if isinstance(holder, dict) else ""
+        try:
+            found = self.manifest(holder_id) if holder_id else None
+        except ManifestError:
+            return holder_id  # cannot tell whether it ended: keep the lock
+        return holder_id if found is not None and found[1].state not in TERMINAL else None
+
     def release_result_path(self, bucket: str, job_id: str, result_bucket: str, result_path: str) -> None:
-        key = active_key(result_bucket, result_path)
-        holder = self.store.get_json(bucket, key)
-        if isinstance(holder, dict) and holder.get("job_id") == job_id:
-            self.store.delete(bucket, key)
+        for folder in (ACTIVE, LEGACY_ACTIVE):
+            key = active_key(result_bucket, result_path, folder)
+            holder = self._document(bucket, key)
+            if isinstance(holder, dict) and holder.get("job_id") == job_id:
+                self.store.delete(bucket, key)
 
     def idempotent_job(self, bucket: str, key: str, job_id: str) -> str:
         """Record ``key -> job_id`` unless the key already names a job; returns the job the key names."""
         record = idempotency_key(key)
         if self.store.put_new(bucket, record, json.dumps({"job_id": job_id}).encode()):
             return job_id
-        existing = self.store.get_json(bucket, record) or {}
-        return str(existing.get("job_id", job_id))
+        existing = self._document(bucket, record) or {}
+        return str(existing.get("job_id", job_id)) if isinstance(existing, dict) else job_id
 
     def lookup_idempotent(self, bucket: str, key: str) -> str | None:
-        existing = self.store.get_json(bucket, idempotency_key(key))
-        return str(existing["job_id"]) if isinstance(existing, dict) and "job_id" in existing else None
+        for folder in (IDEMPOTENCY, LEGACY_IDEMPOTENCY):
+            existing = self._document(bucket, idempotency_key(key, folder))
+            if isinstance(existing, dict) and "job_id" in existing:
+                return str(existing["job_id"])
+        return None
 
 
 class RankJournal:
@@ -252,7 +343,8 @@ class RankJournal:
             records, self._dirty = self._dirty, {}
         if not records:
             return
-        key = f"{journal_prefix(self._job_id)}{time.time_ns():020d}-{secrets.token_hex(2)}.json"
+        folder = journal_prefix(self._job_id, self._jobs.folder(self._job_id))
+        key = f"{folder}{time.time_ns():020d}-{secrets.token_hex(2)}.json"
         try:
             self._jobs.store.put_json(self._bucket, key, {"records": list(records.values())})
         except Exception:
