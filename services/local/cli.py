@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "What S3 holds is saved first to <cache>/embedded/s3-snapshot/ and restored by the next start. "
         "Says what it stopped; exits 0 when nothing was running, 1 when it refused or S3 could not be saved.")
     parser.add_argument("--force", action="store_true",
-                        help="stop it even while a live command (a `cosmic serve --embedded` coordinator) uses it")
+                        help="stop it even while a live command (a `cosmic serve --embedded` coordinator) uses it, "
+                             "or when its S3 cannot be saved")
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     parser.add_argument("--log-level", default="WARNING")
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     dead = [service.name for service in recorded.services if not service.alive()]
     try:
-        stopped = recorded.stop()
+        stopped = recorded.stop(require_saved=not args.force)
     except EmbeddedError as exc:
         print(f"cosmic stop: {exc}", file=sys.stderr)
         return 1

@@ -116,7 +116,7 @@ def take(client: Any, folder: Path) -> Outcome:
         moved = total = 0
         for bucket in (b["Name"] for b in client.list_buckets().get("Buckets", [])):
             kept = buckets.setdefault(bucket, {})
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for page in _pages(client, bucket):
                 for item in page.get("Contents", []):
                     key, size, etag = item["Key"], int(item["Size"]), item["ETag"]
                     old = previous.get(bucket, {}).get(key)
@@ -180,6 +180,17 @@ def restore(client: Any, folder: Path) -> Outcome | None:
     event(log, "embedded_snapshot_restored", folder=str(folder), buckets=outcome.buckets, objects=moved,
           bytes=total, skipped=skipped)
     return outcome
+
+
+def _pages(client: Any, bucket: str) -> Iterator[dict[str, Any]]:
+    """The bucket's listing pages; none when it was deleted since it was listed (a demo's state bucket)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield from client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
 
 
 def _has(objects_dir: Path, entry: dict[str, Any]) -> bool:

@@ -158,10 +158,13 @@ class Stack:
         finally:
             client.close()
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> Stopped:
-        """Save S3, stop every service (SIGTERM, then SIGKILL after ``timeout``) and forget the stack."""
+    def stop(self, timeout: float = STOP_TIMEOUT, require_saved: bool = False) -> Stopped:
+        """Save S3, stop every service (SIGTERM, then SIGKILL after ``timeout``) and forget the stack.
+
+        ``require_saved``: when S3 runs but cannot be saved, EmbeddedError and nothing is stopped.
+        """
         with _locked():
-            return _stop(self, timeout)
+            return _stop(self, timeout, require_saved)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": 1, "sandboxes": self.sandboxes, "started_at": self.started_at,
@@ -316,12 +319,15 @@ def _start(sandboxes: int) -> Stack:
 
 
 # -- stopping, saving and restoring S3 -------------------------------------------------------------
-def _stop(stack: Stack, timeout: float) -> Stopped:
+def _stop(stack: Stack, timeout: float, require_saved: bool = False) -> Stopped:
     """Save S3 and stop the stack as recorded (it may have been resized since ``stack`` was read);
     the caller holds the lock."""
     recorded = _read_record()
     current = recorded if recorded is not None and recorded.same_stack(stack) else stack
     saved, error = _save(current)
+    if saved is None and require_saved and current.s3.alive():
+        raise EmbeddedError(f"{error}; the stack is left running (`cosmic stop --force` stops it unsaved)",
+                            service="s3")
     stop_services(current.services, timeout)
     if recorded is None or recorded.same_stack(stack):
         _record_path().unlink(missing_ok=True)
