@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.local.errors import SnapshotUnreadable
 from services.logs import event
 
 log = logging.getLogger("cosmic.coordinator.embedded")
@@ -65,10 +66,6 @@ class Outcome:
         return f"{self.objects} objects in {self.buckets} buckets, {self.bytes / 1e6:.1f} MB, in {self.folder}"
 
 
-class SnapshotUnreadable(ValueError):
-    """The manifest is not a snapshot this code wrote (names the path)."""
-
-
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """One snapshot or restore of a folder at a time (a coordinator's periodic one, `cosmic stop`)."""
@@ -89,9 +86,9 @@ def read_manifest(folder: Path) -> dict[str, dict[str, dict[str, Any]]] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise SnapshotUnreadable(f"{path}: {exc}") from None
+        raise SnapshotUnreadable(f"{path}: {exc}", path=path) from None
     if not isinstance(document, dict) or document.get("version") != VERSION:
-        raise SnapshotUnreadable(f"{path}: not a version {VERSION} snapshot manifest")
+        raise SnapshotUnreadable(f"{path}: not a version {VERSION} snapshot manifest", path=path)
     buckets = document.get("buckets")
     fields = {"file": str, "size": int, "etag": str}
     if not isinstance(buckets, dict) or not all(
@@ -99,7 +96,7 @@ def read_manifest(folder: Path) -> dict[str, dict[str, dict[str, Any]]] | None:
                 isinstance(entry, dict) and all(isinstance(entry.get(name), kind) for name, kind in fields.items())
                 for entry in objects.values())
             for objects in buckets.values()):
-        raise SnapshotUnreadable(f"{path}: its buckets are not maps of key to file, size and etag")
+        raise SnapshotUnreadable(f"{path}: its buckets are not maps of key to file, size and etag", path=path)
     return buckets
 
 
