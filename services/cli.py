@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("services.local.runtime.cli", "the same as `cosmic runtime` (its former name)"),
     "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
     "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
+    "stop": ("services.local.cli", "stop the embedded stack of this cache folder, its S3 saved for the next start"),
     "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),
     "status": ("services.client.status", "a job's progress, or the list of jobs"),
     "cancel": ("services.client.cancel", "cancel a job: its ranks stop within about a second"),

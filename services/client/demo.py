@@ -1,11 +1,16 @@
 """``cosmic demo``: the main job, end to end, on one machine with no Docker and no AWS account.
 
-Every piece is the real one, only the endpoints are local: a fresh embedded stack (moto's S3
+Every piece is the real one, only the endpoints are local: the embedded stack (moto's S3
 server, the local Lambda runtime, the rendezvous server), seeded with the demo partitions and
 checkpoint; the coordinator as its own process behind its HTTP API (with a random token); and a
 sweep over world sizes through the same client ``cosmic sweep`` uses, each job's ranks linked by
 the communicator to agree on a collective summary. It ends with the seed table users made by
 hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
+
+A stack already running in the cache folder (``cosmic serve --embedded``) is used, not replaced,
+and left running; it is resized only when it has too few sandboxes and nothing else uses it. The
+demo's coordinator keeps its jobs' state in a bucket of its own (``cosmic-demo-<hex>``, removed at
+the end), so that it neither resumes another coordinator's jobs nor an interrupted demo's.
 
 This process never imports torch: the demo data is made by a child process (see
 :mod:`services.local.seeding`), and the workers run in the runtime's sandboxes.
@@ -35,12 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="reports and plots go here (results/)")
     parser.add_argument("--sandboxes", type=int, default=None,
                         help="worker sandboxes: at least the largest world size, as the communicator needs every "
-                             "rank at once (default: 4, or the largest world size)")
+                             "rank at once (default: what a running stack has if enough, else 4 or the largest "
+                             "world size)")
 
 
 def run(args: argparse.Namespace) -> int:
-    sandboxes = args.sandboxes or max(4, *args.world_sizes)
-    problem = _check(args, sandboxes)
+    problem = _check(args, args.sandboxes or max(args.world_sizes))
     if problem:
         print(f"cosmic demo: {problem}", file=sys.stderr)
         return 2
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from services.local.stack import EmbeddedError  # boto3, not torch
 
     try:
-        ok = _demo(args, sandboxes)
+        ok = _demo(args)
     except (EmbeddedError, ApiError) as exc:
         print(f"\ncosmic demo: {exc}", file=sys.stderr)
         ok = False
@@ -69,35 +74,65 @@ def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
     return None
 
 
-def _demo(args: argparse.Namespace, sandboxes: int) -> bool:
+def _demo(args: argparse.Namespace) -> bool:
     from services.client.api import ApiClient
     from services.local.seeding import seed
-    from services.local.stack import ensure_stack, stack_dir
+    from services.local.stack import ensure_stack, release, stack_dir
 
-    print(f"[1/5] starting a fresh embedded stack: moto's S3 server, the local Lambda runtime "
-          f"({sandboxes} sandboxes), the rendezvous server (logs in {stack_dir()})", flush=True)
-    stack = ensure_stack(sandboxes=sandboxes, fresh=True)
+    print(f"[1/5] the embedded stack: moto's S3 server, the local Lambda runtime, the rendezvous server "
+          f"(logs in {stack_dir()})", flush=True)
+    stack = ensure_stack(sandboxes=args.sandboxes, at_least=max(args.world_sizes), user="cosmic demo")
     coordinator: Child | None = None
+    state_bucket = f"cosmic-demo-{secrets.token_hex(4)}"
     try:
         stack.export()
-        print(f"      S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint}, rendezvous {stack.rendezvous_endpoint}")
+        how = "attached to the running one, left running at the end" if stack.reattached else "started"
+        print(f"      {how}: S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint} ({stack.sandboxes} sandboxes), "
+              f"rendezvous {stack.rendezvous_endpoint}")
         print(f"[2/5] seeding S3 with {args.partitions} partitions of {PARTITION_MB}MB and the demo checkpoint "
               "(the first run makes them: about a minute, once)", flush=True)
         seeded = seed(stack, sizes=(f"{PARTITION_MB}MB",), count=args.partitions)
         print(f"      s3://{seeded.bucket}/{PARTITION_MB}MB/1..{args.partitions}.pt and "
               f"s3://{seeded.bucket}/{seeded.checkpoint_key}")
         token = secrets.token_urlsafe(24)
-        coordinator, url = _start_coordinator(token, stack_dir() / "coordinator.log")
+        _state_bucket(stack, state_bucket, create=True)
+        coordinator, url = _start_coordinator(token, state_bucket, stack_dir() / "coordinator.log")
         client = ApiClient(url, token)
         return _sweep(client, args)
     finally:
         if coordinator is not None:
             coordinator.stop()
-        stack.stop()
-        print("      stopped the coordinator and the embedded stack")
+        _state_bucket(stack, state_bucket, create=False)
+        if release(stack):
+            print(f"      stopped the coordinator and the embedded stack (S3 saved to {stack_dir()})")
+        else:
+            print("      stopped the coordinator; the embedded stack it did not start (or another command "
+                  "uses) is left running: `cosmic stop` stops it")
 
 
-def _start_coordinator(token: str, log_path: Path) -> tuple[Child, str]:
+def _state_bucket(stack: Any, bucket: str, create: bool) -> None:
+    """Make the demo's own state bucket, or remove it with what its jobs left there (best effort)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = stack.s3_client()
+    try:
+        if create:
+            client.create_bucket(Bucket=bucket)
+            return
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        if create:
+            raise
+        print(f"      could not remove the demo's state bucket {bucket}: {exc}", file=sys.stderr)
+    finally:
+        client.close()
+
+
+def _start_coordinator(token: str, state_bucket: str, log_path: Path) -> tuple[Child, str]:
     """``python -m services.coordinator`` on a free port, with the stack's environment; waits for /healthz."""
     from services.client.api import ApiClient
     from services.local.stack import EmbeddedError
@@ -106,7 +141,8 @@ def _start_coordinator(token: str, log_path: Path) -> tuple[Child, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"[3/5] starting the coordinator at {url} (a random API token; log {log_path})", flush=True)
-    env = {**os.environ, "COSMIC_COORDINATOR_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "COSMIC_COORDINATOR_API_TOKEN": token, "COSMIC_COORDINATOR_STATE_BUCKET": state_bucket,
+           "PYTHONUNBUFFERED": "1"}
     coordinator = start(python("services.coordinator", "--port", str(port)), name="the coordinator", log=log_path,
                         append=True, env=env)
     client = ApiClient(url, token, timeout=2)

@@ -7,6 +7,7 @@
     ├── SandboxError           a sandbox of the local Lambda runtime (``sandbox``) cannot take invocations;
     │                          ``body`` is the error as Lambda would return it
     ├── EmbeddedError          the one-machine stack, or its ``service``, did not start or answer
+    ├── SnapshotUnreadable     a saved S3 snapshot's manifest (``path``) cannot be read (also a ValueError)
     └── ChildError             a child process (``name``) exited while starting or was not ready in time;
                                the message ends with its ``log``'s tail
 """
@@ -44,6 +45,14 @@ class EmbeddedError(LocalError):
     def __init__(self, message: str, *, service: str | None = None) -> None:
         super().__init__(message)
         self.service = service
+
+
+class SnapshotUnreadable(LocalError, ValueError):
+    """The manifest of a saved S3 snapshot at ``path`` is not one this code wrote."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ChildError(LocalError):

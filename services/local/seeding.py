@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.local.processes import ROOT, python
-from services.local.stack import LOCAL_CREDENTIAL, REGION, STATE_BUCKET, EmbeddedError, Stack
+from services.local.stack import STATE_BUCKET, EmbeddedError, Stack
 from services.logs import event
 
 log = logging.getLogger("cosmic.coordinator.embedded")
@@ -87,10 +87,7 @@ def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
 
 def _s3_client(stack: Stack) -> Any:
     """The stack's own S3, whatever this process's AWS variables say (see :func:`services.s3store.s3_client`)."""
-    from services.s3store import s3_client
-
-    return s3_client(stack.s3_endpoint, REGION, LOCAL_CREDENTIAL, LOCAL_CREDENTIAL, connect_timeout=5,
-                     read_timeout=60, attempts=3)
+    return stack.s3_client()
 
 
 def _ensure_bucket(store: Any, bucket: str) -> None:

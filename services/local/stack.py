@@ -6,14 +6,22 @@ and the rendezvous server run as three child processes on free loopback ports, a
 
 Each child runs in its own session (``start_new_session``), so the stack outlives the process
 that started it: a coordinator that crashes, even by ``kill -9``, finds its stack (and the jobs'
-state in S3) again on restart. Endpoints and pids are recorded in ``<cache>/embedded/stack.json``;
-:func:`ensure_stack` reattaches when every recorded process is alive and answers, otherwise it
-stops what is left and starts afresh. Logs go to ``<cache>/embedded/*.log``.
+state in S3) again on restart. Endpoints, pids and the commands using the stack (``users``) are
+recorded in ``<cache>/embedded/stack.json``; :func:`ensure_stack` reattaches when every recorded
+process is alive and answers, and never stops a running stack: a second command on the same cache
+folder shares it. Only a broken stack (a service dead) is replaced, after its S3 is saved if it
+still answers. Logs go to ``<cache>/embedded/*.log``.
 
 Sandboxes: the runtime runs at most ``sandboxes`` invocations at once, and a job with the
 communicator needs all its ranks at once, so a job's world size must not exceed it (default 4).
+Asking a running stack for another count restarts the runtime alone, on the same port (S3 and the
+rendezvous keep their processes, ports and data), and only when no other live command uses the
+stack: a coordinator's invocations in flight would be cut off, so then it refuses, saying who uses it.
 
-The children are started and stopped by :mod:`services.local.processes`; the demo data is put in
+S3 survives a stop: :meth:`Stack.stop` saves what moto's in-memory server holds to
+``<cache>/embedded/s3-snapshot/`` and the next start puts it back (:mod:`services.local.snapshot`).
+
+The children are started and stopped by :mod:`services.local.launch`; the demo data is put in
 the stack's S3 by :mod:`services.local.seeding`. This module never imports torch.
 """
 
@@ -25,62 +33,53 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from services import envconfig
 from services.cache import cache_dir
+from services.local import snapshot
 from services.local.errors import EmbeddedError
-from services.local.processes import (
-    ROOT,
-    Child,
-    ChildError,
-    alive,
-    healthz,
-    is_ours,
-    listening,
-    python,
-    start,
-    stop_pids,
+from services.local.launch import (
+    LOCAL_CREDENTIAL,
+    READY_TIMEOUT,
+    REGION,
+    STOP_TIMEOUT,
+    WORKER_FUNCTION,
+    Service,
+    start_runtime,
+    start_services,
+    stop_services,
 )
+from services.local.processes import alive
 from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
-from services.ports import free_ports
 
 log = logging.getLogger("cosmic.coordinator.embedded")
 
 DEFAULT_SANDBOXES = 4
 STATE_BUCKET = "cosmicai-data"
-WORKER_FUNCTION = "cosmic-worker"
-LOCAL_CREDENTIAL = "cosmic-local"
-REGION = "us-east-1"
-#: Seconds each service may take to answer after it is started (the runtime imports torch in every sandbox).
-READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
-STOP_TIMEOUT = 10.0
+__all__ = ["DEFAULT_SANDBOXES", "LOCAL_CREDENTIAL", "READY_TIMEOUT", "REGION", "STATE_BUCKET", "STOP_TIMEOUT",
+           "WORKER_FUNCTION", "EmbeddedError", "Service", "Stack", "Stopped", "User", "ensure_stack",
+           "recorded_stack", "release", "running_stack", "snapshot_dir", "stack_dir"]
 
 
 @dataclass(frozen=True)
-class Service:
-    """One child process of the stack. ``marker`` is in its command line: a recycled pid is not ours."""
+class User:
+    """A command attached to the stack (``cosmic serve``, ``cosmic demo``); ``started`` tells a recycled pid."""
 
-    name: str
     pid: int
-    port: int
-    log: str
-    marker: str
-    health_port: int | None = None
+    started: str
+    command: str
 
     def alive(self) -> bool:
-        """The process is running (not a zombie) and is still the one we started."""
-        return alive(self.pid) and is_ours(self.pid, self.marker, self.port)
+        return alive(self.pid) and _process_started(self.pid) == self.started
 
-    def answers(self) -> bool:
-        if self.health_port is not None:
-            return healthz(self.health_port)
-        return listening(self.port)
+    def describe(self) -> str:
+        return f"pid {self.pid} ({self.command})"
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,7 @@ class Stack:
     rendezvous: Service
     sandboxes: int
     started_at: float
+    users: tuple[User, ...] = field(default=(), compare=False)
     reattached: bool = field(default=False, compare=False)
 
     @property
@@ -114,6 +114,19 @@ class Stack:
     def pids(self) -> tuple[int, int, int]:
         return self.s3.pid, self.runtime.pid, self.rendezvous.pid
 
+    def same_stack(self, other: Stack) -> bool:
+        """The same stack, perhaps resized since (the runtime's pid changes then, S3's never)."""
+        return (self.started_at, self.s3.pid) == (other.started_at, other.s3.pid)
+
+    def other_users(self) -> list[User]:
+        """The live commands attached to the stack, this process left out."""
+        return [user for user in self.users if user.pid != os.getpid() and user.alive()]
+
+    def describe(self) -> str:
+        return (f"S3 pid {self.s3.pid} on port {self.s3.port}, runtime pid {self.runtime.pid} on port "
+                f"{self.runtime.port} with {self.sandboxes} sandboxes, rendezvous pid {self.rendezvous.pid} on "
+                f"port {self.rendezvous.port}")
+
     def export(self, environ: dict[str, str] | None = None) -> None:
         """Point boto3 and the coordinator at this stack (credentials and region only where unset)."""
         env = os.environ if environ is None else environ
@@ -130,55 +143,119 @@ class Stack:
     def alive(self) -> bool:
         return all(service.alive() and service.answers() for service in self.services)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop every service (SIGTERM, then SIGKILL after ``timeout``) and forget the stack."""
+    def s3_client(self) -> Any:
+        """A client of this stack's own S3, whatever this process's AWS variables say."""
+        from services.s3store import s3_client
+
+        return s3_client(self.s3_endpoint, REGION, LOCAL_CREDENTIAL, LOCAL_CREDENTIAL, connect_timeout=5,
+                         read_timeout=60, attempts=3)
+
+    def snapshot(self) -> snapshot.Outcome:
+        """Save what S3 holds to the cache folder now (incremental: only changed objects are fetched)."""
+        client = self.s3_client()
+        try:
+            return snapshot.take(client, snapshot_dir())
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = STOP_TIMEOUT, require_saved: bool = False) -> Stopped:
+        """Save S3, stop every service (SIGTERM, then SIGKILL after ``timeout``) and forget the stack.
+
+        ``require_saved``: when S3 runs but cannot be saved, EmbeddedError and nothing is stopped.
+        """
         with _locked():
-            _stop_services(self.services, timeout)
-            recorded = _read_record()
-            if recorded is None or recorded.pids == self.pids:
-                _record_path().unlink(missing_ok=True)
-        event(log, "embedded_stopped", pids=list(self.pids))
+            return _stop(self, timeout, require_saved)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": 1, "sandboxes": self.sandboxes, "started_at": self.started_at,
+                "users": [asdict(user) for user in self.users],
                 **{service.name: asdict(service) for service in self.services}}
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Stack:
         return cls(s3=Service(**document["s3"]), runtime=Service(**document["runtime"]),
                    rendezvous=Service(**document["rendezvous"]), sandboxes=int(document["sandboxes"]),
-                   started_at=float(document["started_at"]))
+                   started_at=float(document["started_at"]),
+                   users=tuple(User(**user) for user in document.get("users", [])))
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What :meth:`Stack.stop` did: the services it stopped and S3's snapshot (or why there is none)."""
+
+    stack: Stack
+    saved: snapshot.Outcome | None
+    error: str | None = None
 
 
 def stack_dir() -> Path:
     return cache_dir() / "embedded"
 
 
+def snapshot_dir() -> Path:
+    return stack_dir() / "s3-snapshot"
+
+
 def _record_path() -> Path:
     return stack_dir() / "stack.json"
 
 
-def ensure_stack(sandboxes: int | None = None, fresh: bool = False) -> Stack:
-    """The running stack, reattached when its recorded processes are alive, else started anew.
+def ensure_stack(sandboxes: int | None = None, *, at_least: int | None = None, fresh: bool = False,
+                 user: str | None = None) -> Stack:
+    """The running stack, reattached when its recorded processes are alive, else started anew (S3
+    restored from the last snapshot). A running stack is never stopped here.
 
-    ``sandboxes`` (argument, else the runtime's ``COSMIC_RUNTIME_SANDBOXES``, else 4) is the runtime's
-    concurrency; a live stack with a different explicit count is replaced. ``fresh`` always replaces it.
+    ``sandboxes`` (argument, else the runtime's ``COSMIC_RUNTIME_SANDBOXES``) is the runtime's
+    concurrency: a running stack with another count has its runtime alone restarted with it, unless
+    another live command uses the stack (EmbeddedError, saying who). ``at_least``: a running stack
+    with fewer sandboxes is resized to it, one with more is used as it is; a new one gets
+    ``max(4, at_least)``. ``fresh``: the caller needs a stack of its own: EmbeddedError when one runs.
+    ``user`` (``"cosmic serve"``) records this process as using the stack until it exits, so that
+    no other command resizes it or, through :func:`release`, stops it under it.
     """
     wanted = sandboxes or envconfig.lookup(RuntimeSettings, "sandboxes") or None
-    if wanted is not None and wanted < 1:
-        raise EmbeddedError(f"sandboxes must be at least 1, got {wanted}")
+    for name, value in (("sandboxes", wanted), ("at_least", at_least)):
+        if value is not None and value < 1:
+            raise EmbeddedError(f"{name} must be at least 1, got {value}")
     with _locked():
         recorded = _read_record()
-        if recorded is not None and not fresh and recorded.alive() and wanted in (None, recorded.sandboxes):
-            event(log, "embedded_reattached", s3=recorded.s3_endpoint, runtime=recorded.lambda_endpoint,
-                  rendezvous=recorded.rendezvous_endpoint, pids=list(recorded.pids))
-            return Stack(**{**recorded.__dict__, "reattached": True})
-        if recorded is not None:
-            _stop_services(recorded.services, STOP_TIMEOUT)  # leftovers of a dead or unwanted stack
-            _record_path().unlink(missing_ok=True)
-        stack = _start(wanted or DEFAULT_SANDBOXES)
-        _write_record(stack)
-        return stack
+        if recorded is not None and recorded.alive():
+            if fresh:
+                raise EmbeddedError(f"an embedded stack already runs in {stack_dir()} ({recorded.describe()}); it is "
+                                    "left running: use it, or stop it first with `cosmic stop`")
+            target = wanted or (at_least if at_least is not None and recorded.sandboxes < at_least else None)
+            stack = recorded
+            if target is not None and target != recorded.sandboxes:
+                stack = _resize(recorded, target)
+            stack = _attach(stack, user)
+            event(log, "embedded_reattached", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
+                  rendezvous=stack.rendezvous_endpoint, sandboxes=stack.sandboxes, pids=list(stack.pids))
+            return replace(stack, reattached=True)
+        if recorded is not None:  # a service is dead: keep what its S3 holds if it still answers, then replace it
+            _stop(recorded, STOP_TIMEOUT)
+        stack = _start(wanted or max(DEFAULT_SANDBOXES, at_least or 0))
+        try:
+            _restore(stack)
+        except BaseException:
+            stop_services(stack.services, STOP_TIMEOUT)
+            raise
+        return _attach(stack, user)
+
+
+def release(stack: Stack) -> bool:
+    """This process is done with ``stack``: stop it when this process started it and no other live
+    command uses it (True), else leave it running and drop this process from its users (False)."""
+    with _locked():
+        recorded = _read_record()
+        if recorded is None or not recorded.same_stack(stack):
+            return False  # already stopped, or replaced by someone else
+        if stack.reattached or recorded.other_users():
+            _write_record(replace(recorded, users=tuple(u for u in recorded.users if u.pid != os.getpid())))
+            event(log, "embedded_left_running", pids=list(recorded.pids),
+                  users=[user.describe() for user in recorded.other_users()])
+            return False
+        _stop(recorded, STOP_TIMEOUT)
+        return True
 
 
 def running_stack() -> Stack | None:
@@ -187,85 +264,103 @@ def running_stack() -> Stack | None:
     return recorded if recorded is not None and recorded.alive() else None
 
 
+def recorded_stack() -> Stack | None:
+    """The recorded stack, alive or not (``cosmic stop`` stops what is left of a broken one)."""
+    return _read_record()
+
+
+def _attach(stack: Stack, user: str | None) -> Stack:
+    """Record ``stack`` with this process among its users (when ``user``) and the dead ones dropped."""
+    users = [u for u in stack.users if u.alive() and u.pid != os.getpid()]
+    if user is not None:
+        users.append(User(os.getpid(), _process_started(os.getpid()), user))
+    stack = replace(stack, users=tuple(users))
+    _write_record(stack)
+    return stack
+
+
+def _process_started(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), "" when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+# -- resizing --------------------------------------------------------------------------------------
+def _resize(stack: Stack, sandboxes: int) -> Stack:
+    """Restart the runtime alone with ``sandboxes``, on its port if it can be had again."""
+    others = stack.other_users()
+    if others:
+        raise EmbeddedError(
+            f"the embedded stack in {stack_dir()} has {stack.sandboxes} sandboxes and {sandboxes} were asked for, "
+            f"but {', '.join(user.describe() for user in others)} uses it: restarting its runtime would cut off "
+            f"their invocations. The stack is left as it is; stop them first, or ask for {stack.sandboxes}",
+            service="runtime")
+    stop_services([stack.runtime], STOP_TIMEOUT)
+    # the same port, so that a coordinator's Lambda endpoint stays right; else any free one
+    runtime = start_runtime(stack_dir(), stack.s3.port, sandboxes, (stack.runtime.port, 0))
+    resized = replace(stack, runtime=runtime, sandboxes=sandboxes)
+    _write_record(resized)
+    event(log, "embedded_resized", sandboxes_before=stack.sandboxes, sandboxes=sandboxes,
+          runtime=resized.lambda_endpoint, pids=list(resized.pids))
+    return resized
+
+
 # -- starting --------------------------------------------------------------------------------------
 def _start(sandboxes: int) -> Stack:
     folder = stack_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    started: list[Service] = []
-    try:
-        # all at once: ports asked for one by one, before any child binds, can repeat
-        s3_port, runtime_port, pair_port, health_port = free_ports(4)
-        s3 = _spawn(started, "s3", python("moto.server", "-H", "127.0.0.1", "-p", str(s3_port)),
-                    s3_port, "moto.server", _child_env(None, MOTO_PORT=str(s3_port)))
-        runtime = _spawn(started, "runtime", python("services.local.runtime", "--host", "127.0.0.1",
-                                                    "--port", str(runtime_port), "--sandboxes", str(sandboxes),
-                                                    "--function", WORKER_FUNCTION),
-                         runtime_port, "services.local.runtime", _child_env(f"http://127.0.0.1:{s3_port}"))
-        rendezvous = _spawn(started, "rendezvous", python("services.rendezvous", "--host", "127.0.0.1",
-                                                          "--port", str(pair_port), "--health-host", "127.0.0.1",
-                                                          "--health-port", str(health_port)),
-                            pair_port, "services.rendezvous", _child_env(None), health_port=health_port)
-        s3.wait_ready(lambda: s3_answers(s3_port), READY_TIMEOUT["s3"], poll=0.1)
-        rendezvous.wait_ready(lambda: healthz(health_port), READY_TIMEOUT["rendezvous"], poll=0.1)
-        runtime.wait_ready(lambda: _dry_run(runtime_port), READY_TIMEOUT["runtime"], poll=0.1)
-    except ChildError as exc:
-        _stop_services(started, STOP_TIMEOUT)
-        raise EmbeddedError(str(exc), service=exc.name) from None
-    except BaseException:
-        _stop_services(started, STOP_TIMEOUT)
-        raise
-    stack = Stack(started[0], started[1], started[2], sandboxes, time.time())
+    s3, runtime, rendezvous = start_services(folder, sandboxes)
+    stack = Stack(s3, runtime, rendezvous, sandboxes, time.time())
     event(log, "embedded_started", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
           rendezvous=stack.rendezvous_endpoint, sandboxes=sandboxes, pids=list(stack.pids), logs=str(folder))
     return stack
 
 
-def _child_env(s3_endpoint: str | None, **extra: str) -> dict[str, str]:
-    """Our environment without any AWS setting (no real account may leak in), plus the local ones."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIAL, AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIAL,
-               AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION, PYTHONUNBUFFERED="1", **extra)
-    if s3_endpoint:
-        env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
-    return env
+# -- stopping, saving and restoring S3 -------------------------------------------------------------
+def _stop(stack: Stack, timeout: float, require_saved: bool = False) -> Stopped:
+    """Save S3 and stop the stack as recorded (it may have been resized since ``stack`` was read);
+    the caller holds the lock."""
+    recorded = _read_record()
+    current = recorded if recorded is not None and recorded.same_stack(stack) else stack
+    saved, error = _save(current)
+    if saved is None and require_saved and current.s3.alive():
+        raise EmbeddedError(f"{error}; the stack is left running (`cosmic stop --force` stops it unsaved)",
+                            service="s3")
+    stop_services(current.services, timeout)
+    if recorded is None or recorded.same_stack(stack):
+        _record_path().unlink(missing_ok=True)
+    event(log, "embedded_stopped", pids=list(current.pids), saved=saved.describe() if saved else error)
+    return Stopped(current, saved, error)
 
 
-def _spawn(started: list[Service], name: str, command: list[str], port: int, marker: str, env: dict[str, str],
-           health_port: int | None = None) -> Child:
-    """Start one service in its own session (it outlives us), appended to ``started`` at once."""
-    log_path = stack_dir() / f"{name}.log"
-    child = start(command, name=f"the {name} service (port {port})", log=log_path, append=True, env=env, cwd=ROOT,
-                  new_session=True)
-    started.append(Service(name, child.pid, port, str(log_path), marker, health_port))
-    return child
-
-
-def _dry_run(port: int) -> bool:
-    """Lambda's own readiness check: a DryRun invoke through boto3 (the runtime listens once warm)."""
-    if not listening(port):
-        return False
-    import boto3
-    from botocore.config import Config
+def _save(stack: Stack) -> tuple[snapshot.Outcome | None, str | None]:
+    """Snapshot S3 when its server still answers; else (or when saving fails) why not, logged."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("lambda", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
-                          aws_access_key_id=LOCAL_CREDENTIAL, aws_secret_access_key=LOCAL_CREDENTIAL,
-                          config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+    if not (stack.s3.alive() and s3_answers(stack.s3.port)):
+        error = f"S3 (pid {stack.s3.pid}) was not running: what it held since the last snapshot is lost"
+    else:
+        try:
+            return stack.snapshot(), None
+        except (BotoCoreError, ClientError, OSError) as exc:
+            error = f"saving S3 to {snapshot_dir()} failed: {exc}"
+    event(log, "embedded_snapshot_failed", logging.ERROR, error=error)
+    return None, error
+
+
+def _restore(stack: Stack) -> None:
+    """Put the last snapshot's objects into the new stack's S3 (an unreadable one is set aside)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = stack.s3_client()
     try:
-        client.invoke(FunctionName=WORKER_FUNCTION, InvocationType="DryRun")
-    except (BotoCoreError, ClientError):
-        return False
+        snapshot.restore(client, snapshot_dir())
+    except (BotoCoreError, ClientError) as exc:
+        raise EmbeddedError(f"restoring S3 from {snapshot_dir()} failed: {exc}", service="s3") from None
     finally:
         client.close()
-    return True
-
-
-# -- stopping --------------------------------------------------------------------------------------
-def _stop_services(services: Iterable[Service], timeout: float) -> None:
-    """SIGTERM each service's process group (its sandboxes too), SIGKILL what outlives ``timeout``."""
-    mine = {service.pid: service for service in services if service.alive()}
-    for pid in stop_pids(mine, timeout, group=True):
-        event(log, "embedded_kill", logging.WARNING, service=mine[pid].name, pid=pid)
 
 
 # -- the record ------------------------------------------------------------------------------------

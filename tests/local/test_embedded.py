@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -238,3 +239,203 @@ def test_the_coordinator_side_never_imports_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# -- one stack per cache folder, shared, resized in place, its S3 kept across stops ------------------
+def _put(stack: embedded.Stack, bucket: str, objects: dict[str, bytes], **extra: Any) -> None:
+    client = seeding._s3_client(stack)
+    try:
+        client.create_bucket(Bucket=bucket)
+        for key, body in objects.items():
+            client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    finally:
+        client.close()
+
+
+def _contents(stack: embedded.Stack) -> dict[tuple[str, str], bytes]:
+    """Every object of the stack's S3: (bucket, key) -> bytes."""
+    client = seeding._s3_client(stack)
+    try:
+        found = {}
+        for bucket in (b["Name"] for b in client.list_buckets()["Buckets"]):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", []):
+                    found[bucket, item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        return found
+    finally:
+        client.close()
+
+
+def _record(cache: Path) -> dict[str, Any]:
+    return dict(json.loads((cache / "embedded" / "stack.json").read_text()))
+
+
+def _cosmic(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COSMIC_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(STACK_TIMEOUT)
+def test_another_sandbox_count_restarts_the_runtime_alone_and_keeps_s3(cache: Path) -> None:
+    stack = embedded.ensure_stack(sandboxes=1)
+    try:
+        _put(stack, "kept", {"jobs/j1/manifest.json": b'{"state": "running"}', "25MB/1.pt": os.urandom(100_000)})
+        before = _contents(stack)
+
+        resized = embedded.ensure_stack(sandboxes=2)
+        assert resized.reattached and resized.sandboxes == 2
+        assert (resized.s3.pid, resized.s3.port) == (stack.s3.pid, stack.s3.port), "S3 was restarted"
+        assert (resized.rendezvous.pid, resized.rendezvous.port) == (stack.rendezvous.pid, stack.rendezvous.port)
+        assert resized.runtime.pid != stack.runtime.pid and _gone((stack.runtime.pid,))
+        assert resized.runtime.port == stack.runtime.port, "a coordinator's Lambda endpoint would be stale"
+        assert _record(cache)["sandboxes"] == 2 and _record(cache)["runtime"]["pid"] == resized.runtime.pid
+        assert _contents(resized) == before
+        assert _invoke(resized)["value"] == 7
+        assert embedded.ensure_stack().pids == resized.pids  # no count asked: the stack as it is
+    finally:
+        (embedded.running_stack() or stack).stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(STACK_TIMEOUT)
+def test_a_second_command_attaches_and_never_stops_the_stack(cache: Path) -> None:
+    serve = subprocess.Popen(  # a stand-in for `cosmic serve --embedded`: it uses the stack until it exits
+        [sys.executable, "-c", "import json, time\nfrom services.local.stack import ensure_stack\n"
+                               "print(json.dumps(ensure_stack(sandboxes=1, user='cosmic serve').pids), flush=True)\n"
+                               "time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env=os.environ.copy(), start_new_session=True)
+    try:
+        pids = tuple(json.loads(serve.stdout.readline() or "null") or ())  # type: ignore[union-attr]
+        assert len(pids) == 3, "the stand-in for `cosmic serve` did not start a stack"
+
+        attached = embedded.ensure_stack(at_least=1)  # what `cosmic demo` does beside it
+        assert attached.reattached and attached.pids == pids
+        with pytest.raises(embedded.EmbeddedError, match=rf"pid {serve.pid} \(cosmic serve\) uses it"):
+            embedded.ensure_stack(sandboxes=2)
+        with pytest.raises(embedded.EmbeddedError, match="already runs"):
+            embedded.ensure_stack(fresh=True)
+        assert not embedded.release(attached), "a command that did not start the stack stopped it"
+        refused = _cosmic(cache, "stop")
+        assert refused.returncode == 1 and f"pid {serve.pid} (cosmic serve)" in refused.stderr
+        assert all(alive(pid) for pid in pids) and embedded.running_stack() is not None
+        assert embedded.running_stack().pids == pids  # type: ignore[union-attr]
+    finally:
+        os.killpg(serve.pid, signal.SIGKILL)
+        serve.wait()
+        serve.stdout.close()  # type: ignore[union-attr]
+    stack = embedded.ensure_stack(sandboxes=2)  # its user is gone: now it may be resized
+    try:
+        assert stack.sandboxes == 2 and stack.s3.pid == pids[0]
+    finally:
+        stack.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(STACK_TIMEOUT)
+def test_what_s3_holds_survives_a_stop_and_a_start(cache: Path) -> None:
+    import boto3.s3.transfer
+
+    stack = embedded.ensure_stack(sandboxes=1)
+    big = os.urandom(12 * 1024 * 1024)
+    try:
+        _put(stack, "cosmicai-data", {"Anomaly Detection/Fine_Tune_Model/demo.pt": b"weights", "empty": b"",
+                                      "odd/../naïve key with spaces?.json": b"{}"})
+        _put(stack, "results", {"summary.json": b'{"ok": 1}'}, ContentType="application/json",
+             Metadata={"job": "j1"})
+        client = stack.s3_client()
+        try:  # a multipart upload, as seeding makes them: its ETag is not an MD5
+            client.upload_fileobj(io.BytesIO(big), "results", "25MB/1.pt",
+                                  Config=boto3.s3.transfer.TransferConfig(multipart_threshold=5 * 1024 * 1024))
+        finally:
+            client.close()
+        before = _contents(stack)
+    finally:
+        stopped = stack.stop()
+    assert _gone(stack.pids) and stopped.saved is not None and stopped.saved.objects == 5, stopped.error
+
+    again = embedded.ensure_stack(sandboxes=1)
+    try:
+        assert not again.reattached and set(again.pids).isdisjoint(stack.pids)
+        after = _contents(again)
+        assert after.keys() == before.keys() and after == before
+        client = again.s3_client()
+        try:
+            head = client.head_object(Bucket="results", Key="summary.json")
+        finally:
+            client.close()
+        assert head["ContentType"] == "application/json" and head["Metadata"] == {"job": "j1"}
+    finally:
+        second = again.stop()
+    assert second.saved is not None and second.saved.moved == 0, "an unchanged S3 was downloaded again"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(STACK_TIMEOUT)
+def test_cosmic_stop_stops_the_three_processes_and_says_so(cache: Path) -> None:
+    helped = _cosmic(cache, "stop", "--help")
+    assert helped.returncode == 0 and "embedded stack" in helped.stdout and "s3-snapshot" in helped.stdout
+    stack = embedded.ensure_stack(sandboxes=1)
+    _put(stack, "cosmicai-data", {"a": b"1"})
+    done = _cosmic(cache, "stop")
+    assert done.returncode == 0, done.stderr
+    assert "stopped the embedded stack" in done.stdout and "S3 saved: 1 objects" in done.stdout
+    assert all(f"pid {pid}" in done.stdout for pid in stack.pids)
+    assert _gone(stack.pids), "cosmic stop left a service running"
+    assert not (cache / "embedded" / "stack.json").exists() and embedded.running_stack() is None
+    again = _cosmic(cache, "stop")
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(STACK_TIMEOUT)
+def test_an_unreadable_snapshot_is_set_aside_and_the_stack_still_starts(cache: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = cache / "embedded" / "s3-snapshot"
+    (folder / "objects").mkdir(parents=True)
+    (folder / "objects" / "f1").write_bytes(b"data")
+    (folder / "manifest.json").write_text('{"version": 1, "buckets": {"b": {"k": {"file": "f1"')  # cut short
+    with caplog.at_level(logging.ERROR, logger="cosmic.coordinator.embedded"):
+        stack = embedded.ensure_stack(sandboxes=1)
+    try:
+        assert stack.alive() and _contents(stack) == {}
+        lines = [r for r in caplog.records if r.getMessage() == "embedded_snapshot_unreadable"]
+        assert len(lines) == 1, caplog.text
+        aside = Path(lines[0].fields["moved_to"])  # type: ignore[attr-defined]
+        assert "manifest.json" in lines[0].fields["error"]  # type: ignore[attr-defined]
+        assert (aside / "objects" / "f1").read_bytes() == b"data", "the unreadable snapshot's files were lost"
+    finally:
+        stack.stop()
+
+
+@pytest.mark.integration
+def test_a_restore_skips_an_object_whose_file_is_missing_or_cut_short(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("moto")
+    from services.local import snapshot
+    from services.local.s3server import S3Server
+    from services.s3store import s3_client
+
+    with S3Server(log_path=tmp_path / "s3.log") as server:
+        client = s3_client(server.endpoint, "us-east-1", "x", "x")
+        try:
+            client.create_bucket(Bucket="bkt")
+            for key in ("kept", "lost", "short"):
+                client.put_object(Bucket="bkt", Key=key, Body=key.encode() * 10)
+            taken = snapshot.take(client, tmp_path / "snap")
+            assert (taken.objects, taken.moved) == (3, 3)
+            entries = json.loads((tmp_path / "snap" / "manifest.json").read_text())["buckets"]["bkt"]
+            (tmp_path / "snap" / "objects" / entries["lost"]["file"]).unlink()
+            (tmp_path / "snap" / "objects" / entries["short"]["file"]).write_bytes(b"sh")
+            for key in ("kept", "lost", "short"):
+                client.delete_object(Bucket="bkt", Key=key)
+            with caplog.at_level(logging.ERROR, logger="cosmic.coordinator.embedded"):
+                restored = snapshot.restore(client, tmp_path / "snap")
+            assert restored is not None and (restored.objects, restored.skipped) == (1, 2)
+            assert [item["Key"] for item in client.list_objects_v2(Bucket="bkt")["Contents"]] == ["kept"]
+            skipped = {r.fields["key"] for r in caplog.records  # type: ignore[attr-defined]
+                       if r.getMessage() == "embedded_snapshot_object_skipped"}
+            assert skipped == {"lost", "short"}
+        finally:
+            client.close()
