@@ -7,6 +7,7 @@ a test that needs neither runs without them.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
@@ -50,9 +51,12 @@ def http_ok(url: str) -> bool:
         return False
 
 
+@functools.cache
 def lambda_client(endpoint: str) -> Any:
     """boto3's own Lambda client for the local runtime at ``endpoint``, its retries off (a test sees
-    every throttle and error as it happens)."""
+    every throttle and error as it happens). One per endpoint, kept: a client made per call and
+    dropped leaves its pooled sockets to the garbage collector, whose ResourceWarning then fails
+    whichever test happens to be running (the suite turns warnings into errors)."""
     import boto3
     from botocore.config import Config
 
