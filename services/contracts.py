@@ -1,4 +1,5 @@
-"""The worker's event and response: the one contract between the coordinator and the workers.
+"""The worker's event and response, and the states of jobs, ranks and attempts: the one contract
+between the coordinator, the workers and whoever reads ``GET /jobs/{id}``.
 
 Both services import this module, so it imports neither torch nor boto3 (standard library only).
 Every field is documented here and nowhere else. ``SCHEMA_VERSION`` changes when a field changes
@@ -12,6 +13,7 @@ Map item (``{"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", ..., "RANK", "DATA_PATH", 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -155,6 +157,69 @@ class WorkerResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+
+# -- the state model: what a job, a rank, an attempt and a rank's work can be -----------------
+# StrEnums: a member is its string everywhere (JSON, logs, comparisons with older documents).
+class JobState(enum.StrEnum):
+    """Where a job is (``GET /jobs/{id}``'s ``state``): ``queued`` -> ``running`` -> a terminal state;
+    ``cancelling`` sits between a live state and ``cancelled``."""
+
+    #: Accepted, waiting for its function's capacity behind the jobs submitted before it;
+    #: ``queue_position`` says where it stands (1: next). A retried job is queued again.
+    QUEUED = "queued"
+    #: At least one rank was given capacity; the others start as capacity frees.
+    RUNNING = "running"
+    #: A cancel was asked for: no rank starts any more, running ones are finishing.
+    CANCELLING = "cancelling"
+    #: Every rank succeeded (the summary may still be missing: ``summary_error``).
+    SUCCEEDED = "succeeded"
+    #: A rank failed its every attempt, the job deadline passed, or the coordinator erred (``error``).
+    FAILED = "failed"
+    #: Cancelled before every rank succeeded.
+    CANCELLED = "cancelled"
+
+
+#: The states a job never leaves.
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class RankState(enum.StrEnum):
+    """Where one rank is: its latest attempt's outcome, or ``pending`` before its first."""
+
+    PENDING = "pending"  #: no attempt yet (it waits for capacity), or its attempt was lost and it runs again
+    RUNNING = "running"  #: an attempt is under way, including one waiting out throttling
+    SUCCEEDED = "succeeded"  #: an attempt succeeded; the rank never runs again
+    FAILED = "failed"  #: its last attempt failed; retrying the job runs it again
+    CANCELLED = "cancelled"  #: the job was cancelled, or ran out of time, before it succeeded
+
+
+class AttemptState(enum.StrEnum):
+    """One invocation of a rank (``attempt`` counts them from 1)."""
+
+    #: Lambda answered 429 (TooManyRequestsException): the attempt waits with backoff for capacity.
+    #: Waiting spends no attempt and ends at the job's deadline at the latest; asking again is ``running``.
+    THROTTLED = "throttled"
+    RUNNING = "running"  #: the invocation was sent and has not answered
+    SUCCEEDED = "succeeded"  #: the worker answered with its results
+    FAILED = "failed"  #: the worker failed or timed out, or could not be reached after retries (``error``)
+    CANCELLED = "cancelled"  #: the worker saw the cancel marker and stopped between partitions
+    SUPERSEDED = "superseded"  #: a later attempt of the rank took its place; its answer is not the rank's
+    LOST = "lost"  #: the coordinator stopped while it ran; the rank's result in S3, if any, decides
+
+
+class RankPhase(enum.StrEnum):
+    """What a rank is doing, in order (``queued`` and ``starting`` seen by the coordinator, the rest
+    reported by the worker)."""
+
+    QUEUED = "queued"  #: waiting for capacity (its job queued, or its job's other ranks hold it)
+    STARTING = "starting"  #: the invocation was sent; the sandbox starts (a cold start loads the runtime)
+    DOWNLOADING = "downloading"  #: fetching its partitions (and the checkpoint on a cold start)
+    LOADING_MODEL = "loading_model"  #: building the model from the checkpoint
+    INFERRING = "inferring"  #: forward passes over the partitions
+    UPLOADING = "uploading"  #: predictions, labels and the result document go to S3
+    COLLECTIVE = "collective"  #: the job's summary over the communicator
+    DONE = "done"  #: the worker answered
 
 # -- where a rank's results live (the worker writes them, the coordinator reads them) -----------
 def result_key(result_path: str, rank: int) -> str:
