@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from services.aws import aws_region
-from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
+from services.contracts import RankState, collective_summary_key, labels_key, predictions_key, result_key
 from services.coordinator import summary
 from services.coordinator.manifest import Manifest
 from services.coordinator.pricing import Prices
@@ -91,7 +91,7 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
 
     def read(rank: int) -> Any:
         record = ranks.get(rank)
-        if record is not None and record.state != "succeeded":
+        if record is not None and record.state != RankState.SUCCEEDED:
             return None
         return store.get_json(data_bucket, result_key(result_path, rank))
 
@@ -109,7 +109,7 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
         submitted_at=manifest.submitted_at, finished_at=time.time(), result_path=result_path,
         # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
         s3_gets=sum(len(e.partitions) for e in manifest.events) + 2 * manifest.world_size,
-        s3_puts=3 * manifest.world_size)
+        s3_puts=3 * manifest.world_size, warnings=manifest.warnings)
     document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
     store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
     store.put_json(data_bucket, f"{result_path}/summary.json", document)

@@ -93,7 +93,7 @@ def test_bad_payloads_are_422_naming_the_field(api: Api, stack: Servers) -> None
         ({"result_path": "../escape"}, "result_path", ".."),
         ({"data_prefix": "nothing-here"}, "data_prefix", "prefixes that exist: Anomaly Detection"),
         ({"file_limit": "99"}, "file_limit", f"holds {PARTITIONS}"),
-        ({"world_size": 3, "max_concurrency": 2}, "max_concurrency", "all 3 ranks at once"),
+        ({"world_size": 3, "max_concurrency": 2, "communicator": True}, "communicator", "all 3 ranks at once"),
         ({"world_size": 5, "assignment": "contiguous"}, "assignment", "idle"),
         ({"world_size": 100_000}, "world_size", "at most"),
         ({"mode": "script", "script": None}, "script", "needs the 'script' field"),
