@@ -205,19 +205,6 @@ def test_a_rank_that_fails_its_first_attempt_is_reinvoked(api: Api, stack: Serve
     assert status == 200 and report["invocations"]["attempts"] == 4 and report["failed_ranks"] == []
 
 
-def test_throttled_runtime_is_retried_with_backoff(api: Api, stack: Servers) -> None:
-    world = SANDBOXES + 2  # more ranks at once than the runtime has sandboxes: it answers 429 to the rest
-    job_id = api.submit(stack.payload(file_limit=str(PARTITIONS), world_size=world, communicator=False,
-                                      max_concurrency=world))
-    final = api.wait(job_id, timeout=180)
-    assert final["state"] == "succeeded", final
-    status, metrics = api.call("GET", "/metrics")
-    assert status == 200
-    throttles = float(next(line.split()[1] for line in metrics.decode().splitlines()
-                           if line.startswith("cosmic_invoke_throttles_total")))
-    assert throttles > 0
-
-
 def test_two_jobs_at_once_on_one_bucket_keep_to_their_own_objects(api: Api, stack: Servers) -> None:
     first, second = stack.payload(world_size=2, communicator=False), stack.payload(world_size=2, communicator=False)
     jobs = [api.submit(first), api.submit(second)]
