@@ -196,7 +196,7 @@ class Coordinator:
         ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
         counts: dict[str, int] = {}
         for record in ranks.values():
-            counts[record.state] = counts.get(record.state, 0) + 1
+            counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
         return {
