@@ -120,7 +120,7 @@ class JobRunner:
                           position=self.queue.position(self.job_id), capacity=self.queue.limit)
             if todo and not self.queue.acquire(self.job_id, gang, self.cancelled, self.deadline):
                 if not self.cancelled.is_set():
-                    self._update(error=self._deadline_passed("while the job was queued"))
+                    self._fail_on_deadline("while the job was queued")
                 return
             self.jobs.save_manifest(self.bucket, self._update(state=JobState.RUNNING, started_at=started_at))
             log_event(log, "job_running", ranks=len(events), to_run=len(todo))
@@ -154,7 +154,7 @@ class JobRunner:
             futures = [pool.submit(work, index < held) for index in range(threads)]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
-                self._update(error=self._deadline_passed())
+                self._fail_on_deadline()
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
@@ -216,7 +216,7 @@ class JobRunner:
         budget = self.manifest.max_attempts
         tried = 0
         while tried < budget:
-            if self.cancelled.is_set() or time.monotonic() > self.deadline:
+            if self.cancelled.is_set() or self._out_of_time():
                 self._save(record, RankState.CANCELLED if record.state != RankState.FAILED else RankState.FAILED)
                 return
             attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time())
@@ -244,6 +244,20 @@ class JobRunner:
             attempt.state, attempt.error = AttemptState.FAILED, outcome.error
             log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
             self._save(record, RankState.FAILED)
+            if self._out_of_time():  # (a throttle wait ends at the deadline: this attempt may be the last)
+                return
+
+    def _out_of_time(self) -> bool:
+        """Whether the job's deadline has passed; the first to see it says so on the job."""
+        if time.monotonic() < self.deadline:
+            return False
+        self._fail_on_deadline()
+        return True
+
+    def _fail_on_deadline(self, when: str = "") -> None:
+        with self._manifest_lock:
+            if not self.manifest.error:
+                self.manifest = self.manifest.model_copy(update={"error": self._deadline_passed(when)})
 
     def _save(self, record: RankRecord, state: str) -> None:
         record.state = state

@@ -77,18 +77,20 @@ def test_a_throttle_wait_ends_at_the_job_deadline(start_coordinator, stack: Serv
         attempt_states = set()
         while (status := api.call("GET", f"/jobs/{job_id}")[1])["state"] not in ("succeeded", "failed", "cancelled"):
             attempt_states |= {a["state"] for rank in status["ranks"] for a in rank["attempts"]}
-            assert time.monotonic() - submitted < 30, status
+            assert time.monotonic() - submitted < 60, status
             time.sleep(0.05)
-        ended = time.monotonic() - submitted
+        ended = time.monotonic() - submitted  # (the summary and S3 writes come after the deadline, so a margin)
     finally:
         for thread in holders:
             thread.join(30)
     assert "throttled" in attempt_states, attempt_states
-    assert status["state"] == "failed" and "COSMIC_COORDINATOR_JOB_DEADLINE_S = 4 s" in status["error"], status
+    assert status["state"] == "failed" and "COSMIC_COORDINATOR_JOB_DEADLINE_S = 4 s" in (status["error"] or ""), status
     tried = status["ranks"][0]["attempts"]
     assert len(tried) == 1 and "throttled" in tried[0]["error"] and "deadline" in tried[0]["error"], tried
     assert tried[0]["throttled_s"] > 2, tried
-    assert ended < 4 + 5, f"the job ended {ended:.1f} s after submission, well past its 4 s deadline"
+    waited = tried[0]["ended_at"] - status["submitted_at"]
+    assert waited < 4 + 2, f"the throttled attempt ended {waited:.1f} s after submission, past the 4 s deadline"
+    assert ended < 30
 
 
 def test_a_throttled_rank_waits_and_succeeds_on_its_first_attempt(api: Api, stack: Servers) -> None:
