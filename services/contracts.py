@@ -1,4 +1,5 @@
-"""The worker's event and response: the one contract between the coordinator and the workers.
+"""The worker's event and response, and the states of jobs, ranks and attempts: the one contract
+between the coordinator, the workers and whoever reads ``GET /jobs/{id}``.
 
 Both services import this module, so it imports neither torch nor boto3 (standard library only).
 Every field is documented here and nowhere else. ``SCHEMA_VERSION`` changes when a field changes
@@ -12,6 +13,7 @@ Map item (``{"S3_BUCKET", "S3_OBJECT_NAME", "SCRIPT", ..., "RANK", "DATA_PATH", 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -169,53 +171,68 @@ class WorkerResult:
         return dataclasses.asdict(self)
 
 
-# -- where a rank's results live (the worker writes them, the coordinator reads them) -----------
-def result_key(result_path: str, rank: int) -> str:
-    """The rank's result document, with every legacy key: ``{result_path}/{rank}.json``."""
-    return f"{result_path}/{rank}.json"
+
+# -- the state model: what a job, a rank, an attempt and a rank's work can be -----------------
+# StrEnums: a member is its string everywhere (JSON, logs, comparisons with older documents).
+class JobState(enum.StrEnum):
+    """Where a job is (``GET /jobs/{id}``'s ``state``): ``queued`` -> ``running`` -> a terminal state;
+    ``cancelling`` sits between a live state and ``cancelled``."""
+
+    #: Accepted, waiting for its function's capacity behind the jobs submitted before it;
+    #: ``queue_position`` says where it stands (1: next). A retried job is queued again.
+    QUEUED = "queued"
+    #: At least one rank was given capacity; the others start as capacity frees.
+    RUNNING = "running"
+    #: A cancel was asked for: no rank starts any more, running ones are finishing.
+    CANCELLING = "cancelling"
+    #: Every rank succeeded (the summary may still be missing: ``summary_error``).
+    SUCCEEDED = "succeeded"
+    #: A rank failed its every attempt, the job deadline passed, or the coordinator erred (``error``).
+    FAILED = "failed"
+    #: Cancelled before every rank succeeded.
+    CANCELLED = "cancelled"
 
 
-def predictions_key(result_path: str, rank: int) -> str:
-    """The rank's predicted redshifts (float32 ``.npy``, in partition order)."""
-    return f"{result_path}/predictions/{rank}.npy"
+#: The states a job never leaves.
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
-#: The file forms a partition may take, by suffix (see services/worker/data.py).
-_PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
+class RankState(enum.StrEnum):
+    """Where one rank is: its latest attempt's outcome, or ``pending`` before its first."""
+
+    PENDING = "pending"  #: no attempt yet (it waits for capacity), or its attempt was lost and it runs again
+    RUNNING = "running"  #: an attempt is under way, including one waiting out throttling
+    SUCCEEDED = "succeeded"  #: an attempt succeeded; the rank never runs again
+    FAILED = "failed"  #: its last attempt failed; retrying the job runs it again
+    CANCELLED = "cancelled"  #: the job was cancelled, or ran out of time, before it succeeded
 
 
-def partition_number(key: str) -> int | None:
-    """The ``i`` of ``.../{i}.pt`` (or ``.npz``, ``.safetensors``), None for any other key.
+class AttemptState(enum.StrEnum):
+    """One invocation of a rank (``attempt`` counts them from 1)."""
 
-    Partitions sort by it, so ``2.pt`` comes before ``10.pt`` (the legacy planner sorted names
-    as strings and, with ``file_limit`` 11, picked ``1, 10, 100..108``).
-    """
-    match = _PARTITION.search(key)
-    return int(match.group(1)) if match else None
-
-
-def labels_key(result_path: str, rank: int) -> str:
-    """The true redshifts of the rank's samples (float32 ``.npy``, same order), when partitions carry them."""
-    return f"{result_path}/labels/{rank}.npy"
-
-
-#: The job's markers, under its result path: the one place both the coordinator and the workers
-#: may reach on AWS (the worker role reads and writes only its results' prefix and the inputs).
-CONTROL_MARKERS = ("cancel", "abort")
+    #: Lambda answered 429 (TooManyRequestsException): the attempt waits with backoff for capacity.
+    #: Waiting spends no attempt and ends at the job's deadline at the latest; asking again is ``running``.
+    THROTTLED = "throttled"
+    RUNNING = "running"  #: the invocation was sent and has not answered
+    SUCCEEDED = "succeeded"  #: the worker answered with its results
+    FAILED = "failed"  #: the worker failed or timed out, or could not be reached after retries (``error``)
+    CANCELLED = "cancelled"  #: the worker saw the cancel marker and stopped between partitions
+    SUPERSEDED = "superseded"  #: a later attempt of the rank took its place; its answer is not the rank's
+    LOST = "lost"  #: the coordinator stopped while it ran; the rank's result in S3, if any, decides
 
 
-def control_key(result_path: str, job_id: str, marker: str) -> str:
-    """Where a job's ``cancel`` or ``abort`` marker lives: ``{result_path}/_control/{job_id}/{marker}.json``
-    (the job's id in the key: a later job on the same result path never meets an old marker)."""
-    if marker not in CONTROL_MARKERS:
-        raise ValueError(f"no marker {marker!r}; markers are {', '.join(CONTROL_MARKERS)}")
-    return f"{result_path}/_control/{job_id}/{marker}.json"
+class RankPhase(enum.StrEnum):
+    """What a rank is doing, in order (``queued`` and ``starting`` seen by the coordinator, the rest
+    reported by the worker)."""
 
-
-def collective_summary_key(result_path: str) -> str:
-    """Rank 0's summary of the job, computed over the communicator."""
-    return f"{result_path}/summary_collective.json"
-
+    QUEUED = "queued"  #: waiting for capacity (its job queued, or its job's other ranks hold it)
+    STARTING = "starting"  #: the invocation was sent; the sandbox starts (a cold start loads the runtime)
+    DOWNLOADING = "downloading"  #: fetching its partitions (and the checkpoint on a cold start)
+    LOADING_MODEL = "loading_model"  #: building the model from the checkpoint
+    INFERRING = "inferring"  #: forward passes over the partitions
+    UPLOADING = "uploading"  #: predictions, labels and the result document go to S3
+    COLLECTIVE = "collective"  #: the job's summary over the communicator
+    DONE = "done"  #: the worker answered
 
 def legacy_item(event: WorkerEvent) -> dict[str, Any]:
     """The legacy Step Functions Map item for ``event`` (what :func:`parse_event` converts back).

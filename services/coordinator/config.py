@@ -57,7 +57,8 @@ class CoordinatorSettings:
     max_attempts: int = 3
     #: A job not done after this many seconds is failed (its remaining ranks are not scheduled).
     job_deadline_s: float = 3600.0
-    #: Invoke retries on throttling and service errors, per attempt, with exponential backoff.
+    #: Invoke retries on service errors (5xx) and dropped connections, per attempt, with exponential
+    #: backoff; throttling (429) is waited out up to the job deadline instead, uncounted.
     invoke_retries: int = 8
 
     def __post_init__(self) -> None:

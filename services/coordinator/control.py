@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.contracts import control_key
 from services.coordinator.manifest import Manifest
+from services.keys import control_key
 from services.s3store import S3Store
 
 

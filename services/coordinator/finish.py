@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from services.aws import aws_region
-from services.contracts import collective_summary_key, labels_key, predictions_key, result_key
+from services.contracts import JobState, RankState
 from services.coordinator import summary
 from services.coordinator.manifest import Manifest
 from services.coordinator.pricing import Prices
 from services.coordinator.state import RankRecord
+from services.keys import collective_summary_key, labels_key, predictions_key, result_key
 from services.s3store import S3Store, StoreError
 
 T = TypeVar("T")
@@ -83,9 +84,13 @@ def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
 def ending_state(manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
     """How the job ended, as its manifest will say once the summary is written."""
     if manifest.cancel_requested:
-        return "cancelled"
+        return JobState.CANCELLED
     states = {record.state for record in ranks.values()}
-    return "failed" if "failed" in states or manifest.error else "cancelled" if "cancelled" in states else "succeeded"
+    if RankState.FAILED in states or manifest.error:
+        return JobState.FAILED
+    if RankState.CANCELLED in states or RankState.PENDING in states:
+        return JobState.CANCELLED
+    return JobState.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
 
     def read(rank: int) -> Any:
         record = ranks.get(rank)
-        if record is not None and record.state != "succeeded":
+        if record is not None and record.state != RankState.SUCCEEDED:
             return None
         return store.get_json(data_bucket, result_key(result_path, rank))
 
@@ -125,7 +130,7 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
         submitted_at=manifest.submitted_at, finished_at=time.time(), result_path=result_path,
         # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
         s3_gets=sum(len(e.partitions) for e in manifest.events) + 2 * manifest.world_size,
-        s3_puts=3 * manifest.world_size, state=ending_state(manifest, ranks))
+        s3_puts=3 * manifest.world_size, warnings=manifest.warnings, state=ending_state(manifest, ranks))
     document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
     store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
     store.put_json(data_bucket, f"{result_path}/summary.json", document)

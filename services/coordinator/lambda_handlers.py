@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services import logs
-from services.contracts import legacy_item
+from services.contracts import RankState, legacy_item
 from services.coordinator import config, finish
 from services.coordinator.errors import BadPayload
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
@@ -74,7 +74,7 @@ def summarize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     manifest = read_manifest(store, where["bucket"], where["key"])
     if manifest is None:
         raise BadPayload("job", f"no job manifest at s3://{where['bucket']}/{where['key']}")
-    ranks = {rank: RankRecord(rank, state="succeeded") for rank in range(manifest.world_size)}
+    ranks = {rank: RankRecord(rank, state=RankState.SUCCEEDED) for rank in range(manifest.world_size)}
     written = finish.write_summary(store, load_prices(), manifest, ranks)
     return {"summary": written.key, "samples": written.document.get("samples"),
             "accuracy": written.document.get("accuracy")}

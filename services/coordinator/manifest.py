@@ -31,14 +31,13 @@ from pydantic import (
     model_validator,
 )
 
-from services.contracts import FieldError, WorkerEvent, parse_event
+from services.contracts import FieldError, JobState, WorkerEvent, parse_event
 from services.coordinator.errors import ManifestError
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import Partition, Plan, partition_label
 from services.s3store import S3Store, StoreError
 
 VERSION = 1
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 #: Written only once they have a value, as the coordinator always did (older readers look them up with .get).
 _WHEN_SET = ("started_at", "finished_at", "retried_at", "cancel_requested", "summary_key", "summary_error",
              "failed_ranks")
@@ -59,6 +58,9 @@ def _partition(value: Any) -> Partition:
 
 #: A rank's event, as the worker reads it (JSON: ``WorkerEvent.to_dict()``).
 Event = Annotated[WorkerEvent, PlainValidator(_event), PlainSerializer(lambda event: event.to_dict())]
+#: A job's state; serialised as its text whether it was set as a JobState or as a plain string
+#: (``model_copy(update=...)`` does not validate).
+State = Annotated[JobState, PlainSerializer(str, return_type=str)]
 #: A partition (JSON: ``[key, size]``).
 PartitionItem = Annotated[Partition, PlainValidator(_partition), PlainSerializer(lambda p: [p.key, p.size])]
 
@@ -76,7 +78,7 @@ class Manifest(BaseModel):
         max_concurrency, max_attempts: ranks at once; attempts per rank.
         rendezvous: the rendezvous address the ranks were given, None without a communicator.
         idempotency_key, warnings: the submission's key and what it was warned about.
-        state, error: where the job is (``queued`` -> ``running`` -> a terminal state) and why it failed.
+        state, error: where the job is (:class:`~services.contracts.JobState`) and why it failed.
         updated_at, started_at, finished_at, retried_at: when it was last written, started, ended, retried.
         cancel_requested: a cancel arrived while it ran.
         summary_key, summary_error: the ``s3://`` URI of its summary, or why there is none.
@@ -88,7 +90,7 @@ class Manifest(BaseModel):
 
     version: int = VERSION
     job_id: str = Field(min_length=1)
-    state: JobState = "queued"
+    state: State = JobState.QUEUED
     submitted_at: float
     request: JobRequest
     function: str = Field(min_length=1)

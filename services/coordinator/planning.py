@@ -15,9 +15,11 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from services.contracts import Checkpoint, WorkerEvent, control_key, partition_number, split_endpoint
+from services.contracts import Checkpoint, WorkerEvent, split_endpoint
+from services.coordinator.capacity import Capacity
 from services.coordinator.errors import PlanError
 from services.coordinator.payload import RESERVED_PREFIX, JobRequest
+from services.keys import control_key, partition_number
 from services.s3store import S3Store
 
 
@@ -37,6 +39,8 @@ class Plan:
     comm_name: str | None
     #: How many ranks run at once: the request's ``max_concurrency`` (else all), within the limit.
     max_concurrency: int
+    #: What the submitter should know (the communicator turned off for want of capacity).
+    warnings: tuple[str, ...] = ()
 
 
 def list_partitions(store: S3Store, bucket: str, prefix: str) -> list[Partition]:
@@ -81,11 +85,16 @@ def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]
 
 def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, function_timeout_s: float,
          max_world_size: int, rendezvous: str | None,
-         max_concurrency_limit: int | None = None) -> Plan:
+         max_concurrency_limit: int | None = None, capacity: Capacity | None = None) -> Plan:
     """The events of a job whose partitions are known; raises PlanError for impossible requests.
 
     ``max_concurrency_limit`` caps how many ranks run at once (the coordinator's
-    COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT; None: no cap, as under Step Functions).
+    COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT; None: no cap, as under Step Functions), and
+    ``capacity`` is the function's (None: unknown).
+
+    The communicator never decides a job's fate: it needs every rank running at once, so a job
+    that cannot have them runs without it (the coordinator's summary is the result anyway) and is
+    warned; only a request that asks for it explicitly is refused, naming both numbers.
     """
     count = len(partitions)
     world_size = request.world_size or count
@@ -100,14 +109,19 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
     if communicator and not rendezvous:
         raise PlanError("communicator", "no rendezvous server is configured (COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT)")
     concurrency = request.max_concurrency or world_size
-    if communicator and concurrency < world_size:
-        raise PlanError("max_concurrency", f"the communicator needs all {world_size} ranks at once, "
-                                           f"max_concurrency is {concurrency}; raise it or set communicator false")
     if max_concurrency_limit is not None:
         concurrency = min(concurrency, max_concurrency_limit)
-        if communicator and concurrency < world_size:
-            raise PlanError("world_size", f"the communicator needs all ranks at once; this coordinator runs at most "
-                                          f"{max_concurrency_limit} (COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT)")
+    warnings: list[str] = []
+    at_once, why = _at_once(request, max_concurrency_limit, capacity)
+    if communicator and at_once is not None and at_once < world_size:
+        if request.communicator:
+            raise PlanError("communicator", f"the communicator needs all {world_size} ranks at once, but at most "
+                                            f"{at_once} can run at once ({why}); set communicator false or "
+                                            f"world_size at most {at_once}")
+        communicator = False
+        warnings.append(f"communicator off: it needs all {world_size} ranks at once, but at most {at_once} can "
+                        f"run at once ({why}); ranks start as capacity frees, and the coordinator's summary "
+                        f"is the job's result")
     comm_name = secrets.token_hex(16) if communicator else None
     checkpoint = (Checkpoint(request.checkpoint.bucket, request.checkpoint.key, request.checkpoint.sha256)
                   if request.checkpoint else None)
@@ -121,7 +135,17 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
                     abort_key=control_key(request.result_path, job_id, "abort"),
                     collective_timeout_s=min(120.0, function_timeout_s / 4))
         for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
-    return Plan(tuple(partitions), events, assignment, comm_name, concurrency)
+    return Plan(tuple(partitions), events, assignment, comm_name, concurrency, tuple(warnings))
+
+
+def _at_once(request: JobRequest, max_concurrency_limit: int | None,
+             capacity: Capacity | None) -> tuple[int | None, str]:
+    """The fewest ranks that may run at once, and what sets it (None: nothing known limits it)."""
+    limits = [(request.max_concurrency, "the payload's max_concurrency"),
+              (max_concurrency_limit, "COSMIC_COORDINATOR_MAX_CONCURRENCY_LIMIT"),
+              (capacity.limit if capacity else None, capacity.source if capacity else "")]
+    known = [(limit, why) for limit, why in limits if limit is not None]
+    return min(known, key=lambda item: item[0]) if known else (None, "")
 
 
 def partition_label(prefix: str) -> str:

@@ -99,6 +99,8 @@ def render_report(summary: Summary, fmt: str) -> str:
         raise ValueError(f"render_report: fmt must be json, md or csv, got {fmt!r}")
     sections = [_md_heading(summary), render_table([seed_table_row(summary)], "md"), _md_accuracy(summary),
                 _md_cost(summary), _md_failures(summary)]
+    if summary.get("warnings"):  # (summaries written before warnings were recorded have none)
+        sections.append("\n".join(["## Warnings", "", *(f"- {warning}" for warning in summary["warnings"])]) + "\n")
     return "\n".join(sections)
 
 

@@ -1,7 +1,12 @@
 """Running a job: fan the ranks out, re-invoke failed ones, record every attempt in S3, then summarise.
 
-One thread per job schedules its ranks on a pool of ``max_concurrency`` threads, each blocking in
-a synchronous invocation. Every attempt's start and end is written to the rank's record before
+One thread per job waits in its function's queue (:mod:`.capacity`) until it is given capacity
+(``queued`` meanwhile), then runs its ranks on up to ``max_concurrency`` threads, each holding one
+slot of the function's capacity and blocking in a synchronous invocation; a thread keeps its slot
+for the next rank until the job has no rank left to start. Without the communicator ranks start as
+slots free, so a job may run fewer ranks at once than its world size; with it, all of them start
+together. A throttled invocation waits (the attempt shows ``throttled``) and spends no attempt; the
+job's deadline bounds every wait. Every attempt's start and end is written to the rank's record before
 anything else happens, so a coordinator killed at any moment restarts (``resume``) knowing which
 ranks finished: those are never run again; a rank caught running is re-invoked with the next
 attempt number, and since a rank writes only its own keys the re-run replaces, never duplicates.
@@ -15,18 +20,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
 from services import logs
-from services.contracts import WorkerEvent, result_key
+from services.contracts import AttemptState, JobState, RankState, WorkerEvent
+from services.coordinator.capacity import FunctionQueue
 from services.coordinator.control import write_marker
 from services.coordinator.finish import ending_state
 from services.coordinator.invoker import Invoker
 from services.coordinator.manifest import Manifest
 from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
+from services.keys import result_key
 from services.logs import event as log_event
 
 log = logging.getLogger("cosmic.coordinator.runner")
@@ -42,14 +50,17 @@ class JobRunner:
 
     def __init__(self, jobs: JobStore, bucket: str, manifest: Manifest, invoker: Invoker,
                  finish: Callable[[str, Manifest, dict[int, RankRecord]], str], deadline_s: float,
-                 resuming: bool = False) -> None:
+                 resuming: bool = False, queue: FunctionQueue | None = None) -> None:
         self.jobs, self.bucket, self.manifest, self.invoker = jobs, bucket, manifest, invoker
         self.job_id = manifest.job_id
         self._finish = finish
         self._manifest_lock = threading.Lock()
         self.resuming = resuming
         self.journal: RankJournal | None = None
-        self.deadline = time.monotonic() + deadline_s
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s  # from submission: time queued counts
+        #: The function's queue, shared with the other jobs on it (None: a queue of one, no limit).
+        self.queue = queue or FunctionQueue()
         self.cancelled = threading.Event()
         self._aborted = False
         self.ranks: dict[int, RankRecord] = {}
@@ -64,7 +75,7 @@ class JobRunner:
         between batches); the job is ``cancelling`` until every rank has stopped."""
         self.cancelled.set()
         write_marker(self.jobs.store, self.manifest, "cancel", reason="cancelled by request")
-        self.jobs.save_manifest(self.bucket, self._update(cancel_requested=True, state="cancelling"))
+        self.jobs.save_manifest(self.bucket, self._update(cancel_requested=True, state=JobState.CANCELLING))
 
     def _abort_collective(self, rank: int, reason: str) -> None:
         """A rank failed: its peers must not wait for it in the collective (a retry skips it)."""
@@ -83,14 +94,18 @@ class JobRunner:
     # -- the job ----------------------------------------------------------------------------
     def _run(self) -> None:
         with logs.with_keys(job_id=self.job_id):
-            self._run_job()
+            try:
+                self._run_job()
+            finally:
+                self.queue.leave(self.job_id)  # however the job ended, it holds up no job behind it
 
     def _run_job(self) -> None:
         try:
             self._schedule()
         except Exception as exc:  # a coordinator bug or S3 outage must still end the job visibly
             log_event(log, "job_crashed", logging.ERROR, error=repr(exc))
-            self.jobs.save_manifest(self.bucket, self._update(error=f"coordinator error: {exc}", state="failed"))
+            self.jobs.save_manifest(self.bucket, self._update(error=f"coordinator error: {exc}",
+                                                              state=JobState.FAILED))
 
     def _schedule(self) -> None:
         events = self.manifest.events
@@ -99,7 +114,7 @@ class JobRunner:
         try:
             if self.resuming:  # a previous coordinator stopped mid-job: trust results in S3 over its journal
                 for record in self.ranks.values():
-                    if record.state != "succeeded":
+                    if record.state != RankState.SUCCEEDED:
                         self._settle_interrupted(record, events[record.rank])
             self._fan_out(events)
         finally:
@@ -107,25 +122,60 @@ class JobRunner:
         self._complete()
 
     def _fan_out(self, events: tuple[WorkerEvent, ...]) -> None:
-        todo = [rank for rank, record in self.ranks.items() if record.state != "succeeded"]
+        todo = deque(rank for rank, record in self.ranks.items() if record.state != RankState.SUCCEEDED)
         started_at = self.manifest.started_at if self.manifest.started_at is not None else time.time()
-        self.jobs.save_manifest(self.bucket, self._update(state="running", started_at=started_at))
-        log_event(log, "job_running", ranks=len(events), to_run=len(todo))
+        gang = len(todo) if self.manifest.communicator else 1  # the communicator's ranks must all meet
+        self.queue.enter(self.job_id)
+        try:
+            if todo and not self.queue.free_now(self.job_id, gang):
+                if self.manifest.state != JobState.QUEUED:
+                    self.jobs.save_manifest(self.bucket, self._update(state=JobState.QUEUED))
+                log_event(log, "job_queued", ranks=len(events), to_run=len(todo),
+                          position=self.queue.position(self.job_id), capacity=self.queue.limit)
+            if todo and not self.queue.acquire(self.job_id, gang, self.cancelled, self.deadline):
+                if not self.cancelled.is_set():
+                    self._fail_on_deadline("while the job was queued")
+                return
+            self.jobs.save_manifest(self.bucket, self._update(state=JobState.RUNNING, started_at=started_at))
+            log_event(log, "job_running", ranks=len(events), to_run=len(todo))
+            if todo:
+                self._run_ranks(events, todo, gang)
+        finally:
+            self.queue.leave(self.job_id)
+
+    def _run_ranks(self, events: tuple[WorkerEvent, ...], todo: deque[int], held: int) -> None:
+        """Run ``todo`` on threads that each hold a slot; the first ``held`` slots are already taken."""
+        threads = max(held, min(max(1, self.manifest.max_concurrency), len(todo)))
 
         @logs.carry  # the pool's threads log with this job's keys, and each with its rank
-        def run_rank(rank: int, event: WorkerEvent) -> None:
-            with logs.with_keys(rank=rank):
-                self._run_rank(rank, event)
+        def work(holding: bool) -> None:
+            if not holding and (not todo or not self.queue.acquire(self.job_id, 1, self.cancelled, self.deadline)):
+                return
+            try:
+                while True:
+                    try:
+                        rank = todo.popleft()
+                    except IndexError:
+                        return
+                    if not todo:
+                        self.queue.leave(self.job_id)  # no rank left to start: the jobs behind move up
+                    with logs.with_keys(rank=rank):
+                        self._run_rank(rank, events[rank])
+            finally:
+                self.queue.release(1)
 
-        with ThreadPoolExecutor(max_workers=max(1, self.manifest.max_concurrency),
-                                thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
-            futures = [pool.submit(run_rank, rank, events[rank]) for rank in todo]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
+            futures = [pool.submit(work, index < held) for index in range(threads)]
             wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
             if any(not future.done() for future in futures):
-                self._update(error="job deadline passed (COSMIC_COORDINATOR_JOB_DEADLINE_S)")
+                self._fail_on_deadline()
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
+
+    def _deadline_passed(self, when: str = "") -> str:
+        return f"job deadline passed{' ' + when if when else ''} " \
+               f"(COSMIC_COORDINATOR_JOB_DEADLINE_S = {self.deadline_s:g} s)"
 
     def _complete(self) -> None:
         state = ending_state(self.manifest, self.ranks)
@@ -137,7 +187,7 @@ class JobRunner:
             ending["summary_error"] = str(exc)
         ending.update(state=state, finished_at=time.time(),
                       failed_ranks={str(r.rank): r.attempts[-1].error for r in self.ranks.values()
-                                    if r.state == "failed" and r.attempts})
+                                    if r.state == RankState.FAILED and r.attempts})
         self.jobs.compact(self.bucket, self.job_id, self.ranks)
         final = self.jobs.save_manifest(self.bucket, self.manifest.model_copy(update=ending))
         request = final.request
@@ -151,20 +201,21 @@ class JobRunner:
         key = result_key(event.result_path, record.rank)
         document = self.jobs.store.get_json(event.result_bucket, key)
         finished = (isinstance(document, dict) and document.get("job_id") == self.job_id
-                    and document.get("status") == "succeeded")
+                    and document.get("status") == AttemptState.SUCCEEDED)
         if finished:
             number = int(document.get("attempt", len(record.attempts) or 1))
             if not record.attempts or record.attempts[-1].attempt != number:
                 record.attempts.append(Attempt(attempt=number, started_at=time.time()))
             attempt = record.attempts[-1]
-            attempt.state, attempt.ended_at, attempt.response = "succeeded", time.time(), {"recovered_from": key}
-        elif record.state == "running":
+            attempt.state, attempt.ended_at = AttemptState.SUCCEEDED, time.time()
+            attempt.response = {"recovered_from": key}
+        elif record.state == RankState.RUNNING:
             attempt = record.attempts[-1]
-            attempt.state, attempt.error = "lost", "the coordinator stopped while this attempt ran"
+            attempt.state, attempt.error = AttemptState.LOST, "the coordinator stopped while this attempt ran"
             attempt.ended_at = time.time()
         else:
             return
-        self._save(record, "succeeded" if finished else "pending")
+        self._save(record, RankState.SUCCEEDED if finished else RankState.PENDING)
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
 
     # -- one rank ---------------------------------------------------------------------------
@@ -173,25 +224,50 @@ class JobRunner:
         budget = self.manifest.max_attempts
         tried = 0
         while tried < budget:
-            if self.cancelled.is_set() or time.monotonic() > self.deadline:
-                self._save(record, "cancelled" if record.state != "failed" or self.manifest.cancel_requested
-                           else "failed")
+            if self.cancelled.is_set() or self._out_of_time():
+                self._save(record, RankState.CANCELLED if record.state != RankState.FAILED
+                           or self.manifest.cancel_requested else RankState.FAILED)
                 return
             attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time())
             record.attempts.append(attempt)
-            self._save(record, "running")
-            outcome = self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict())
+            self._save(record, RankState.RUNNING)
+
+            def throttled(waiting: bool, attempt: Attempt = attempt) -> None:
+                """Throttling is waiting: shown on the attempt, and the call that runs starts its time."""
+                attempt.state = AttemptState.THROTTLED if waiting else AttemptState.RUNNING
+                if not waiting:
+                    attempt.started_at = time.time()
+                self._save(record, RankState.RUNNING)
+
+            outcome = self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
+                                          on_throttled=throttled)
             tried += 1
             attempt.ended_at, attempt.report = time.time(), outcome.report
+            attempt.throttled_s = round(outcome.throttled_s, 3)
             if outcome.ok:
                 attempt.response = outcome.response
-                attempt.state = "cancelled" if (outcome.response or {}).get("status") == "cancelled" else "succeeded"
-                self._save(record, attempt.state)
+                cancelled = (outcome.response or {}).get("status") == AttemptState.CANCELLED
+                attempt.state = AttemptState.CANCELLED if cancelled else AttemptState.SUCCEEDED
+                self._save(record, RankState.CANCELLED if cancelled else RankState.SUCCEEDED)
                 return
-            attempt.state, attempt.error = "failed", outcome.error
+            attempt.state, attempt.error = AttemptState.FAILED, outcome.error
             log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
             self._abort_collective(rank, f"rank {rank} attempt {attempt.attempt} failed: {outcome.error}")
-            self._save(record, "failed")
+            self._save(record, RankState.FAILED)
+            if self._out_of_time():  # (a throttle wait ends at the deadline: this attempt may be the last)
+                return
+
+    def _out_of_time(self) -> bool:
+        """Whether the job's deadline has passed; the first to see it says so on the job."""
+        if time.monotonic() < self.deadline:
+            return False
+        self._fail_on_deadline()
+        return True
+
+    def _fail_on_deadline(self, when: str = "") -> None:
+        with self._manifest_lock:
+            if not self.manifest.error:
+                self.manifest = self.manifest.model_copy(update={"error": self._deadline_passed(when)})
 
     def _save(self, record: RankRecord, state: str) -> None:
         record.state = state

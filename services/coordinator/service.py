@@ -11,7 +11,9 @@ import threading
 import time
 from typing import Any
 
+from services.contracts import JobState
 from services.coordinator import finish, plots, report
+from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
 from services.coordinator.durable import PatientStore
@@ -42,6 +44,7 @@ class Coordinator:
         self.stats = InvokeStats()
         self._runners: dict[str, JobRunner] = {}
         self._invokers: dict[str, Invoker] = {}
+        self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
 
     # -- submit -----------------------------------------------------------------------------
@@ -55,12 +58,13 @@ class Coordinator:
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
         rendezvous, warnings = self._rendezvous_address()
+        function = request.function or self.settings.worker.function
+        capacity = self._capacity(function)
         job_plan = plan(request, partitions, job_id=job_id, function_timeout_s=self.settings.worker.timeout,
                         max_world_size=self.settings.max_world_size, rendezvous=rendezvous,
-                        max_concurrency_limit=self.settings.max_concurrency_limit)
-        concurrency = job_plan.max_concurrency
-        function = request.function or self.settings.worker.function
-        warnings += self._preflight(function, concurrency)  # before any lock: Lambda not answering is a 503
+                        max_concurrency_limit=self.settings.max_concurrency_limit, capacity=capacity)
+        warnings += job_plan.warnings
+        warnings += self._preflight(function, capacity, job_plan.max_concurrency)  # before any lock
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
             raise JobConflict(f"job {holder} is still writing to s3://{request.data_bucket}/{request.result_path}",
@@ -75,7 +79,7 @@ class Coordinator:
                                       rendezvous=rendezvous, idempotency_key=idempotency, warnings=warnings)
         manifest = self.jobs.save_manifest(bucket, manifest)
         log_event(log, "job_submitted", job_id=job_id, world_size=len(job_plan.events),
-                  partitions=len(job_plan.partitions), function=function, communicator=bool(rendezvous))
+                  partitions=len(job_plan.partitions), function=function, communicator=manifest.communicator)
         self._start(bucket, manifest)
         return job_id, True, warnings
 
@@ -96,22 +100,34 @@ class Coordinator:
             log_event(log, "rendezvous_unresolved", logging.WARNING, endpoint=endpoint, error=str(exc))
             return endpoint, [message]
 
-    def _preflight(self, function: str, concurrency: int) -> list[str]:
-        """Warn before a job that cannot all run at once (the function's or the account's concurrency)."""
+    def _capacity(self, function: str) -> Capacity | None:
+        """The function's capacity as Lambda states it now; the function's queue follows it."""
         capacity = self._invoker(function).capacity()
+        self._queue(function).set_limit(capacity.limit if capacity is not None else None)
+        return capacity
+
+    @staticmethod
+    def _preflight(function: str, capacity: Capacity | None, concurrency: int) -> list[str]:
+        """Say so when a job cannot all run at once (the function's or the account's concurrency)."""
         if capacity is not None and capacity.limit < concurrency:
             message = (f"{function} may run {capacity.limit} at once ({capacity.source}), the job wants "
-                       f"{concurrency} at once: the rest will be throttled and retried")
+                       f"{concurrency} at once: its ranks start as capacity frees")
             log_event(log, "preflight_warning", logging.WARNING, function=function, message=message)
             return [message]
         return []
 
     def _start(self, bucket: str, manifest: Manifest, resuming: bool = False) -> None:
+        queue = self._queue(manifest.function)
+        queue.enter(manifest.job_id)  # in line in the order jobs are submitted, not the order their threads run
         runner = JobRunner(self._job_state, bucket, manifest, self._invoker(manifest.function), self._finish,
-                           self.settings.job_deadline_s, resuming=resuming)
+                           self.settings.job_deadline_s, resuming=resuming, queue=queue)
         with self._lock:
             self._runners[manifest.job_id] = runner
         runner.start()
+
+    def _queue(self, function: str) -> FunctionQueue:
+        with self._lock:
+            return self._queues.setdefault(function, FunctionQueue())
 
     def _invoker(self, function: str) -> Invoker:
         with self._lock:
@@ -135,6 +151,7 @@ class Coordinator:
             if found is None or found[1].state in TERMINAL or job_id in self._runners:
                 continue
             log_event(log, "job_resumed", job_id=job_id)
+            self._capacity(found[1].function)
             self._start(bucket, found[1], resuming=True)
             resumed.append(job_id)
         return resumed
@@ -184,14 +201,14 @@ class Coordinator:
     def retry(self, job_id: str) -> dict[str, Any]:
         """Re-run only the failed ranks of a finished job (their attempt numbers continue)."""
         bucket, manifest = self._manifest(job_id)
-        if manifest.state != "failed":
+        if manifest.state != JobState.FAILED:
             raise JobConflict(f"only a failed job can be retried; job {job_id} is {manifest.state}",
                               job_id=job_id, state=manifest.state)
         request = manifest.request
         holder = self.jobs.take_result_path(bucket, job_id, request.data_bucket, request.result_path)
         if holder is not None:
             raise JobConflict(f"job {holder} is now writing to the same result path", job_id=job_id, holder=holder)
-        manifest = manifest.model_copy(update={"state": "queued", "error": None, "summary_error": None,
+        manifest = manifest.model_copy(update={"state": JobState.QUEUED, "error": None, "summary_error": None,
                                                "retried_at": time.time()})
         self._start(bucket, self.jobs.save_manifest(bucket, manifest))
         return self.status(job_id)
@@ -221,10 +238,13 @@ class Coordinator:
         ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
         counts: dict[str, int] = {}
         for record in ranks.values():
-            counts[record.state] = counts.get(record.state, 0) + 1
+            counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
+        queued = runner is not None and manifest.state == JobState.QUEUED
         return {
-            "job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
+            "job_id": job_id, "state": manifest.state,
+            "queue_position": runner.queue.position(job_id) if queued and runner else None,
+            "submitted_at": manifest.submitted_at,
             "finished_at": manifest.finished_at, "world_size": manifest.world_size,
             "partitions": len(manifest.partitions), "function": manifest.function,
             "communicator": manifest.communicator, "result": f"s3://{request.data_bucket}/{request.result_path}",
@@ -233,7 +253,7 @@ class Coordinator:
             "warnings": list(manifest.warnings) + [f"skipped: {note}" for note in self.jobs.unreadable.get(job_id, [])],
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
-                 "error": a.error, "duration_ms": a.report.get("duration_ms"),
+                 "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
                  "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
                 for r in ranks.values()],
         }

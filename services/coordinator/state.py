@@ -40,13 +40,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services import logs
+from services.contracts import TERMINAL_JOB_STATES, AttemptState, RankState
 from services.coordinator.errors import ManifestError
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
 from services.coordinator.payload import RESERVED_PREFIX
 from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: The job states a job never leaves (the contracts' model, named here for the coordinator's readers).
+TERMINAL = TERMINAL_JOB_STATES
 log = logging.getLogger("cosmic.coordinator.state")
 
 #: Where jobs' folders, result-path locks and idempotency records are (the reserved prefix) ...
@@ -94,8 +96,10 @@ class Attempt:
     attempt: int
     started_at: float
     ended_at: float | None = None
-    state: str = "running"
+    state: str = AttemptState.RUNNING
     error: str | None = None
+    #: Seconds spent waiting out throttling (429); ``started_at`` is when the call that ran was sent.
+    throttled_s: float = 0.0
     #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms.
     report: dict[str, float | None] = field(default_factory=dict)
     #: The worker's answer (WorkerResult) when it succeeded.
@@ -105,7 +109,7 @@ class Attempt:
 @dataclass
 class RankRecord:
     rank: int
-    state: str = "pending"
+    state: str = RankState.PENDING
     attempts: list[Attempt] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,9 +21,11 @@ from typing import Any, NotRequired, TypedDict
 import numpy as np
 
 from services.accuracy import redshift_metrics
+from services.contracts import AttemptState
 from services.coordinator.pricing import Prices
 
-STATES = ("succeeded", "failed", "cancelled")
+#: The attempt states an invocation that Lambda reported on can end in.
+STATES = (AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED)
 #: Relative tolerance within which our accuracy and the workers' collective summary agree.
 AGREEMENT_RTOL = 1e-4
 #: Absolute floor for that comparison, so that a metric near zero (bias) does not amplify rounding.
@@ -84,6 +86,8 @@ class JobFacts:
     s3_gets: int = 0
     s3_puts: int = 0
     architecture: str = "x86_64"
+    #: What the job was warned about at submission (the communicator off for want of capacity, ...).
+    warnings: tuple[str, ...] = ()
     #: How the job ended; a cancelled job's sizes count only the ranks that finished.
     state: str = "succeeded"
 
@@ -178,6 +182,7 @@ class Summary(TypedDict):
     collective: Collective
     failed_ranks: list[FailedRank]
     failed_attempts: list[FailedAttempt]
+    warnings: list[str]
 
 
 def combined_data(rank_documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -229,6 +234,7 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
         "failed_ranks": failed_ranks(invocations),
         "failed_attempts": [{"rank": inv.rank, "attempt": inv.attempt, "error": inv.error}
                             for inv in sorted(invocations, key=lambda i: (i.rank, i.attempt)) if inv.state == "failed"],
+        "warnings": list(facts.warnings),
     }
     return _finite(summary)
 

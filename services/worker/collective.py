@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from services.accuracy import OUTLIER_THRESHOLD
-from services.contracts import WorkerEvent, collective_summary_key, split_endpoint
+from services.contracts import WorkerEvent, split_endpoint
+from services.keys import collective_summary_key
 from services.logs import event as log_event
 from services.s3store import StoreError
 from services.worker.control import Markers, Watcher

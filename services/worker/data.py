@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 from torch.utils.data import TensorDataset
 
-from services.contracts import partition_number
+from services.keys import partition_number
 from services.worker.errors import PartitionError
 
 BANDS, SIDE = 5, 32

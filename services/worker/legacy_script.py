@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.contracts import WorkerEvent, WorkerResult, legacy_item, result_key
+from services.contracts import WorkerEvent, WorkerResult, legacy_item
+from services.keys import result_key
 from services.logs import event as log_event
 from services.s3store import S3Store
 from services.worker.errors import ScriptFailed

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from services.accuracy import redshift_metrics
-from services.contracts import WorkerEvent, WorkerResult, labels_key, predictions_key, result_key
+from services.contracts import WorkerEvent, WorkerResult
+from services.keys import labels_key, predictions_key, result_key
 from services.logs import event as log_event
 from services.s3store import S3Store
 from services.worker.collective import summarise

@@ -84,7 +84,7 @@ def test_worker_is_an_image_outside_any_vpc() -> None:
 def test_workers_read_the_markers_where_the_coordinator_writes_them_and_nothing_of_its_state() -> None:
     """The cancel and abort markers live under the job's result path: the worker role reads them
     through its results grant, and needs nothing of the coordinator's state bucket."""
-    from services.contracts import control_key
+    from services.keys import control_key
 
     template = _template("worker.yaml")
     (role,) = _resources(template, "AWS::IAM::Role").values()

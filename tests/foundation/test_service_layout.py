@@ -97,6 +97,7 @@ RULES = {
     "the coordinator imports nothing of the worker and never torch": (
         "services.coordinator", ("services.worker", "torch")),
     "the contracts import neither torch nor boto3": ("services.contracts", ("torch", "boto3", "botocore")),
+    "the object keys import neither torch nor boto3": ("services.keys", ("torch", "boto3", "botocore")),
     "the local stand-ins import no coordinator code": ("services.local", ("services.coordinator",)),
 }
 

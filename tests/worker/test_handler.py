@@ -17,13 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from services.accuracy import redshift_metrics  # noqa: E402
-from services.contracts import (  # noqa: E402
-    EventError,
-    collective_summary_key,
-    labels_key,
-    predictions_key,
-    result_key,
-)
+from services.contracts import EventError  # noqa: E402
+from services.keys import collective_summary_key, labels_key, predictions_key, result_key  # noqa: E402
 from services.worker import handler as handler_module  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
 from services.worker.data import PartitionError, load_partition  # noqa: E402

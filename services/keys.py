@@ -1,0 +1,56 @@
+"""Where a job's objects live in S3, shared by the worker (which writes them) and the coordinator
+(which reads them): each rank's results, the job's markers, and how partitions are numbered.
+
+Standard library only, as the contracts are: both services import it.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def result_key(result_path: str, rank: int) -> str:
+    """The rank's result document, with every legacy key: ``{result_path}/{rank}.json``."""
+    return f"{result_path}/{rank}.json"
+
+
+def predictions_key(result_path: str, rank: int) -> str:
+    """The rank's predicted redshifts (float32 ``.npy``, in partition order)."""
+    return f"{result_path}/predictions/{rank}.npy"
+
+
+#: The file forms a partition may take, by suffix (see services/worker/data.py).
+_PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
+
+
+def partition_number(key: str) -> int | None:
+    """The ``i`` of ``.../{i}.pt`` (or ``.npz``, ``.safetensors``), None for any other key.
+
+    Partitions sort by it, so ``2.pt`` comes before ``10.pt`` (the legacy planner sorted names
+    as strings and, with ``file_limit`` 11, picked ``1, 10, 100..108``).
+    """
+    match = _PARTITION.search(key)
+    return int(match.group(1)) if match else None
+
+
+def labels_key(result_path: str, rank: int) -> str:
+    """The true redshifts of the rank's samples (float32 ``.npy``, same order), when partitions carry them."""
+    return f"{result_path}/labels/{rank}.npy"
+
+
+#: The job's markers, under its result path: the one place both the coordinator and the workers
+#: may reach on AWS (the worker role reads and writes only its results' prefix and the inputs).
+CONTROL_MARKERS = ("cancel", "abort")
+
+
+def control_key(result_path: str, job_id: str, marker: str) -> str:
+    """Where a job's ``cancel`` or ``abort`` marker lives: ``{result_path}/_control/{job_id}/{marker}.json``
+    (the job's id in the key: a later job on the same result path never meets an old marker)."""
+    if marker not in CONTROL_MARKERS:
+        raise ValueError(f"no marker {marker!r}; markers are {', '.join(CONTROL_MARKERS)}")
+    return f"{result_path}/_control/{job_id}/{marker}.json"
+
+
+def collective_summary_key(result_path: str) -> str:
+    """Rank 0's summary of the job, computed over the communicator."""
+    return f"{result_path}/summary_collective.json"
