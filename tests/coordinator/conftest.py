@@ -121,6 +121,13 @@ class Api:
     def kill(self) -> None:
         self.child.kill()
 
+    def wait_for_ranks(self, job_id: str, succeeded: int, timeout: float = 60) -> None:
+        """Until ``succeeded`` ranks of the job have: a point mid-job to break something at."""
+        deadline = time.monotonic() + timeout
+        while self.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < succeeded:
+            assert time.monotonic() < deadline, f"job {job_id} did not reach {succeeded} finished ranks"
+            time.sleep(0.05)
+
 
 @pytest.fixture
 def start_coordinator(stack: Servers, tmp_path: Path) -> Iterator[Callable[..., Api]]:

@@ -4,10 +4,12 @@ communicator never decides a job's fate. Real S3, runtime (4 sandboxes), worker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -66,12 +68,7 @@ def test_jobs_competing_for_capacity_queue_in_order_and_then_succeed(api: Api, s
 def test_a_throttle_wait_ends_at_the_job_deadline(start_coordinator, stack: Servers) -> None:
     """Someone else holds every sandbox: the rank waits as ``throttled`` and the job fails at its deadline."""
     api = start_coordinator(COSMIC_COORDINATOR_JOB_DEADLINE_S="4")
-    lam = lambda_client(stack.lambda_endpoint)
-    holders = [threading.Thread(target=_hold, args=(lam, 12.0)) for _ in range(SANDBOXES)]
-    for thread in holders:
-        thread.start()
-    try:
-        _wait_until_full(lam)
+    with _every_sandbox_held(lambda_client(stack.lambda_endpoint), 12.0):
         submitted = time.monotonic()
         job_id = api.submit(stack.payload(world_size=1, communicator=False))
         attempt_states = set()
@@ -80,9 +77,6 @@ def test_a_throttle_wait_ends_at_the_job_deadline(start_coordinator, stack: Serv
             assert time.monotonic() - submitted < 60, status
             time.sleep(0.05)
         ended = time.monotonic() - submitted  # (the summary and S3 writes come after the deadline, so a margin)
-    finally:
-        for thread in holders:
-            thread.join(30)
     assert "throttled" in attempt_states, attempt_states
     assert status["state"] == "failed" and "COSMIC_COORDINATOR_JOB_DEADLINE_S = 4 s" in (status["error"] or ""), status
     tried = status["ranks"][0]["attempts"]
@@ -96,17 +90,9 @@ def test_a_throttle_wait_ends_at_the_job_deadline(start_coordinator, stack: Serv
 def test_a_throttled_rank_waits_and_succeeds_on_its_first_attempt(api: Api, stack: Servers) -> None:
     """Capacity the coordinator cannot see is taken: the rank is throttled, waits, then runs (it
     replaces a test that made the coordinator throttle itself, which its queue now prevents)."""
-    lam = lambda_client(stack.lambda_endpoint)
-    holders = [threading.Thread(target=_hold, args=(lam, 3.0)) for _ in range(SANDBOXES)]
-    for thread in holders:
-        thread.start()
-    try:
-        _wait_until_full(lam)
+    with _every_sandbox_held(lambda_client(stack.lambda_endpoint), 3.0):
         job_id = api.submit(stack.payload(world_size=1, communicator=False, max_attempts=1))
         final = api.wait(job_id, timeout=120)
-    finally:
-        for thread in holders:
-            thread.join(30)
     assert final["state"] == "succeeded", final
     (attempt,) = final["ranks"][0]["attempts"]
     assert attempt["state"] == "succeeded" and attempt["throttled_s"] > 0, attempt
@@ -116,12 +102,26 @@ def test_a_throttled_rank_waits_and_succeeds_on_its_first_attempt(api: Api, stac
     assert status == 200 and throttles > 0
 
 
+@contextlib.contextmanager
+def _every_sandbox_held(lam: Any, seconds: float) -> Iterator[None]:
+    """Capacity the coordinator cannot see taken: every sandbox held for ``seconds`` by others."""
+    holders = [threading.Thread(target=_hold, args=(lam, seconds)) for _ in range(SANDBOXES)]
+    for thread in holders:
+        thread.start()
+    try:
+        _wait_until_full(lam)
+        yield
+    finally:
+        for thread in holders:
+            thread.join(30)
+
+
 def _hold(lam: Any, seconds: float) -> None:
     """Hold a sandbox for ``seconds`` (trying again while the probe below has it)."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            lam.invoke(FunctionName="cosmic-worker", Payload=json.dumps({"hold_s": seconds}))
+            lam.invoke(FunctionName="cosmic-worker", Payload=json.dumps({"hold_s": seconds}))["Payload"].read()
             return
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "TooManyRequestsException" or time.monotonic() > deadline:
@@ -134,7 +134,7 @@ def _wait_until_full(lam: Any) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            lam.invoke(FunctionName="cosmic-worker", Payload=json.dumps({"hold_s": 0}))
+            lam.invoke(FunctionName="cosmic-worker", Payload=json.dumps({"hold_s": 0}))["Payload"].read()
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "TooManyRequestsException":
                 return

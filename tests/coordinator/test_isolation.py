@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 from services.coordinator.state import ACTIVE, JOBS, LEGACY_ACTIVE, LEGACY_JOBS, active_key, manifest_key
@@ -67,10 +66,7 @@ def test_a_job_left_under_the_old_layout_is_resumed_where_it_is(start_coordinato
     api = start_coordinator()
     payload = stack.payload(file_limit=str(PARTITIONS), world_size=PARTITIONS, communicator=False, max_concurrency=1)
     job_id = api.submit(payload)
-    deadline = time.monotonic() + 60
-    while api.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    api.wait_for_ranks(job_id, 2)
     api.kill()
     lock = active_key(stack.bucket, payload["result_path"])
     moves = {key: LEGACY_JOBS + key[len(JOBS):] for key in stack.keys(f"{JOBS}{job_id}/")}
