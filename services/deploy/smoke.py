@@ -71,12 +71,17 @@ def selftest_events(function_timeout_s: float, bucket: str, rendezvous: str) -> 
                         comm_name=comm_name, collective_timeout_s=timeout).to_dict() for rank in (0, 1)]
 
 
+#: Seconds the smoke test's invocations may wait out throttling before the step fails naming it.
+THROTTLE_WAIT_S = 60.0
+
+
 def run(function: str, function_timeout_s: float, bucket: str, rendezvous: str) -> list[RankCheck]:
     """Invoke both ranks together (they wait for each other) and check what each reports."""
     invoker = Invoker(function, function_timeout_s, pool_size=2, retries=4)
     events = selftest_events(function_timeout_s, bucket, rendezvous)
+    deadline = time.monotonic() + THROTTLE_WAIT_S  # a throttled invoke waits, but a smoke test not for an hour
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(invoker.invoke, events))
+        outcomes = list(pool.map(lambda event: invoker.invoke(event, deadline=deadline), events))
     checks = []
     for rank, outcome in enumerate(outcomes):
         if not outcome.ok or outcome.response is None:
