@@ -95,7 +95,7 @@ class WorkerEvent:
         rendezvous: ``host:port`` of the rendezvous server, for the collective summary.
         comm_name: the job's secret communicator name (required with ``rendezvous``).
         cancel_key: the S3 key (in ``result_bucket``) of the job's cancel marker
-            (:func:`control_key`), checked between batches: a cancelled rank stops and writes
+            (:func:`services.keys.control_key`), checked between batches: a cancelled rank stops and writes
             nothing further.
         abort_key: the S3 key (in ``result_bucket``) of the job's abort marker, which the
             coordinator writes when a rank fails, times out or is cancelled: the collective is
