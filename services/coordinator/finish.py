@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -105,16 +105,13 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
     """Write ``combined_data.json`` and ``summary.json`` beside the ranks' results."""
     data_bucket, result_path = manifest.request.data_bucket, manifest.request.result_path
 
-    def read(rank: int) -> Any:
-        record = ranks.get(rank)
-        if record is not None and record.state != RankState.SUCCEEDED:
-            return None
-        return store.get_json(data_bucket, result_key(result_path, rank))
-
-    documents = [document for document in _parallel(read, manifest.world_size)
+    # a rank without a record is taken as finished (Step Functions knows no records: its Map succeeded)
+    finished = sorted(rank for rank in range(manifest.world_size)
+                      if rank not in ranks or ranks[rank].state == RankState.SUCCEEDED)
+    documents = [document for document in _parallel(
+                     lambda index: store.get_json(data_bucket, result_key(result_path, finished[index])), len(finished))
                  if isinstance(document, dict) and document.get("job_id", manifest.job_id) == manifest.job_id]
-    finished = {rank for rank in range(manifest.world_size) if rank not in ranks or ranks[rank].state == "succeeded"}
-    predictions, labels = result_arrays(store, manifest, finished)
+    predictions, labels = result_arrays(store, manifest, set(finished))
     partitions = manifest.partitions
     if len(finished) < manifest.world_size:  # cancelled or failed: count only what the finished ranks read
         read_keys = {key for event in manifest.events if event.rank in finished for key in event.partitions}
