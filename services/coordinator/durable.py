@@ -13,11 +13,11 @@ Listings are read whole inside one try, so a retry restarts them instead of yiel
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from services.coordinator.backoff import full_jitter
 from services.logs import event as log_event
 from services.s3store import Blob, S3Store, StoreError
 
@@ -45,7 +45,7 @@ class PatientStore(S3Store):
             except StoreError as exc:
                 if not exc.unanswered or time.monotonic() >= deadline:
                     raise
-                delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** min(retry, 16)))
+                delay = full_jitter(retry, self.base_delay_s, self.max_delay_s)
                 if retry == 0 or retry % 10 == 0:  # a line when it starts, then one in ten
                     log_event(log, "s3_unanswered_retrying", logging.WARNING, endpoint=exc.endpoint,
                               bucket=exc.bucket, key=exc.key, retry=retry + 1, error=str(exc)[:200])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, ReadTimeoutError
 
+from services.coordinator.backoff import full_jitter
 from services.coordinator.capacity import Capacity
 from services.coordinator.errors import DependencyUnavailable
 from services.logs import event as log_event
@@ -221,7 +221,7 @@ class Invoker:
         return Outcome(True, response=answer, report=report)
 
     def _backoff(self, retry: int) -> float:
-        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**retry))  # full jitter
+        return full_jitter(retry, self.base_delay_s, self.max_delay_s)
 
     def _pause(self, retry: int, reason: str) -> None:
         delay = self._backoff(retry)
