@@ -233,22 +233,23 @@ class Predictor:
         if torch.get_num_threads() != self._intra_op_threads:  # process-wide: someone else may have set it
             torch.set_num_threads(self._intra_op_threads)
 
-        def run(start: int) -> None:
+        def run(span: tuple[int, int]) -> None:
+            start, stop = span
             with torch.inference_mode():  # thread-local: entered in the stream's own thread
-                stop = start + step
                 out[start:stop] = self._forward(images[start:stop], magnitudes[start:stop]).reshape(-1).numpy()
 
         total = images.shape[0]
         for batch_start in range(0, total, batch_size):  # a batch's slices run side by side, one per stream
-            starts = range(batch_start, min(batch_start + batch_size, total), step)
+            batch_stop = min(batch_start + batch_size, total)
+            spans = [(start, min(start + step, batch_stop)) for start in range(batch_start, batch_stop, step)]
             if self._pool is None:
-                for start in starts:
-                    run(start)
+                for span in spans:
+                    run(span)
             else:
-                for _ in self._pool.map(run, starts):  # re-raises a stream's error here
+                for _ in self._pool.map(run, spans):  # re-raises a stream's error here
                     pass
             if after_batch is not None:
-                after_batch(min(batch_start + batch_size, total))
+                after_batch(batch_stop)
         return out
 
     def _forward(self, images: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,19 @@ def test_the_per_batch_hook_runs_after_each_batch_and_can_stop_the_rest(data, st
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_every_sample_is_inferred_once_whatever_the_streams(data, streams: int) -> None:
+    """A batch's slices end at the batch's end: a slice that ran on into the next batch inferred
+    its samples twice (with 3 streams and batch 32, 2 samples a batch)."""
+    predictor = inference.Predictor(RedshiftModel(), "fp32", threads=3, streams=streams)
+    forwards: list[int] = []
+    forward = predictor._forward
+    predictor._forward = lambda images, magnitudes: forwards.append(len(images)) or forward(images, magnitudes)
+    predictor.predict(data.images, data.magnitudes, batch_size=32)
+    assert sum(forwards) == 70, forwards
+
+
+@pytest.mark.integration
 def test_the_model_is_left_as_it_was(data) -> None:
     torch.manual_seed(1)
     model = RedshiftModel().eval()
