@@ -41,16 +41,17 @@ class Markers:
         try:
             document = self.store.get_json(self.job.result_bucket, key)
         except StoreError as exc:
-            if exc.code is None and self.store.etag(self.job.result_bucket, key) is not None:
-                return {"reason": "marker present"}  # there, but not ours to parse: still a marker
+            if exc.code is None and not exc.unanswered:
+                return {"reason": "marker present"}  # read, but not JSON: still a marker
             log_event(log, "marker_unreadable", logging.WARNING, key=key, error=str(exc))
             return None  # S3 hiccup: not a reason to stop; look again next time
         if document is None:
             return None
         return document if isinstance(document, dict) else {"reason": "marker present"}
 
-    def look(self, force: bool = False) -> None:
-        """Read both markers, unless the last look was under ``interval`` ago."""
+    def look(self, force: bool = False, abort: bool = True) -> None:
+        """Read the markers (``abort``: the abort marker too), unless the last look was under
+        ``interval`` ago."""
         now = time.monotonic()
         if not force and now < self._next_look:
             return
@@ -58,13 +59,14 @@ class Markers:
         if self.cancel_reason is None and (cancel := self._read(self.job.cancel_key)) is not None:
             self.cancel_reason = str(cancel.get("reason") or "cancelled")
             log_event(log, "cancel_seen", reason=self.cancel_reason)
-        if self.abort is None and (abort := self._read(self.job.abort_key)) is not None:
-            self.abort = abort
-            log_event(log, "abort_seen", failed_rank=abort.get("rank"), reason=abort.get("reason"))
+        if abort and self.abort is None and (found := self._read(self.job.abort_key)) is not None:
+            self.abort = found
+            log_event(log, "abort_seen", failed_rank=found.get("rank"), reason=found.get("reason"))
 
-    def stop_if_cancelled(self, force: bool = False) -> None:
-        """The per-batch hook: raises JobCancelled once the cancel marker is there."""
-        self.look(force)
+    def stop_if_cancelled(self) -> None:
+        """The per-batch hook: raises JobCancelled once the cancel marker is there. It reads only
+        that marker: the abort marker matters to the collective alone, which looks for itself."""
+        self.look(abort=False)
         if self.cancel_reason is not None:
             raise JobCancelled(self.cancel_reason)
 
