@@ -22,12 +22,17 @@ _FUNCTIONS = re.compile(r"^/2015-03-31/functions/?(?:\?.*)?$")
 _ACCOUNT_SETTINGS = re.compile(r"^/2016-08-19/account-settings/?(?:\?.*)?$")
 
 
+def function_arn(name: str, region: str) -> str:
+    """The ARN this runtime gives its function, as the control plane and the sandboxes' context show it."""
+    return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+
+
 def configuration(settings: RuntimeSettings, region: str) -> dict[str, Any]:
     """The function's ``FunctionConfiguration`` as GetFunction and ListFunctions return it."""
     name = settings.worker.function
     return {
         "FunctionName": name,
-        "FunctionArn": f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}",
+        "FunctionArn": function_arn(name, region),
         "PackageType": "Image",
         "Handler": settings.handler,
         "MemorySize": settings.memory_mb,

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from services.aws import aws_region
 from services.local.errors import SandboxError
 from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.local.runtime.control import function_arn
 from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
 from services.memory import peak_rss_kib
 
 log = logging.getLogger("cosmic.worker.runtime")
 _RESULT = re.compile(r"^/2018-06-01/runtime/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
-_ACCOUNT = "000000000000"
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Sandbox:
 
     def __init__(self, index: int, settings: RuntimeSettings) -> None:
         self.index, self.settings = index, settings
-        self.function_arn = f"arn:aws:lambda:{aws_region()}:{_ACCOUNT}:function:{settings.worker.function}"
+        self.function_arn = function_arn(settings.worker.function, aws_region())
         self._api = _RuntimeApi(self)
         threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
         self._work: queue.Queue[tuple[Invocation, int]] = queue.Queue(maxsize=1)
