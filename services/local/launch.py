@@ -17,6 +17,7 @@ from pathlib import Path
 from services.local.errors import EmbeddedError
 from services.local.processes import (
     ROOT,
+    STOP_TIMEOUT,
     Child,
     ChildError,
     alive,
@@ -38,7 +39,6 @@ LOCAL_CREDENTIAL = "cosmic-local"
 REGION = "us-east-1"
 #: Seconds each service may take to answer after it is started (the runtime imports torch in every sandbox).
 READY_TIMEOUT = {"s3": 30.0, "runtime": 120.0, "rendezvous": 20.0}
-STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)

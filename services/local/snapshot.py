@@ -28,7 +28,6 @@ skipped: the stack starts empty rather than not at all.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from services.local.errors import SnapshotUnreadable
+from services.local.filelock import locked
 from services.logs import event
 
 log = logging.getLogger("cosmic.coordinator.embedded")
@@ -66,16 +66,10 @@ class Outcome:
         return f"{self.objects} objects in {self.buckets} buckets, {self.bytes / 1e6:.1f} MB, in {self.folder}"
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> contextlib.AbstractContextManager[None]:
     """One snapshot or restore of a folder at a time (a coordinator's periodic one, `cosmic stop`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return locked(folder.parent / f"{folder.name}.lock")
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, dict[str, Any]]] | None:

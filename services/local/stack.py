@@ -28,12 +28,10 @@ the stack's S3 by :mod:`services.local.seeding`. This module never imports torch
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from services import envconfig
 from services.cache import cache_dir
 from services.local import snapshot
 from services.local.errors import EmbeddedError
+from services.local.filelock import locked
 from services.local.launch import (
     LOCAL_CREDENTIAL,
     READY_TIMEOUT,
@@ -364,16 +363,9 @@ def _restore(stack: Stack) -> None:
 
 
 # -- the record ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked() -> contextlib.AbstractContextManager[None]:
     """One process at a time decides whether to reattach or start (two coordinators, a test and a demo)."""
-    stack_dir().mkdir(parents=True, exist_ok=True)
-    with open(stack_dir() / "stack.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return locked(stack_dir() / "stack.lock")
 
 
 def _read_record() -> Stack | None:
