@@ -142,6 +142,7 @@ class Coordinator:
         """Restart every job a previous coordinator left running; returns their ids. An object that
         cannot be read is skipped and logged (the job shows it); S3 not answering is raised."""
         resumed = []
+        sized: set[str] = set()  # functions whose capacity was read: once each, not once per job
         for bucket, job_id in self.jobs.active_job_ids():
             try:
                 found = self.jobs.manifest(job_id)
@@ -151,7 +152,9 @@ class Coordinator:
             if found is None or found[1].state in TERMINAL or job_id in self._runners:
                 continue
             log_event(log, "job_resumed", job_id=job_id)
-            self._capacity(found[1].function)
+            if found[1].function not in sized:
+                self._capacity(found[1].function)
+                sized.add(found[1].function)
             self._start(bucket, found[1], resuming=True)
             resumed.append(job_id)
         return resumed
@@ -243,7 +246,7 @@ class Coordinator:
         queued = runner is not None and manifest.state == JobState.QUEUED
         return {
             "job_id": job_id, "state": manifest.state,
-            "queue_position": runner.queue.position(job_id) if queued and runner else None,
+            "queue_position": runner.queue.position(job_id) if queued else None,
             "submitted_at": manifest.submitted_at,
             "finished_at": manifest.finished_at, "world_size": manifest.world_size,
             "partitions": len(manifest.partitions), "function": manifest.function,
