@@ -170,6 +170,14 @@ class S3Store:
             raise self._failed("list", bucket, prefix, exc) from None
         return found
 
+    def ensure_bucket(self, bucket: str) -> None:
+        """Make ``bucket`` unless it exists (one request: an existing bucket is an answer, not an error)."""
+        try:
+            self.client.create_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._failed("create", bucket, "", exc) from None
+
     def put_json(self, bucket: str, key: str, document: Any) -> None:
         self.put(bucket, key, json.dumps(document, indent=2).encode() + b"\n", "application/json")
 

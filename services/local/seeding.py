@@ -51,7 +51,7 @@ def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), coun
     Objects already there with the same size are skipped, so seeding again is cheap.
     """
     assets = _make_assets(sizes, count)
-    _ensure_bucket(store, bucket)
+    store.ensure_bucket(bucket)
     checkpoint = Path(assets["checkpoint"])
     uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
     keys: dict[str, list[str]] = {}
@@ -88,12 +88,3 @@ def _make_assets(sizes: tuple[str, ...], count: int) -> dict[str, Any]:
 def _s3_client(stack: Stack) -> Any:
     """The stack's own S3, whatever this process's AWS variables say (see :func:`services.s3store.s3_client`)."""
     return stack.s3_client()
-
-
-def _ensure_bucket(store: Any, bucket: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        store.client.head_bucket(Bucket=bucket)
-    except ClientError:
-        store.client.create_bucket(Bucket=bucket)

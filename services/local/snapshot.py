@@ -145,10 +145,12 @@ def restore(client: Any, folder: Path) -> Outcome | None:
             return None
         if buckets is None:
             return None
+        from services.s3store import S3Store  # boto3: only where a snapshot is restored
+
         objects_dir = folder / OBJECTS
         moved = skipped = total = 0
         for bucket, objects in buckets.items():
-            _ensure_bucket(client, bucket)
+            S3Store(client).ensure_bucket(bucket)
             for key, entry in objects.items():
                 path = objects_dir / entry["file"]
                 if not _has(objects_dir, entry):
@@ -224,13 +226,3 @@ def _remove_unreferenced(objects_dir: Path, buckets: dict[str, dict[str, dict[st
     for path in objects_dir.iterdir():
         if path.name not in referenced:
             path.unlink(missing_ok=True)
-
-
-def _ensure_bucket(client: Any, bucket: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
-        client.create_bucket(Bucket=bucket)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise

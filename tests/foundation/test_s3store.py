@@ -27,6 +27,14 @@ def test_a_store_error_carries_the_s3_code_bucket_and_key(s3_endpoint: str) -> N
     assert store.get_json("store-errors", "not/there.json") is None  # a missing document is no error
 
 
+def test_ensure_bucket_makes_a_bucket_once_and_keeps_what_it_holds(s3_endpoint: str) -> None:
+    store = S3Store()
+    store.ensure_bucket("ensured-bucket")
+    store.put("ensured-bucket", "kept.txt", b"kept")
+    store.ensure_bucket("ensured-bucket")  # already there: no error, nothing lost
+    assert store.get("ensured-bucket", "kept.txt").data == b"kept"
+
+
 def test_a_store_that_does_not_answer_is_a_store_error_without_a_code() -> None:
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing",
