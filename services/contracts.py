@@ -65,7 +65,7 @@ class Checkpoint:
 
 
 #: Optional event fields added after version 1 was first written (see :meth:`WorkerEvent.to_dict`).
-_ADDED_WITHIN_VERSION = ("abort_key",)
+_ADDED_WITHIN_VERSION = ("abort_key", "speculative")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class WorkerEvent:
             coordinator writes when a rank fails, times out or is cancelled: the collective is
             doomed then, so ranks in it leave at once and ranks not yet in it skip it.
         collective_timeout_s: the deadline of the collective summary; it is best effort.
+        speculative: the job may run a backup attempt of a slow rank beside it (the payload's
+            ``speculate``): the per-batch hook then also looks at the rank's commit claim
+            (:func:`services.keys.commit_key`) and stops as ``superseded`` once another attempt holds it.
     """
 
     job_id: str
@@ -122,6 +125,7 @@ class WorkerEvent:
     cancel_key: str | None = None
     abort_key: str | None = None
     collective_timeout_s: float = 60.0
+    speculative: bool | None = None
     version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +145,8 @@ class WorkerResult:
 
     Attributes:
         job_id, rank, attempt: echo the event.
-        status: ``succeeded`` or ``cancelled`` (failures are Lambda function errors instead).
+        status: ``succeeded``, ``cancelled``, or ``superseded`` (another attempt of the rank holds
+            its commit claim: this one wrote nothing); failures are Lambda function errors instead.
         result_keys: every S3 key the rank wrote.
         num_samples: samples inferred.
         partitions_done: partition keys finished (all of them unless cancelled).
@@ -306,6 +311,8 @@ def _validate(event: WorkerEvent) -> None:
             raise EventError("rendezvous", f"must be host:port, got {event.rendezvous!r}") from None
         if not event.comm_name:
             raise EventError("comm_name", "required with rendezvous (the job's secret)")
+    if event.speculative is not None and not isinstance(event.speculative, bool):
+        raise EventError("speculative", "must be true or false")
     if not isinstance(event.collective_timeout_s, int | float) or not 0 < event.collective_timeout_s <= 900:
         raise EventError("collective_timeout_s", "must be within (0, 900] seconds")
 

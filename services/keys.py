@@ -51,6 +51,20 @@ def control_key(result_path: str, job_id: str, marker: str) -> str:
     return f"{result_path}/_control/{job_id}/{marker}.json"
 
 
+def commit_key(result_path: str, job_id: str, rank: int) -> str:
+    """The rank's commit claim: created (conditionally) by the one attempt that may write the rank's
+    results, ``{result_path}/_control/{job_id}/commit-{rank}.json`` holding its attempt number. Two
+    attempts alive at once (a speculative backup, an orphan of a killed coordinator) race for it; the
+    loser writes nothing (it is ``superseded``)."""
+    return f"{result_path}/_control/{job_id}/commit-{rank}.json"
+
+
+def outcome_key(result_path: str, job_id: str, rank: int, attempt: int) -> str:
+    """What an attempt that did not succeed answered (failed, cancelled, superseded), written by the
+    worker too: a coordinator that was not there to hear the answer reads it here."""
+    return f"{result_path}/_control/{job_id}/outcome-{rank}-{attempt}.json"
+
+
 def collective_summary_key(result_path: str) -> str:
     """Rank 0's summary of the job, computed over the communicator."""
     return f"{result_path}/summary_collective.json"

@@ -1,13 +1,22 @@
-"""The coordinator's markers as a rank sees them: cancel (stop now) and abort (skip the collective).
+"""The coordinator's markers as a rank sees them: cancel (stop now) and abort (skip the collective);
+and the rank's commit claim, which decides which of two live attempts of a rank writes its results.
 
 Checked from the per-batch hook, so a cancelled rank stops within about a second of work, and by a
 watcher thread while the rank is in the collective, so that a rank whose peer failed leaves it at
-once instead of waiting out its deadline. Each check is one S3 HEAD, made at most once per
+once instead of waiting out its deadline. Each check is one S3 request, made at most once per
 ``interval`` seconds: on AWS about $0.0004 per 1,000 (a 30 s rank makes ~30 per marker).
+
+The commit claim (:func:`services.keys.commit_key`) is created with a conditional write just before
+a rank uploads: the attempt that creates it writes the results, any other attempt of the rank
+alive at the same time finds it taken and stops as ``superseded``, having written nothing, so an
+older attempt can never overwrite a newer one's results, nor a loser a winner's. In a job that runs
+speculative backups the per-batch hook looks at the claim too, so the slower attempt stops within
+about a second of the faster one finishing instead of at its own upload.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,9 +25,10 @@ from typing import Any
 
 from services import logs
 from services.contracts import WorkerEvent
+from services.keys import commit_key
 from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
-from services.worker.errors import JobCancelled
+from services.worker.errors import JobCancelled, Superseded
 
 log = logging.getLogger("cosmic.worker.control")
 
@@ -34,6 +44,8 @@ class Markers:
         self._next_look = 0.0
         self.cancel_reason: str | None = None
         self.abort: dict[str, Any] | None = None
+        #: The attempt holding the rank's commit claim, once one other than this one is seen.
+        self.superseded_by: int | None = None
 
     def _read(self, key: str | None) -> dict[str, Any] | None:
         if key is None:
@@ -50,8 +62,8 @@ class Markers:
         return document if isinstance(document, dict) else {"reason": "marker present"}
 
     def look(self, force: bool = False, abort: bool = True) -> None:
-        """Read the markers (``abort``: the abort marker too), unless the last look was under
-        ``interval`` ago."""
+        """Read the markers (``abort``: the abort marker too; the commit claim in a speculative
+        job), unless the last look was under ``interval`` ago."""
         now = time.monotonic()
         if not force and now < self._next_look:
             return
@@ -62,13 +74,39 @@ class Markers:
         if abort and self.abort is None and (found := self._read(self.job.abort_key)) is not None:
             self.abort = found
             log_event(log, "abort_seen", failed_rank=found.get("rank"), reason=found.get("reason"))
+        if self.job.speculative and self.superseded_by is None:
+            holder = self._claim_holder()
+            if holder is not None and holder != self.job.attempt:
+                self.superseded_by = holder
+                log_event(log, "superseded_seen", holder=holder)
 
-    def stop_if_cancelled(self) -> None:
-        """The per-batch hook: raises JobCancelled once the cancel marker is there. It reads only
-        that marker: the abort marker matters to the collective alone, which looks for itself."""
+    def stop_if_asked(self) -> None:
+        """The per-batch hook: raises JobCancelled once the cancel marker is there, Superseded once
+        another attempt holds the commit claim (looked at in speculative jobs only). It skips the
+        abort marker: that matters to the collective alone, which looks for itself."""
         self.look(abort=False)
         if self.cancel_reason is not None:
             raise JobCancelled(self.cancel_reason)
+        if self.superseded_by is not None:
+            raise Superseded(self.superseded_by)
+
+    def claim_commit(self) -> None:
+        """Take the rank's commit claim before writing any result; Superseded when another attempt
+        has it. A claim this attempt already holds is kept (a retried call after a lost answer)."""
+        key = commit_key(self.job.result_path, self.job.job_id, self.job.rank)
+        body = json.dumps({"attempt": self.job.attempt, "at": time.time()}).encode()
+        if self.store.put_new(self.job.result_bucket, key, body):
+            return
+        holder = self._claim_holder()
+        if holder != self.job.attempt:
+            log_event(log, "commit_lost", holder=holder)
+            raise Superseded(holder)
+
+    def _claim_holder(self) -> int | None:
+        """The attempt number the rank's commit claim names, None when there is none (or unreadable)."""
+        claim = self._read(commit_key(self.job.result_path, self.job.job_id, self.job.rank))
+        attempt = claim.get("attempt") if claim is not None else None
+        return attempt if isinstance(attempt, int) else None
 
     def collective_doomed(self) -> tuple[str, int] | None:
         """Why this rank must not wait in the collective (reason, failed rank), or None."""

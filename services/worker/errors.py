@@ -12,8 +12,10 @@
     │                              (``partition``; also a ValueError)
     ├── ScriptFailed               the legacy script is missing, exited non-zero or overran its deadline
     │                              (``script``)
-    └── JobCancelled               the job's cancel marker appeared: not a failure, the rank stops between
-                                   batches and answers ``cancelled`` (never escapes the handler)
+    ├── JobCancelled               the job's cancel marker appeared: not a failure, the rank stops between
+    │                              batches and answers ``cancelled`` (never escapes the handler)
+    └── Superseded                 another attempt of the rank holds its commit claim: not a failure, this
+                                   one stops, writes nothing and answers ``superseded`` (never escapes)
 """
 
 from __future__ import annotations
@@ -71,3 +73,14 @@ class JobCancelled(WorkerError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"the job was cancelled: {reason}")
         self.reason = reason
+
+
+class Superseded(WorkerError):
+    """Another attempt of this rank (``holder``) claimed the right to write its results first: a
+    speculative backup and the original, or an orphan of a killed coordinator and its successor.
+    Caught by the native path, which stops, writes nothing and answers ``superseded``."""
+
+    def __init__(self, holder: int | None) -> None:
+        super().__init__(f"attempt {holder} of this rank writes its results" if holder is not None
+                         else "another attempt of this rank writes its results")
+        self.holder = holder

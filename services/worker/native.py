@@ -4,7 +4,9 @@ The order of work is what makes a warm invocation mostly inference: the first pa
 downloading before the model is looked up (a cold start overlaps the two), each next partition
 downloads while the current one is inferred, and the cancel marker is checked between batches
 (a cancelled rank stops within about a second and writes nothing further). Results are written
-under the rank's own keys only, so a retried rank overwrites its own objects and nothing else.
+under the rank's own keys only, and only by the attempt that took the rank's commit claim
+(:meth:`.control.Markers.claim_commit`): another attempt alive at the same time (a speculative
+backup, an orphan of a killed coordinator) stops as ``superseded`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from services.logs import event as log_event
 from services.s3store import S3Store
 from services.worker.collective import summarise
 from services.worker.control import Markers
-from services.worker.errors import JobCancelled
+from services.worker.errors import JobCancelled, Superseded
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint
+from services.worker.outcome import configured_memory_mb
 from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
 
 log = logging.getLogger("cosmic.worker.native")
 
 
 def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: int,
-               runtime: dict[str, Any]) -> WorkerResult:
+               runtime: dict[str, Any], invocation_started: float) -> WorkerResult:
+    """Infer the rank's partitions and write its results; ``invocation_started`` (perf_counter)
+    dates the invocation, for the ``elapsed_s`` a coordinator bills an orphaned attempt by."""
     tally = RankTally()
     markers = Markers(store, job)
     predictions: list[np.ndarray] = []
@@ -44,13 +49,14 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
             started = time.perf_counter()
             part = fetched.partition
             try:
-                markers.stop_if_cancelled()
+                markers.stop_if_asked()
                 predictions.append(loaded.predictor.predict(part.images, part.magnitudes, job.batch_size,
-                                                            after_batch=lambda _: markers.stop_if_cancelled()))
-            except JobCancelled as cancelled:
-                log_event(log, "cancelled", during=fetched.key, partitions_done=len(tally.partitions_done),
-                          reason=cancelled.reason)
-                return _cancelled(job, tally, loaded.cold)
+                                                            after_batch=lambda _: markers.stop_if_asked()))
+            except (JobCancelled, Superseded) as stopped:
+                log_event(log, "stopped", during=fetched.key, partitions_done=len(tally.partitions_done),
+                          reason=str(stopped))
+                return _stopped(job, tally, loaded.cold, "cancelled" if isinstance(stopped, JobCancelled)
+                                else "superseded")
             infer_s = time.perf_counter() - started
             if part.redshifts is not None:
                 truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
@@ -63,6 +69,11 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     true = np.concatenate(truths) if labelled else None
     accuracy = redshift_metrics(predicted, true) if true is not None and true.size else None
 
+    try:
+        markers.claim_commit()  # the one attempt of this rank that writes its results
+    except Superseded as stopped:
+        log_event(log, "stopped", during="upload", reason=str(stopped))
+        return _stopped(job, tally, loaded.cold, "superseded")
     started = time.perf_counter()
     written = [predictions_key(job.result_path, job.rank)]
     store.put(job.result_bucket, written[0], _npy(predicted))
@@ -71,7 +82,9 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
         store.put(job.result_bucket, written[-1], _npy(true))
     tally.upload_s = time.perf_counter() - started
     peak_mb = peak_rss_mb()
-    runtime = {**runtime, "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
+    runtime = {**runtime, "memory_size_mb": configured_memory_mb(),
+               "elapsed_s": round(time.perf_counter() - invocation_started, 4),
+               "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
                "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
     document = rank_document(job, tally, status="succeeded", cold_start=loaded.cold, peak_mb=peak_mb,
                              runtime=runtime, accuracy=accuracy)
@@ -87,9 +100,9 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
                         collective=collective, checks={"accuracy": accuracy} if accuracy else {})
 
 
-def _cancelled(job: WorkerEvent, tally: RankTally, cold: bool) -> WorkerResult:
-    """What a cancelled rank answers: the partitions it finished, nothing written (the job is stopping)."""
-    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="cancelled", result_keys=[],
+def _stopped(job: WorkerEvent, tally: RankTally, cold: bool, status: str) -> WorkerResult:
+    """What a cancelled or superseded rank answers: the partitions it finished, nothing written."""
+    return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status=status, result_keys=[],
                         num_samples=tally.num_samples, partitions_done=tally.partitions_done,
                         timings_s=tally.timings(), peak_rss_mb=round(peak_rss_mb(), 1), cold_start=cold,
                         collective="skipped", checks={})

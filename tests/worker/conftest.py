@@ -46,6 +46,10 @@ class World:
     def keys(self, prefix: str) -> list[str]:
         return sorted(self.store.keys(self.bucket, prefix))
 
+    def results(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` but the job's control objects (markers, claims, outcomes)."""
+        return [key for key in self.keys(prefix) if "/_control/" not in key]
+
 
 @pytest.fixture(scope="session")
 def world(s3_endpoint: str, tiny_model: RedshiftModel) -> World:

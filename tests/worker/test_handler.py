@@ -18,7 +18,14 @@ import pytest
 torch = pytest.importorskip("torch")
 from services.accuracy import redshift_metrics  # noqa: E402
 from services.contracts import EventError  # noqa: E402
-from services.keys import collective_summary_key, labels_key, predictions_key, result_key  # noqa: E402
+from services.keys import (  # noqa: E402
+    collective_summary_key,
+    commit_key,
+    labels_key,
+    outcome_key,
+    predictions_key,
+    result_key,
+)
 from services.worker import handler as handler_module  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
 from services.worker.data import PartitionError, load_partition  # noqa: E402
@@ -56,7 +63,9 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert response["partitions_done"] == world.partitions and response["cold_start"] is True
     assert response["result_keys"] == [predictions_key(event["result_path"], 0), labels_key(event["result_path"], 0),
                                        result_key(event["result_path"], 0)]
-    assert world.keys(event["result_path"]) == sorted(response["result_keys"])
+    assert world.results(event["result_path"]) == sorted(response["result_keys"])
+    assert world.store.get_json(world.bucket, commit_key(event["result_path"], event["job_id"], 0)) \
+        == {"attempt": 1, "at": pytest.approx(time.time(), abs=60)}, "the attempt that wrote holds the claim"
     document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
     assert list(document)[: len(LEGACY_KEYS)] == LEGACY_KEYS
     assert document["num_batches"] == 4 and document["batch_size"] == 32 and document["data_path"] == world.partitions
@@ -179,19 +188,33 @@ def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke
     world.store.put(world.bucket, event["cancel_key"], b"")  # any object there is a marker, even not JSON
     response = invoke(event)
     assert response["status"] == "cancelled" and response["partitions_done"] == [] and response["num_samples"] == 0
-    assert response["result_keys"] == [] and world.keys(event["result_path"]) == []
+    assert response["result_keys"] == [] and world.results(event["result_path"]) == []
+    outcome = world.store.get_json(world.bucket, outcome_key(event["result_path"], event["job_id"], 0, 1))
+    assert outcome["status"] == "cancelled", "a coordinator that was not there reads how it ended"
 
 
 def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     event = world.event(rank=1, world_size=2)
     world.store.put(world.bucket, result_key(event["result_path"], 0), b"{}")  # another rank's result
     invoke(event)
-    before = world.keys(event["result_path"])
-    invoke({**event, "attempt": 2})
-    assert world.keys(event["result_path"]) == before == sorted(
+    before = world.results(event["result_path"])
+    world.store.delete(world.bucket, commit_key(event["result_path"], event["job_id"], 1))  # as the coordinator does
+    assert invoke({**event, "attempt": 2})["status"] == "succeeded"
+    assert world.results(event["result_path"]) == before == sorted(
         [result_key(event["result_path"], 0), result_key(event["result_path"], 1),
          predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1)])
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
+
+
+def test_an_attempt_beside_the_claim_holder_writes_nothing_and_answers_superseded(world: World, invoke) -> None:
+    """Two attempts of a rank alive at once (a backup, an orphan): only the claim holder writes."""
+    event = world.event()
+    world.store.put_json(world.bucket, commit_key(event["result_path"], event["job_id"], 0), {"attempt": 2})
+    response = invoke({**event, "speculative": True})
+    assert response["status"] == "superseded" and response["result_keys"] == []
+    assert world.results(event["result_path"]) == [], "the claim holder's results are never overwritten"
+    outcome = world.store.get_json(world.bucket, outcome_key(event["result_path"], event["job_id"], 0, 1))
+    assert outcome["status"] == "superseded"
 
 
 def test_collective_gives_up_on_absent_peers_and_the_rank_still_succeeds(world: World, invoke, rendezvous: str) -> None:
