@@ -60,6 +60,10 @@ class CoordinatorSettings:
     #: Invoke retries on service errors (5xx) and dropped connections, per attempt, with exponential
     #: backoff; throttling (429) is waited out up to the job deadline instead, uncounted.
     invoke_retries: int = 8
+    #: After a restart, an attempt the previous coordinator left running that has not said it started
+    #: (its ``running`` outcome object) this many seconds after it was sent is taken as never sent
+    #: (lost), instead of being awaited until its deadline. Above Lambda's worst cold start.
+    orphan_start_grace_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -115,7 +115,7 @@ class Invoker:
 
     def __init__(self, function: str, function_timeout_s: float, pool_size: int, retries: int = 8,
                  base_delay_s: float = 0.2, max_delay_s: float = 20.0, stats: InvokeStats | None = None) -> None:
-        self.function = function
+        self.function, self.function_timeout_s = function, function_timeout_s
         self.retries = retries
         self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
         self.stats = stats or InvokeStats()

@@ -41,6 +41,8 @@ VERSION = 1
 #: Written only once they have a value, as the coordinator always did (older readers look them up with .get).
 _WHEN_SET = ("started_at", "finished_at", "retried_at", "cancel_requested", "summary_key", "summary_error",
              "failed_ranks")
+#: Request fields added since, written only when not their default, so older manifests read back as written.
+_REQUEST_ADDED = {"speculate": False, "speculate_multiple": 2.0}
 
 
 def _event(value: Any) -> WorkerEvent:
@@ -160,6 +162,9 @@ class Manifest(BaseModel):
         for name in _WHEN_SET:
             if document[name] is None or document[name] is False:
                 del document[name]
+        for name, default in _REQUEST_ADDED.items():
+            if document["request"].get(name) == default:
+                del document["request"][name]
         return document
 
     @classmethod

@@ -87,6 +87,10 @@ class JobRequest(BaseModel):
     assignment: Literal["contiguous", "wrap"] | None = Field(
         None, description="partitions per rank: contiguous runs, or rank % K (default: wrap only when world_size > K)")
     communicator: bool | None = Field(None, description="link the ranks for the collective summary")
+    speculate: bool = Field(False, description="run a backup attempt of a rank slower than speculate_multiple x "
+                                               "the median of the finished ranks; the first to finish wins")
+    speculate_multiple: float = Field(2.0, ge=1.2, le=100.0, description="how much slower than the median "
+                                                                         "a rank must be to get a backup")
     mode: Literal["native", "script"] = "native"
     checkpoint: CheckpointRef | None = None
     function: str | None = Field(None, min_length=1, max_length=170, description="worker function to invoke")

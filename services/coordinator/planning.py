@@ -106,12 +106,18 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
         raise PlanError("assignment", f"contiguous runs of {count} partitions leave ranks of world_size "
                                       f"{world_size} idle; use 'wrap' or a smaller world_size")
     communicator = request.communicator if request.communicator is not None else bool(rendezvous)
+    warnings: list[str] = []
+    if request.speculate and communicator:  # a rank's backup skips the collective its peers wait in
+        if request.communicator:
+            raise PlanError("speculate", "speculative backups and the communicator exclude each other (a backup "
+                                         "skips the collective its peers wait in); set one of them false")
+        communicator = False
+        warnings.append("communicator off: speculate asks for backups of slow ranks, which skip the collective")
     if communicator and not rendezvous:
         raise PlanError("communicator", "no rendezvous server is configured (COSMIC_COORDINATOR_RENDEZVOUS_ENDPOINT)")
     concurrency = request.max_concurrency or world_size
     if max_concurrency_limit is not None:
         concurrency = min(concurrency, max_concurrency_limit)
-    warnings: list[str] = []
     at_once, why = _at_once(request, max_concurrency_limit, capacity)
     if communicator and at_once is not None and at_once < world_size:
         if request.communicator:
@@ -133,7 +139,8 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
                     checkpoint=checkpoint, rendezvous=rendezvous if communicator else None, comm_name=comm_name,
                     cancel_key=control_key(request.result_path, job_id, "cancel"),
                     abort_key=control_key(request.result_path, job_id, "abort"),
-                    collective_timeout_s=min(120.0, function_timeout_s / 4))
+                    collective_timeout_s=min(120.0, function_timeout_s / 4),
+                    speculative=True if request.speculate else None)
         for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
     return Plan(tuple(partitions), events, assignment, comm_name, concurrency, tuple(warnings))
 

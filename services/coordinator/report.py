@@ -115,7 +115,16 @@ def _md_heading(summary: Summary) -> str:
             f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
             f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "
             f"{summary['wall_time_s']:.2f} s from submission to done\n"
-            f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n")
+            f"- {_attempts(summary['invocations'])}; peak memory {memory} configured\n")
+
+
+def _attempts(counts: Any) -> str:
+    """``12 attempts (1 retried rank, 1 superseded)``: every attempt billed, and why there are extra."""
+    extra = [f"{len(counts['retried_ranks'])} retried rank{'s' if len(counts['retried_ranks']) != 1 else ''}"
+             if counts.get("retried_ranks") else "",
+             f"{counts['superseded']} superseded" if counts.get("superseded") else ""]
+    notes = ", ".join(part for part in extra if part)
+    return f"{counts['attempts']} attempts" + (f" ({notes})" if notes else "")
 
 
 def _md_accuracy(summary: Summary) -> str:

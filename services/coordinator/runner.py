@@ -6,10 +6,15 @@ slot of the function's capacity and blocking in a synchronous invocation; a thre
 for the next rank until the job has no rank left to start. Without the communicator ranks start as
 slots free, so a job may run fewer ranks at once than its world size; with it, all of them start
 together. A throttled invocation waits (the attempt shows ``throttled``) and spends no attempt; the
-job's deadline bounds every wait. Every attempt's start and end is written to the rank's record before
-anything else happens, so a coordinator killed at any moment restarts (``resume``) knowing which
-ranks finished: those are never run again; a rank caught running is re-invoked with the next
-attempt number, and since a rank writes only its own keys the re-run replaces, never duplicates.
+job's deadline bounds every wait. Every attempt is in S3 before it is invoked (the journal's group
+commit, :class:`.journal.RankJournal`), and its end soon after, so a coordinator killed at any moment
+restarts (``resume``) knowing which ranks finished, which never started, and which attempts may
+still be running: those are not invoked again, their own word in S3 is awaited (:mod:`.orphans`).
+Of two attempts of a rank alive at once, only the one holding the rank's commit claim writes.
+
+With ``speculate``, a rank running longer than ``speculate_multiple`` x the median of the finished
+ranks gets one backup attempt beside it, capacity permitting (:mod:`.speculation`); the first to
+finish wins, the other stops as ``superseded``; both are billed.
 
 Every line the job thread and its rank threads log carries the job's ``job_id`` (and a rank's
 ``rank``), set once (:func:`services.logs.with_keys`) and carried into the pool's threads.
@@ -31,10 +36,13 @@ from services.contracts import AttemptState, JobState, RankState, WorkerEvent
 from services.coordinator.capacity import FunctionQueue
 from services.coordinator.control import write_marker
 from services.coordinator.finish import ending_state
-from services.coordinator.invoker import Invoker
+from services.coordinator.invoker import READ_MARGIN_S, Invoker, Outcome
+from services.coordinator.journal import RankJournal
 from services.coordinator.manifest import Manifest
-from services.coordinator.state import Attempt, JobStore, RankJournal, RankRecord
-from services.keys import result_key
+from services.coordinator.orphans import Word, await_word, word_of
+from services.coordinator.speculation import CHECK_S, stragglers
+from services.coordinator.state import Attempt, JobStore, RankRecord
+from services.keys import commit_key
 from services.logs import event as log_event
 
 log = logging.getLogger("cosmic.coordinator.runner")
@@ -50,12 +58,15 @@ class JobRunner:
 
     def __init__(self, jobs: JobStore, bucket: str, manifest: Manifest, invoker: Invoker,
                  finish: Callable[[str, Manifest, dict[int, RankRecord]], str], deadline_s: float,
-                 resuming: bool = False, queue: FunctionQueue | None = None) -> None:
+                 resuming: bool = False, queue: FunctionQueue | None = None, orphan_grace_s: float = 60.0) -> None:
         self.jobs, self.bucket, self.manifest, self.invoker = jobs, bucket, manifest, invoker
         self.job_id = manifest.job_id
         self._finish = finish
         self._manifest_lock = threading.Lock()
         self.resuming = resuming
+        #: How long an attempt left running by a killed coordinator may stay silent before it is
+        #: taken as never sent (:func:`.orphans.await_word`).
+        self.orphan_grace_s = orphan_grace_s
         self.journal: RankJournal | None = None
         self.deadline_s = deadline_s
         self.deadline = time.monotonic() + deadline_s  # from submission: time queued counts
@@ -64,6 +75,9 @@ class JobRunner:
         self.cancelled = threading.Event()
         self._aborted = False
         self.ranks: dict[int, RankRecord] = {}
+        #: Held while a rank's record changes: a rank's attempt and its backup end on two threads.
+        self._records_lock = threading.RLock()
+        self._backups: dict[int, threading.Thread] = {}  # rank -> its speculative backup's thread
         self.thread = threading.Thread(target=self._run, name=f"job-{self.job_id}", daemon=True)
 
     def start(self) -> JobRunner:
@@ -164,12 +178,22 @@ class JobRunner:
             finally:
                 self.queue.release(1)
 
+        done = threading.Event()
+        monitor = threading.Thread(target=logs.carry(self._speculate), args=(events, todo, done),
+                                   name=f"speculate-{self.job_id[-6:]}", daemon=True)
+        if self.manifest.request.speculate:
+            monitor.start()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"ranks-{self.job_id[-6:]}") as pool:
             futures = [pool.submit(work, index < held) for index in range(threads)]
-            wait(futures, timeout=max(0.0, self.deadline - time.monotonic()))
+            wait(futures, timeout=self._seconds_left())
             if any(not future.done() for future in futures):
                 self._fail_on_deadline()
                 self.cancelled.set()  # ranks not started yet are not started; running ones finish on their own
+            done.set()
+            if monitor.is_alive():
+                monitor.join()
+            for backup in list(self._backups.values()):
+                backup.join(timeout=self._seconds_left())  # a superseded one stops within about a second
             for future in futures:
                 future.result()  # surfaces bugs in _run_rank
 
@@ -196,66 +220,156 @@ class JobRunner:
         log_event(log, "job_done", state=state, seconds=round(final.finished_at - final.submitted_at, 3))
 
     def _settle_interrupted(self, record: RankRecord, event: WorkerEvent) -> None:
-        """A rank not known finished after a restart: finished if its results for this job are in S3
-        (its last journal entry may not have been flushed), else its interrupted attempt is lost."""
-        key = result_key(event.result_path, record.rank)
-        document = self.jobs.store.get_json(event.result_bucket, key)
-        finished = (isinstance(document, dict) and document.get("job_id") == self.job_id
-                    and document.get("status") == AttemptState.SUCCEEDED)
-        if finished:
-            number = int(document.get("attempt", len(record.attempts) or 1))
-            if not record.attempts or record.attempts[-1].attempt != number:
-                record.attempts.append(Attempt(attempt=number, started_at=time.time()))
-            attempt = record.attempts[-1]
-            attempt.state, attempt.ended_at = AttemptState.SUCCEEDED, time.time()
-            attempt.response = {"recovered_from": key}
-        elif record.state == RankState.RUNNING:
-            attempt = record.attempts[-1]
-            attempt.state, attempt.error = AttemptState.LOST, "the coordinator stopped while this attempt ran"
-            attempt.ended_at = time.time()
+        """A rank not known finished after a restart. Its result in S3 settles it (the journal's
+        last segment may not have been flushed); an attempt that was waiting out throttling never
+        ran (lost); one that was running may still be: :meth:`_run_rank` awaits its word."""
+        last = record.attempts[-1] if record.attempts else None
+        word = word_of(self.jobs.store, event, last.attempt if last else 1)
+        if word is not None and word.state == AttemptState.SUCCEEDED:
+            if last is None or last.attempt != word.attempt:
+                last = Attempt(attempt=word.attempt, started_at=time.time())
+                record.attempts.append(last)
+            self._hear(last, word)
+            self._save(record, RankState.SUCCEEDED)
+        elif last is not None and last.state == AttemptState.THROTTLED:
+            last.state, last.ended_at = AttemptState.LOST, time.time()
+            last.error = "the coordinator stopped while this attempt waited out throttling: it never ran"
+            self._save(record, RankState.PENDING)
         else:
             return
-        self._save(record, RankState.SUCCEEDED if finished else RankState.PENDING)
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
+
+    @staticmethod
+    def _hear(attempt: Attempt, word: Word) -> None:
+        """Take an attempt's word in S3 as its answer (a killed coordinator missed the real one)."""
+        attempt.state, attempt.error, attempt.ended_at = word.state, word.error, time.time()
+        if word.source:  # (a lost attempt said nothing: nothing to bill it by)
+            attempt.report, attempt.report_source = word.report, "worker"
+            attempt.response = {"recovered_from": word.source}
+
+    def _await_orphan(self, record: RankRecord, event: WorkerEvent) -> bool:
+        """Wait for the word of the attempt a killed coordinator left running, until its deadline;
+        True when that settles the rank (succeeded, cancelled), False when it must run again."""
+        attempt = record.attempts[-1]
+        until = attempt.started_at + self.invoker.function_timeout_s + READ_MARGIN_S
+        log_event(log, "orphan_awaited", attempt=attempt.attempt, seconds_left=round(until - time.time(), 1))
+        word = await_word(self.jobs.store, event, attempt.attempt, attempt.started_at,
+                          min(until, time.time() + self._seconds_left()), self.orphan_grace_s)
+        self._hear(attempt, word)
+        log_event(log, "orphan_settled", attempt=attempt.attempt, state=attempt.state)
+        if attempt.state == AttemptState.SUCCEEDED:
+            self._save(record, RankState.SUCCEEDED)
+            return True
+        if attempt.state == AttemptState.CANCELLED:
+            self._save(record, RankState.CANCELLED)
+            return True
+        self._abort_collective(record.rank, f"rank {record.rank} attempt {attempt.attempt} {attempt.state}")
+        self._save(record, RankState.FAILED if attempt.state == AttemptState.FAILED else RankState.PENDING)
+        return False
 
     # -- one rank ---------------------------------------------------------------------------
     def _run_rank(self, rank: int, event: WorkerEvent) -> None:
         record = self.ranks[rank]
         budget = self.manifest.max_attempts
         tried = 0
+        if record.attempts and record.attempts[-1].state == AttemptState.RUNNING:  # in flight when we were killed
+            if self._await_orphan(record, event):
+                return
+            tried = 1
         while tried < budget:
             if self.cancelled.is_set() or self._out_of_time():
                 self._save(record, RankState.CANCELLED if record.state != RankState.FAILED
                            or self.manifest.cancel_requested else RankState.FAILED)
                 return
-            attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time())
-            record.attempts.append(attempt)
-            self._save(record, RankState.RUNNING)
+            attempt = self._attempt(record, event)
+            ended = self._conclude(record, attempt, self._invoke(record, attempt, event))
+            tried += 1
+            backup = self._backups.get(rank)
+            if ended not in (AttemptState.SUCCEEDED, AttemptState.CANCELLED) and backup is not None:
+                backup.join()  # the rank's other attempt decides it now
+            with self._records_lock:
+                if record.state == RankState.SUCCEEDED:
+                    return
+                if ended == AttemptState.CANCELLED:
+                    self._save(record, RankState.CANCELLED)
+                    return
+                self._save(record, RankState.FAILED)
+            self._abort_collective(rank, f"rank {rank} attempt {attempt.attempt} {ended}: {attempt.error}")
+            if self._out_of_time():  # (a throttle wait ends at the deadline: this attempt may be the last)
+                return
 
-            def throttled(waiting: bool, attempt: Attempt = attempt) -> None:
-                """Throttling is waiting: shown on the attempt, and the call that runs starts its time."""
+    def _attempt(self, record: RankRecord, event: WorkerEvent, speculative: bool = False) -> Attempt:
+        """A new attempt of the rank, in S3 before it is invoked (a restarted coordinator must know
+        it may be running). Before a retry the rank's commit claim is cleared: the attempt holding it
+        has ended, and its successor must be able to write."""
+        with self._records_lock:
+            attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time(), speculative=speculative)
+            record.attempts.append(attempt)
+            change = self._save(record, RankState.RUNNING if record.state != RankState.SUCCEEDED else record.state)
+        self._durable(change)
+        if attempt.attempt > 1 and not speculative:
+            self.jobs.store.delete(event.result_bucket, commit_key(event.result_path, event.job_id, event.rank))
+        return attempt
+
+    def _invoke(self, record: RankRecord, attempt: Attempt, event: WorkerEvent) -> Outcome:
+        def throttled(waiting: bool) -> None:
+            """Throttling is waiting: shown on the attempt, and the call that runs starts its time
+            (in S3 before the call is sent again, as every start is)."""
+            with self._records_lock:
                 attempt.state = AttemptState.THROTTLED if waiting else AttemptState.RUNNING
                 if not waiting:
                     attempt.started_at = time.time()
-                self._save(record, RankState.RUNNING)
+                change = self._save(record, record.state)
+            if not waiting:
+                self._durable(change)
 
-            outcome = self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
-                                          on_throttled=throttled)
-            tried += 1
+        return self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
+                                   on_throttled=throttled)
+
+    def _conclude(self, record: RankRecord, attempt: Attempt, outcome: Outcome) -> AttemptState:
+        """Record how the attempt ended; the rank succeeds with the first attempt that succeeds."""
+        status = (outcome.response or {}).get("status") if outcome.ok else None
+        with self._records_lock:
             attempt.ended_at, attempt.report = time.time(), outcome.report
             attempt.throttled_s = round(outcome.throttled_s, 3)
-            if outcome.ok:
-                attempt.response = outcome.response
-                cancelled = (outcome.response or {}).get("status") == AttemptState.CANCELLED
-                attempt.state = AttemptState.CANCELLED if cancelled else AttemptState.SUCCEEDED
-                self._save(record, RankState.CANCELLED if cancelled else RankState.SUCCEEDED)
-                return
-            attempt.state, attempt.error = AttemptState.FAILED, outcome.error
-            log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=outcome.error)
-            self._abort_collective(rank, f"rank {rank} attempt {attempt.attempt} failed: {outcome.error}")
-            self._save(record, RankState.FAILED)
-            if self._out_of_time():  # (a throttle wait ends at the deadline: this attempt may be the last)
-                return
+            if status in (AttemptState.SUCCEEDED, AttemptState.CANCELLED, AttemptState.SUPERSEDED):
+                attempt.state = AttemptState(status)
+                attempt.response = outcome.response if status == AttemptState.SUCCEEDED else None
+            else:
+                attempt.state = AttemptState.FAILED
+                attempt.error = outcome.error or f"the worker answered status {status!r}"
+                log_event(log, "rank_attempt_failed", logging.WARNING, attempt=attempt.attempt, error=attempt.error)
+            self._save(record, RankState.SUCCEEDED if attempt.state == AttemptState.SUCCEEDED else record.state)
+            return attempt.state
+
+    # -- speculative backups ----------------------------------------------------------------
+    def _speculate(self, events: tuple[WorkerEvent, ...], todo: deque[int], done: threading.Event) -> None:
+        """Until the ranks are done: give each straggler one backup attempt, when capacity is free."""
+        multiple = self.manifest.request.speculate_multiple
+        while not done.wait(CHECK_S):
+            if todo or self.cancelled.is_set():
+                continue  # ranks not started yet come first
+            for rank in stragglers(list(self.ranks.values()), multiple, time.time()):
+                self.queue.enter(self.job_id)  # behind every job already waiting: a backup is optional
+                granted = self.queue.acquire(self.job_id, 1, self.cancelled, time.monotonic())
+                self.queue.leave(self.job_id)
+                if not granted:
+                    break
+                thread = threading.Thread(target=logs.carry(self._backup), args=(rank, events[rank]),
+                                          name=f"backup-{self.job_id[-6:]}-{rank}", daemon=True)
+                self._backups[rank] = thread
+                log_event(log, "backup_started", rank=rank)
+                thread.start()
+
+    def _backup(self, rank: int, event: WorkerEvent) -> None:
+        try:
+            with logs.with_keys(rank=rank):
+                record = self.ranks[rank]
+                attempt = self._attempt(record, event, speculative=True)
+                ended = self._conclude(record, attempt, self._invoke(record, attempt, event))
+                log_event(log, "backup_ended", attempt=attempt.attempt, state=ended)
+        finally:
+            self.queue.release(1)
 
     def _out_of_time(self) -> bool:
         """Whether the job's deadline has passed; the first to see it says so on the job."""
@@ -269,7 +383,16 @@ class JobRunner:
             if not self.manifest.error:
                 self.manifest = self.manifest.model_copy(update={"error": self._deadline_passed(when)})
 
-    def _save(self, record: RankRecord, state: str) -> None:
+    def _seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def _save(self, record: RankRecord, state: str) -> int:
+        """Set the rank's state and note the record in the journal; returns the change's number."""
         record.state = state
         assert self.journal is not None
-        self.journal.record(record)
+        return self.journal.record(record)
+
+    def _durable(self, change: int) -> None:
+        """Wait until the journal holds ``change`` in S3 (an attempt must be there before it is sent)."""
+        assert self.journal is not None
+        self.journal.wait_written(change)

@@ -39,7 +39,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from services import logs
 from services.contracts import TERMINAL_JOB_STATES, AttemptState, RankState
 from services.coordinator.errors import ManifestError
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
@@ -71,10 +70,6 @@ def manifest_key(job_id: str, jobs: str = JOBS) -> str:
     return f"{jobs}{job_id}/manifest.json"
 
 
-#: Seconds between journal flushes: the most record history a kill -9 can lose.
-JOURNAL_INTERVAL_S = 0.25
-
-
 def ranks_key(job_id: str, jobs: str = JOBS) -> str:
     return f"{jobs}{job_id}/ranks.json"
 
@@ -104,6 +99,11 @@ class Attempt:
     report: dict[str, float | None] = field(default_factory=dict)
     #: The worker's answer (WorkerResult) when it succeeded.
     response: dict[str, Any] | None = None
+    #: A backup of a slow rank (the payload's ``speculate``), run beside the rank's attempt.
+    speculative: bool = False
+    #: Where ``report`` comes from: ``lambda`` (its REPORT line) or ``worker`` (the worker's own
+    #: elapsed time and configured memory, for an attempt whose answer a killed coordinator missed).
+    report_source: str = "lambda"
 
 
 @dataclass
@@ -323,48 +323,3 @@ class JobStore:
             if isinstance(existing, dict) and "job_id" in existing:
                 return str(existing["job_id"])
         return None
-
-
-class RankJournal:
-    """Coalesces rank-record changes of one job into a journal segment per flush, from one thread."""
-
-    def __init__(self, jobs: JobStore, bucket: str, job_id: str, interval_s: float = JOURNAL_INTERVAL_S) -> None:
-        self._jobs, self._bucket, self._job_id, self._interval = jobs, bucket, job_id, interval_s
-        self._dirty: dict[int, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=logs.carry(self._loop), name=f"journal-{job_id[-6:]}", daemon=True)
-        self._thread.start()
-
-    def record(self, record: RankRecord) -> None:
-        """Note the record's current state (a snapshot: later changes need another call)."""
-        snapshot = record.to_dict()
-        with self._lock:
-            self._dirty[record.rank] = snapshot
-
-    def flush(self) -> None:
-        with self._lock:
-            records, self._dirty = self._dirty, {}
-        if not records:
-            return
-        folder = journal_prefix(self._job_id, self._jobs.folder(self._job_id))
-        key = f"{folder}{time.time_ns():020d}-{secrets.token_hex(2)}.json"
-        try:
-            self._jobs.store.put_json(self._bucket, key, {"records": list(records.values())})
-        except Exception:
-            with self._lock:  # keep them for the next flush, unless a newer snapshot came meanwhile
-                for rank, snapshot in records.items():
-                    self._dirty.setdefault(rank, snapshot)
-            raise
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.flush()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.flush()
-            except Exception as exc:  # an S3 hiccup: the records stay queued for the next flush
-                logging.getLogger("cosmic.coordinator.state").warning("journal flush failed: %s", exc)

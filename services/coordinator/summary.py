@@ -24,8 +24,8 @@ from services.accuracy import redshift_metrics
 from services.contracts import AttemptState
 from services.coordinator.pricing import Prices
 
-#: The attempt states an invocation that Lambda reported on can end in.
-STATES = (AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED)
+#: The attempt states an invocation that was billed can end in (a superseded one ran, and is billed too).
+STATES = (AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED, AttemptState.SUPERSEDED)
 #: Relative tolerance within which our accuracy and the workers' collective summary agree.
 AGREEMENT_RTOL = 1e-4
 #: Absolute floor for that comparison, so that a metric near zero (bias) does not amplify rounding.
@@ -97,6 +97,8 @@ class InvocationCounts(TypedDict):
     succeeded: int
     failed: int
     cancelled: int
+    #: Attempts that lost the race for their rank's commit claim (speculative backups or originals).
+    superseded: int
     retried_ranks: list[int]
     cold_starts: int
 
@@ -261,7 +263,7 @@ def _invocation_counts(invocations: list[Invocation]) -> InvocationCounts:
         return sum(inv.state == state for inv in invocations)
 
     return {"attempts": len(invocations), "succeeded": count("succeeded"), "failed": count("failed"),
-            "cancelled": count("cancelled"),
+            "cancelled": count("cancelled"), "superseded": count("superseded"),
             "retried_ranks": sorted({inv.rank for inv in invocations if inv.attempt > 1}),
             "cold_starts": sum(inv.init_duration_ms is not None for inv in invocations)}
 

@@ -113,7 +113,7 @@ def test_cost_of_a_retried_job_by_hand(prices):
     # legacy: 3 requests x mean successful duration (0.9 s, 0.95 s) x 2 GB peak used x price
     assert summary["legacy_cost"]["total"] == pytest.approx(3 * 0.925 * 2 * X86)
     assert "3x too low" in summary["legacy_cost"]["basis"]
-    assert summary["invocations"] == {"attempts": 3, "succeeded": 2, "failed": 1, "cancelled": 0,
+    assert summary["invocations"] == {"attempts": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "superseded": 0,
                                       "retried_ranks": [1], "cold_starts": 1}
     assert summary["samples"] == 2556
     assert summary["wall_time_s"] == 12.5
