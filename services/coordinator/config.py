@@ -47,8 +47,9 @@ class CoordinatorSettings:
     #: The worker function invoked when a payload names none, and its timeout (invocations are read
     #: for this long plus a margin).
     worker: WorkerFunction = field(default_factory=WorkerFunction)
-    #: Largest world size a job may ask for.
-    max_world_size: int = 2048
+    #: Largest world size a job may ask for. World size is not concurrency: ranks beyond
+    #: ``max_concurrency`` (itself within the Lambda capacity, :mod:`.capacity`) wait for a slot.
+    max_world_size: int = 10_000
     #: Largest ``max_concurrency`` (and the invoke connection pool).
     max_concurrency_limit: int = 1000
     #: Largest request body, bytes.
