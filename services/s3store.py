@@ -178,8 +178,12 @@ class S3Store:
             if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise self._failed("create", bucket, "", exc) from None
 
-    def put_json(self, bucket: str, key: str, document: Any) -> None:
-        self.put(bucket, key, json.dumps(document, indent=2).encode() + b"\n", "application/json")
+    def put_json(self, bucket: str, key: str, document: Any, indent: int | None = 2) -> None:
+        """Write ``document`` as JSON: indented for people by default, ``indent=None`` for machine
+        documents of thousands of entries (compact JSON is about 5x faster to make)."""
+        separators = (",", ":") if indent is None else None
+        self.put(bucket, key, json.dumps(document, indent=indent, separators=separators).encode() + b"\n",
+                 "application/json")
 
     def delete(self, bucket: str, key: str) -> None:
         try:

@@ -66,7 +66,7 @@ class RankJournal:
         folder = journal_prefix(self._job_id, self._jobs.folder(self._job_id))
         key = f"{folder}{time.time_ns():020d}-{secrets.token_hex(2)}.json"
         try:
-            self._jobs.store.put_json(self._bucket, key, {"records": list(records.values())})
+            self._jobs.store.put_json(self._bucket, key, {"records": list(records.values())}, indent=None)
         except Exception:
             with self._lock:  # keep them for the next flush, unless a newer snapshot came meanwhile
                 for rank, snapshot in records.items():

