@@ -81,8 +81,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         return coordinator.list_jobs(max(1, min(limit, 1000)))
 
     @app.get("/jobs/{job_id}", dependencies=guarded, responses=_UNAVAILABLE)
-    def status(job_id: str) -> dict[str, Any]:
-        return coordinator.status(job_id)
+    def status(job_id: str, ranks: bool = True) -> dict[str, Any]:
+        """The job's state; ``ranks=false`` leaves out the per-rank list (``null``): for pollers of large jobs."""
+        return coordinator.status(job_id, ranks=ranks)
 
     @app.delete("/jobs/{job_id}", status_code=202, dependencies=guarded, responses=_UNAVAILABLE)
     def cancel(job_id: str) -> dict[str, Any]:

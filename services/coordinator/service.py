@@ -231,7 +231,9 @@ class Coordinator:
             raise JobNotFound(job_id)
         return found
 
-    def status(self, job_id: str) -> dict[str, Any]:
+    def status(self, job_id: str, ranks: bool = True) -> dict[str, Any]:
+        """The job's state and counts, and with ``ranks`` every rank's attempts (for a job of
+        10,000 ranks that list is most of the time and megabytes: pollers leave it out)."""
         try:
             bucket, manifest = self._manifest(job_id)
         except ManifestError as exc:  # shown on the job, not a 500: its other objects may still be fine
@@ -239,9 +241,9 @@ class Coordinator:
             return {"job_id": job_id, "state": "unreadable", "error": str(exc),
                     "warnings": list(self.jobs.unreadable.get(job_id, []))}
         runner = self._runners.get(job_id)
-        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
+        records = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
         counts: dict[str, int] = {}
-        for record in ranks.values():
+        for record in list(records.values()):
             counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
@@ -258,8 +260,8 @@ class Coordinator:
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
                  "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
-                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
-                for r in ranks.values()],
+                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in list(r.attempts)]}
+                for r in list(records.values())] if ranks else None,
         }
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
