@@ -130,13 +130,20 @@ class WorkerEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-able data, in the versioned form. Fields added within a version are
-        left out while unset, so a document written before them reads back byte for byte."""
-        data = dataclasses.asdict(self)
+        left out while unset, so a document written before them reads back byte for byte. Built
+        field by field: ``dataclasses.asdict``'s deep copy was half a second per manifest of 10,000
+        events, and a job writes its manifest three times."""
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["partitions"] = list(self.partitions)
+        if self.checkpoint is not None:
+            data["checkpoint"] = dataclasses.asdict(self.checkpoint)
         for name in _ADDED_WITHIN_VERSION:
             if data[name] is None:
                 del data[name]
         return data
+
+
+_EVENT_FIELDS = tuple(field.name for field in dataclasses.fields(WorkerEvent))
 
 
 @dataclass(frozen=True)

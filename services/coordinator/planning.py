@@ -131,16 +131,19 @@ def plan(request: JobRequest, partitions: list[Partition], *, job_id: str, funct
     comm_name = secrets.token_hex(16) if communicator else None
     checkpoint = (Checkpoint(request.checkpoint.bucket, request.checkpoint.key, request.checkpoint.sha256)
                   if request.checkpoint else None)
+    # the same for every rank: computed once, not 10,000 times
+    cancel_key = control_key(request.result_path, job_id, "cancel")
+    abort_key = control_key(request.result_path, job_id, "abort")
+    collective_timeout_s = min(120.0, function_timeout_s / 4)
+    script = request.script if request.mode == "script" else None
+    speculative = True if request.speculate else None
     events = tuple(
         WorkerEvent(job_id=job_id, rank=rank, world_size=world_size, data_bucket=request.data_bucket,
                     partitions=tuple(keys), result_bucket=request.data_bucket, result_path=request.result_path,
                     batch_size=request.batch_size, mode=request.mode, model_bucket=request.bucket,
-                    model_prefix=request.S3_object_name, script=request.script if request.mode == "script" else None,
-                    checkpoint=checkpoint, rendezvous=rendezvous if communicator else None, comm_name=comm_name,
-                    cancel_key=control_key(request.result_path, job_id, "cancel"),
-                    abort_key=control_key(request.result_path, job_id, "abort"),
-                    collective_timeout_s=min(120.0, function_timeout_s / 4),
-                    speculative=True if request.speculate else None)
+                    model_prefix=request.S3_object_name, script=script, checkpoint=checkpoint,
+                    rendezvous=rendezvous if communicator else None, comm_name=comm_name, cancel_key=cancel_key,
+                    abort_key=abort_key, collective_timeout_s=collective_timeout_s, speculative=speculative)
         for rank, keys in enumerate(assign([p.key for p in partitions], world_size, assignment)))
     return Plan(tuple(partitions), events, assignment, comm_name, concurrency, tuple(warnings))
 
