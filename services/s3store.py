@@ -191,6 +191,23 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._failed("delete", bucket, key, exc) from None
 
+    def delete_many(self, bucket: str, keys: list[str]) -> None:
+        """Delete ``keys``, 1,000 per request (S3's ``DeleteObjects`` limit): a job's thousands of
+        journal segments were as many requests. A key that is already gone is no error."""
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            except (ClientError, BotoCoreError) as exc:
+                raise self._failed("delete", bucket, chunk[0], exc) from None
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(f"cannot delete s3://{bucket}/{first.get('Key')}: {first.get('Code')}: "
+                                 f"{first.get('Message')} ({len(errors)} keys not deleted)",
+                                 bucket=bucket, key=str(first.get("Key")), code=first.get("Code"))
+
 
     def _failed(self, action: str, bucket: str, key: str, exc: ClientError | BotoCoreError) -> StoreError:
         """The StoreError for a failed call: S3's code and message when S3 answered, the transport's

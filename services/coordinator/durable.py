@@ -82,3 +82,6 @@ class PatientStore(S3Store):
 
     def delete(self, bucket: str, key: str) -> None:
         self._patient(lambda: super(PatientStore, self).delete(bucket, key))
+
+    def delete_many(self, bucket: str, keys: list[str]) -> None:
+        self._patient(lambda: super(PatientStore, self).delete_many(bucket, keys))

@@ -250,8 +250,7 @@ class JobStore:
         folder = self.folder(job_id)
         self.store.put_json(bucket, ranks_key(job_id, folder), {"records": [r.to_dict() for r in ranks.values()]},
                             indent=None)  # compact: indenting 10,000 records took 5x the time
-        for key in list(self.store.keys(bucket, journal_prefix(job_id, folder))):
-            self.store.delete(bucket, key)
+        self.store.delete_many(bucket, list(self.store.keys(bucket, journal_prefix(job_id, folder))))
 
     def job_ids(self) -> list[tuple[str, str]]:
         """``(bucket, job_id)`` of every job in the candidate buckets, newest first (old layout too)."""
