@@ -1,0 +1,81 @@
+"""A sampling profiler for every thread of this process (py-spy is not installed here).
+
+Why sampling: the coordinator's time is spread over a job thread, its rank threads, the journal's
+flush thread and botocore; cProfile sees one thread and slows every call it sees. Every
+``interval_s`` this thread takes ``sys._current_frames()`` and counts, per function, the samples
+where it is on a stack (inclusive) and on top of it (exclusive); threads waiting in a socket or a
+lock are on top in ``wait``/``recv_into``/``acquire`` and are left out of the "busy" table, so
+what remains is where the CPU went.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from types import FrameType
+
+#: Frames on top that mean the thread waits, not works.
+IDLE = {"wait", "acquire", "recv_into", "readinto", "select", "poll", "sleep", "_wait_for_tstate_lock", "accept",
+        "readline", "recv", "result", "join", "get", "_worker"}
+
+
+def _name(frame: FrameType) -> str:
+    code = frame.f_code
+    return f"{code.co_filename.rsplit('/', 2)[-2:][-1]}:{code.co_name}"
+
+
+class Sampler:
+    """``with Sampler() as s: ...``; then ``s.report()`` lists the busiest functions."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.inclusive: Counter[str] = Counter()
+        self.exclusive: Counter[str] = Counter()
+        self.busy = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval_s):
+            for ident, frame in sys._current_frames().items():
+                if ident == me or frame.f_code.co_name in IDLE:
+                    continue
+                self.busy += 1
+                self.exclusive[_name(frame)] += 1
+                seen = set()
+                walk: FrameType | None = frame
+                while walk is not None:
+                    name = _name(walk)
+                    if name not in seen:
+                        seen.add(name)
+                        self.inclusive[name] += 1
+                    walk = walk.f_back
+
+    def report(self, top: int = 25) -> str:
+        lines = [f"{self.busy} busy samples every {self.interval_s * 1e3:g} ms; inclusive % (exclusive %):"]
+        for name, count in self.inclusive.most_common(top):
+            share, own = 100 * count / max(1, self.busy), 100 * self.exclusive[name] / max(1, self.busy)
+            lines.append(f"  {share:5.1f}% ({own:4.1f}%)  {name}")
+        return "\n".join(lines)
+
+
+def timed(seconds: list[float], function):  # type: ignore[no-untyped-def]
+    """``function`` that appends each call's wall seconds to ``seconds``."""
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+    return wrapper
