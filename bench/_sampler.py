@@ -26,41 +26,55 @@ def _name(frame: FrameType) -> str:
     return f"{code.co_filename.rsplit('/', 2)[-2:][-1]}:{code.co_name}"
 
 
-class Sampler:
-    """``with Sampler() as s: ...``; then ``s.report()`` lists the busiest functions."""
+class Ticking:
+    """Calls ``tick()`` every ``interval_s`` on a thread of its own while in the ``with`` block."""
 
-    def __init__(self, interval_s: float = 0.005) -> None:
+    def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.inclusive: Counter[str] = Counter()
-        self.exclusive: Counter[str] = Counter()
-        self.busy = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
-    def __enter__(self) -> Sampler:
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Ticking:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.tick()
 
     def _run(self) -> None:
-        me = threading.get_ident()
         while not self._stop.wait(self.interval_s):
-            for ident, frame in sys._current_frames().items():
-                if ident == me or frame.f_code.co_name in IDLE:
-                    continue
-                self.busy += 1
-                self.exclusive[_name(frame)] += 1
-                seen = set()
-                walk: FrameType | None = frame
-                while walk is not None:
-                    name = _name(walk)
-                    if name not in seen:
-                        seen.add(name)
-                        self.inclusive[name] += 1
-                    walk = walk.f_back
+            self.tick()
+
+
+class Sampler(Ticking):
+    """``with Sampler() as s: ...``; then ``s.report()`` lists the busiest functions."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        super().__init__(interval_s)
+        self.inclusive: Counter[str] = Counter()
+        self.exclusive: Counter[str] = Counter()
+        self.busy = 0
+
+    def tick(self) -> None:
+        me = threading.get_ident()
+        for ident, frame in sys._current_frames().items():
+            if ident == me or frame.f_code.co_name in IDLE:
+                continue
+            self.busy += 1
+            self.exclusive[_name(frame)] += 1
+            seen = set()
+            walk: FrameType | None = frame
+            while walk is not None:
+                name = _name(walk)
+                if name not in seen:
+                    seen.add(name)
+                    self.inclusive[name] += 1
+                walk = walk.f_back
 
     def report(self, top: int = 25) -> str:
         lines = [f"{self.busy} busy samples every {self.interval_s * 1e3:g} ms; inclusive % (exclusive %):"]

@@ -21,18 +21,18 @@ Run: ``.venv/bin/python bench/coordinator.py [--ranks 10000] [--sandboxes 8] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 from _harness import BENCH, OUT, REPO, children_killed_on_exit, write_report
-from _sampler import Sampler, timed
+from _sampler import Sampler, Ticking, timed
 from lambda_runtime import client, start_runtime
 
 from services.coordinator import config
@@ -74,25 +74,14 @@ def rss_mb() -> float:
     return 0.0
 
 
-class PeakRss:
+class PeakRss(Ticking):
     """This process's peak resident set while in the ``with`` block, sampled every 50 ms."""
 
     def __init__(self) -> None:
+        super().__init__(0.05)
         self.peak = rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, rss_mb())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
         self.peak = max(self.peak, rss_mb())
 
 
@@ -104,7 +93,7 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     coordinator._finish = timed(summary_s, coordinator._finish)  # type: ignore[method-assign]
     cpu = time.process_time()
     started = time.perf_counter()
-    with PeakRss() as rss, (sampler or _nothing()):
+    with PeakRss() as rss, (sampler or contextlib.nullcontext()):
         job_id, _, _ = coordinator.submit(payload("rate", 10, ranks, sandboxes, result=label))
         while coordinator.status(job_id, ranks=False)["state"] not in TERMINAL:
             time.sleep(0.05)
@@ -116,14 +105,6 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     return {"per_s": len(attempts) / span, "wall_s": wall, "summary_s": summary_s[0] if summary_s else None,
             "cpu_ms_per_rank": cpu * 1e3 / ranks, "peak_rss_mb": rss.peak, "states": status["ranks_by_state"],
             "coordinator": coordinator, "job_id": job_id}
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 def status_cost(coordinator: Coordinator, job_id: str, ranks: bool) -> tuple[float, int]:
