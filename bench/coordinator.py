@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -35,11 +36,12 @@ from _harness import BENCH, OUT, REPO, children_killed_on_exit, write_report
 from _sampler import Sampler, Ticking, timed
 from lambda_runtime import client, start_runtime
 
+from services.contracts import WorkerEvent
 from services.coordinator import config
 from services.coordinator.payload import JobRequest
-from services.coordinator.planning import choose_partitions, plan
+from services.coordinator.planning import Partition, choose_partitions, plan
 from services.coordinator.service import Coordinator
-from services.coordinator.state import TERMINAL
+from services.coordinator.state import TERMINAL, Attempt, RankRecord
 from services.local.s3server import S3Server
 from services.s3store import S3Store
 
@@ -114,6 +116,35 @@ def status_cost(coordinator: Coordinator, job_id: str, ranks: bool) -> tuple[flo
     return time.perf_counter() - started, len(body)
 
 
+def serialisation_costs(count: int) -> dict[str, float]:
+    """Milliseconds per ``count`` items of what each serialisation change replaced, old form and new,
+    in this run: rank-record snapshots, their JSON, and the manifest's events."""
+    now = time.time()
+    records = [RankRecord(rank, "succeeded", [Attempt(1, now, now, "succeeded", report={"duration_ms": 1.0},
+                                                      response={"status": "succeeded", "rank": rank})])
+               for rank in range(count)]
+    planned = plan(payload("plan", 10, count, 8), [Partition(f"plan/{i}.pt", 1) for i in range(1, 11)],
+                   job_id="bench", function_timeout_s=900, max_world_size=count, rendezvous=None)
+
+    def old_event(event: WorkerEvent) -> dict[str, Any]:  # WorkerEvent.to_dict before: a deep copy
+        data = dataclasses.asdict(event)
+        data["partitions"] = list(event.partitions)
+        return {k: v for k, v in data.items() if not (k in ("abort_key", "speculative") and v is None)}
+
+    def ms(function: Any) -> float:
+        started = time.perf_counter()
+        function()
+        return (time.perf_counter() - started) * 1e3
+
+    snapshots = [record.to_dict() for record in records]
+    return {"snapshot_asdict_ms": ms(lambda: [dataclasses.asdict(r) for r in records]),
+            "snapshot_by_hand_ms": ms(lambda: [r.to_dict() for r in records]),
+            "records_json_indented_ms": ms(lambda: json.dumps({"records": snapshots}, indent=2)),
+            "records_json_compact_ms": ms(lambda: json.dumps({"records": snapshots}, separators=(",", ":"))),
+            "events_asdict_ms": ms(lambda: [old_event(e) for e in planned.events]),
+            "events_by_field_ms": ms(lambda: [e.to_dict() for e in planned.events])}
+
+
 def seed(store: S3Store, prefix: str, count: int) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: store.put(BUCKET, f"{prefix}/{i}.pt", b"x"), range(1, count + 1)))
@@ -177,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             without = [status_cost(last_job["coordinator"], last_job["job_id"], False) for _ in range(3)]
         finally:
             proc.stop()
+    costs = [serialisation_costs(args.ranks) for _ in range(3)]
     ratios = [job["per_s"] / base for job, base in zip(jobs, baselines, strict=True)]
     print(f"\nload average at start {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, at end "
           "{:.1f}/{:.1f}/{:.1f} (2 cores, shared)".format(*os.getloadavg()))
@@ -201,13 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"status of a {args.ranks}-rank job: with ranks {spread([w[0] * 1e3 for w in with_ranks])} ms, "
           f"{with_ranks[0][1] / 1e6:.1f} MB; ranks=false {spread([w[0] * 1e3 for w in without], '{:.2f}')} ms, "
           f"{without[0][1]} bytes")
+    print(f"serialising {args.ranks} items, old form -> new, ms (min/median/max of 3):")
+    for old_name, new_name, what in (("snapshot_asdict_ms", "snapshot_by_hand_ms", "rank-record snapshots"),
+                                     ("records_json_indented_ms", "records_json_compact_ms", "their JSON"),
+                                     ("events_asdict_ms", "events_by_field_ms", "manifest events")):
+        print(f"  {what}: {spread([c[old_name] for c in costs])} -> {spread([c[new_name] for c in costs])}")
     if sampler is not None:
         print("\nwhere the last job's CPU went (every thread):\n" + sampler.report())
     write_report("coordinator", {
         "plan_partitions": args.partitions, "planning": plans, "ranks": args.ranks, "sandboxes": args.sandboxes,
         "rounds": args.rounds, "bare_boto3_per_s": baselines, "load_average": [load, os.getloadavg()],
         "jobs": [{k: v for k, v in job.items() if k not in ("coordinator",)} for job in jobs], "ratios": ratios,
-        "status_with_ranks": with_ranks, "status_without_ranks": without})
+        "status_with_ranks": with_ranks, "status_without_ranks": without, "serialisation": costs})
     return 0 if all(job["states"] == {"succeeded": args.ranks} for job in jobs) else 1
 
 
