@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.contracts import AttemptState, WorkerEvent
+from services.coordinator.state import Attempt, RankRecord
 from services.keys import outcome_key, result_key
 from services.s3store import S3Store, StoreError
 
@@ -111,3 +112,16 @@ def await_word(store: S3Store, event: WorkerEvent, attempt: int, sent_at: float,
 
 def _lost(attempt: int, why: str) -> Word:
     return Word(AttemptState.LOST, attempt, f"the coordinator stopped while this attempt ran, and {why}", {}, "")
+
+
+def in_flight(record: RankRecord) -> bool:
+    """Whether the rank's last attempt was sent and never answered (as a restarted coordinator finds it)."""
+    return bool(record.attempts) and record.attempts[-1].state == AttemptState.RUNNING
+
+
+def hear(attempt: Attempt, word: Word) -> None:
+    """Take an attempt's word in S3 as its answer (a killed coordinator missed the real one)."""
+    attempt.state, attempt.error, attempt.ended_at = word.state, word.error, time.time()
+    if word.source:  # (a lost attempt said nothing: nothing to bill it by)
+        attempt.report, attempt.report_source = word.report, "worker"
+        attempt.response = {"recovered_from": word.source}

@@ -39,7 +39,7 @@ from services.coordinator.finish import ending_state
 from services.coordinator.invoker import READ_MARGIN_S, Invoker, Outcome
 from services.coordinator.journal import RankJournal
 from services.coordinator.manifest import Manifest
-from services.coordinator.orphans import Word, await_word, word_of
+from services.coordinator.orphans import await_word, hear, in_flight, word_of
 from services.coordinator.speculation import CHECK_S, stragglers
 from services.coordinator.state import Attempt, JobStore, RankRecord
 from services.keys import commit_key
@@ -136,7 +136,9 @@ class JobRunner:
         self._complete()
 
     def _fan_out(self, events: tuple[WorkerEvent, ...]) -> None:
-        todo = deque(rank for rank, record in self.ranks.items() if record.state != RankState.SUCCEEDED)
+        unfinished = [rank for rank, record in self.ranks.items() if record.state != RankState.SUCCEEDED]
+        # attempts a killed coordinator left running hold capacity already: await them first
+        todo = deque(sorted(unfinished, key=lambda rank: not in_flight(self.ranks[rank])))
         started_at = self.manifest.started_at if self.manifest.started_at is not None else time.time()
         gang = len(todo) if self.manifest.communicator else 1  # the communicator's ranks must all meet
         self.queue.enter(self.job_id)
@@ -229,7 +231,7 @@ class JobRunner:
             if last is None or last.attempt != word.attempt:
                 last = Attempt(attempt=word.attempt, started_at=time.time())
                 record.attempts.append(last)
-            self._hear(last, word)
+            hear(last, word)
             self._save(record, RankState.SUCCEEDED)
         elif last is not None and last.state == AttemptState.THROTTLED:
             last.state, last.ended_at = AttemptState.LOST, time.time()
@@ -239,14 +241,6 @@ class JobRunner:
             return
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
 
-    @staticmethod
-    def _hear(attempt: Attempt, word: Word) -> None:
-        """Take an attempt's word in S3 as its answer (a killed coordinator missed the real one)."""
-        attempt.state, attempt.error, attempt.ended_at = word.state, word.error, time.time()
-        if word.source:  # (a lost attempt said nothing: nothing to bill it by)
-            attempt.report, attempt.report_source = word.report, "worker"
-            attempt.response = {"recovered_from": word.source}
-
     def _await_orphan(self, record: RankRecord, event: WorkerEvent) -> bool:
         """Wait for the word of the attempt a killed coordinator left running, until its deadline;
         True when that settles the rank (succeeded, cancelled), False when it must run again."""
@@ -255,7 +249,7 @@ class JobRunner:
         log_event(log, "orphan_awaited", attempt=attempt.attempt, seconds_left=round(until - time.time(), 1))
         word = await_word(self.jobs.store, event, attempt.attempt, attempt.started_at,
                           min(until, time.time() + self._seconds_left()), self.orphan_grace_s)
-        self._hear(attempt, word)
+        hear(attempt, word)
         log_event(log, "orphan_settled", attempt=attempt.attempt, state=attempt.state)
         if attempt.state == AttemptState.SUCCEEDED:
             self._save(record, RankState.SUCCEEDED)
@@ -272,7 +266,7 @@ class JobRunner:
         record = self.ranks[rank]
         budget = self.manifest.max_attempts
         tried = 0
-        if record.attempts and record.attempts[-1].state == AttemptState.RUNNING:  # in flight when we were killed
+        if in_flight(record):  # left running when the previous coordinator was killed
             if self._await_orphan(record, event):
                 return
             tried = 1
