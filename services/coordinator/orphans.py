@@ -115,8 +115,9 @@ def _lost(attempt: int, why: str) -> Word:
 
 
 def in_flight(record: RankRecord) -> bool:
-    """Whether the rank's last attempt was sent and never answered (as a restarted coordinator finds it)."""
-    return bool(record.attempts) and record.attempts[-1].state == AttemptState.RUNNING
+    """Whether the rank's last attempt may have been sent and never answered, as a restarted
+    coordinator finds it: running, or waiting out throttling (it may have been sent again since)."""
+    return bool(record.attempts) and record.attempts[-1].state in (AttemptState.RUNNING, AttemptState.THROTTLED)
 
 
 def hear(attempt: Attempt, word: Word) -> None:

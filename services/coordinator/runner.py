@@ -223,8 +223,8 @@ class JobRunner:
 
     def _settle_interrupted(self, record: RankRecord, event: WorkerEvent) -> None:
         """A rank not known finished after a restart. Its result in S3 settles it (the journal's
-        last segment may not have been flushed); an attempt that was waiting out throttling never
-        ran (lost); one that was running may still be: :meth:`_run_rank` awaits its word."""
+        last segment may not have been flushed); an attempt that was running, or waiting out
+        throttling (it may have been sent again since), may still be: :meth:`_run_rank` awaits its word."""
         last = record.attempts[-1] if record.attempts else None
         word = word_of(self.jobs.store, event, last.attempt if last else 1)
         if word is not None and word.state == AttemptState.SUCCEEDED:
@@ -233,10 +233,6 @@ class JobRunner:
                 record.attempts.append(last)
             hear(last, word)
             self._save(record, RankState.SUCCEEDED)
-        elif last is not None and last.state == AttemptState.THROTTLED:
-            last.state, last.ended_at = AttemptState.LOST, time.time()
-            last.error = "the coordinator stopped while this attempt waited out throttling: it never ran"
-            self._save(record, RankState.PENDING)
         else:
             return
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
@@ -307,15 +303,13 @@ class JobRunner:
 
     def _invoke(self, record: RankRecord, attempt: Attempt, event: WorkerEvent) -> Outcome:
         def throttled(waiting: bool) -> None:
-            """Throttling is waiting: shown on the attempt, and the call that runs starts its time
-            (in S3 before the call is sent again, as every start is)."""
+            """Throttling is waiting: shown on the attempt, and the call that runs starts its time.
+            (Not waited into S3: a restart takes a throttled attempt as possibly sent, too.)"""
             with self._records_lock:
                 attempt.state = AttemptState.THROTTLED if waiting else AttemptState.RUNNING
                 if not waiting:
                     attempt.started_at = time.time()
-                change = self._save(record, record.state)
-            if not waiting:
-                self._durable(change)
+                self._save(record, record.state)
 
         return self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
                                    on_throttled=throttled)
