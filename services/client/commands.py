@@ -165,7 +165,7 @@ def _seed_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_table(result: SweepResult, out: Path) -> str:
-    from services.coordinator.plots import duration_and_cost_vs_world_size
+    from services.coordinator.plots import duration_and_cost_vs_world_size, to_png
     from services.coordinator.report import render_table
 
     for name, fmt in (("sweep.md", "md"), ("sweep.csv", "csv")):
@@ -173,6 +173,6 @@ def _write_table(result: SweepResult, out: Path) -> str:
         path.write_text(render_table(result.rows, fmt))
         result.paths.append(path)
     plot = out / "duration_cost.png"
-    plot.write_bytes(duration_and_cost_vs_world_size(result.rows))
+    plot.write_bytes(to_png(duration_and_cost_vs_world_size(result.rows)))
     result.paths.append(plot)
     return render_table(result.rows, "text")

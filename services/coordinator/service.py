@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from services.contracts import JobState
-from services.coordinator import finish, plots, report
+from services.coordinator import finish, plots, report, timeline
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
@@ -291,19 +291,23 @@ class Coordinator:
         return document
 
     def plot(self, job_id: str, name: str) -> bytes:
+        """The named figure as PNG; the timeline is drawn while the job runs too, the others from its report."""
         if name not in plots.PLOTS:
             raise PlotNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}", job_id=job_id, plot=name)
         bucket, manifest = self._manifest(job_id)
+        if name == "timeline":
+            runner = self._runners.get(job_id)
+            ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
+            if not any(record.attempts for record in ranks.values()):
+                raise PlotNotFound(f"job {job_id} has no attempt yet to plot", job_id=job_id, plot=name)
+            return plots.to_png(plots.rank_timeline(timeline.bars(ranks, time.time()), manifest.submitted_at))
         document = self._summary(job_id, manifest)
         if name == "predicted_vs_true":
             predictions, labels = finish.result_arrays(self.store, manifest)
             if predictions is None or labels is None:
                 raise PlotNotFound(f"job {job_id} has no labelled predictions to plot", job_id=job_id, plot=name)
-            return plots.predicted_vs_true(predictions, labels)
-        if name == "duration_cost":
-            return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])
-        ranks = self.jobs.ranks(bucket, job_id, manifest.world_size)
-        return plots.rank_timeline(finish.invocations(ranks), manifest.submitted_at)
+            return plots.to_png(plots.predicted_vs_true(predictions, labels))
+        return plots.to_png(plots.duration_and_cost_vs_world_size([report.seed_table_row(document)]))
 
     def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
         """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""
