@@ -47,7 +47,7 @@ def test_predicted_vs_true_has_a_residual_panel_and_counts_negative_predictions(
     true = np.array([0.1, 0.2, 0.3, 0.4, 0.05, 0.5])
     predicted = np.array([0.11, 0.19, 0.33, 0.9, -0.02, -0.01])
     figure = predicted_vs_true(predicted, true)
-    scatter, residual = figure.axes
+    _scatter, residual = figure.axes
     assert "2 negative predictions" in figure.get_suptitle()
     assert residual.get_ylabel() == "dz/(1+z)" and residual.get_xlabel() == "true redshift z"
     bounds = sorted(line.get_ydata()[0] for line in residual.get_lines() if line.get_linestyle() == "--")
@@ -74,7 +74,7 @@ def test_duration_and_cost_draws_one_line_per_partition():
     rows.append({**rows[0], "world_size": 32, "duration_s": None, "cost_usd": None})  # a job with no success
     figure = duration_and_cost_vs_world_size(rows)
     assert_sane_png(to_png(figure))
-    time_axes, cost_axes = figure.axes
+    time_axes = figure.axes[0]
     solid = [line for line in time_axes.get_lines() if line.get_linestyle() == "-"]
     assert [line.get_label() for line in solid] == ["25MB", "50MB", "75MB", "100MB"]
     assert list(solid[0].get_xdata()) == [64, 517]
