@@ -244,6 +244,7 @@ class JobRunner:
             tried += 1
             attempt.ended_at, attempt.report = time.time(), outcome.report
             attempt.throttled_s = round(outcome.throttled_s, 3)
+            attempt.log_tail = outcome.log_tail or None
             if outcome.ok:
                 attempt.response = outcome.response
                 cancelled = (outcome.response or {}).get("status") == AttemptState.CANCELLED

@@ -17,7 +17,7 @@ from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
 from services.coordinator.durable import PatientStore
-from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, ReportNotFound
+from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, RankNotFound, ReportNotFound
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
 from services.coordinator.payload import JobRequest
@@ -275,6 +275,20 @@ class Coordinator:
             listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
                            "world_size": manifest.world_size, "result_path": manifest.request.result_path})
         return listed
+
+    def logs(self, job_id: str, rank: int) -> dict[str, Any]:
+        """Each attempt of one rank with the log tail Lambda returned for it (None: not returned yet)."""
+        bucket, manifest = self._manifest(job_id)
+        if not 0 <= rank < manifest.world_size:
+            raise RankNotFound(f"job {job_id} has ranks 0 to {manifest.world_size - 1}, not {rank}",
+                               job_id=job_id, rank=rank)
+        runner = self._runners.get(job_id)
+        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
+        record = ranks.get(rank)
+        attempts = record.attempts if record is not None else []
+        return {"job_id": job_id, "rank": rank, "state": record.state if record is not None else "pending",
+                "attempts": [{"attempt": a.attempt, "state": a.state, "started_at": a.started_at,
+                              "ended_at": a.ended_at, "error": a.error, "log_tail": a.log_tail} for a in attempts]}
 
     def summary(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)

@@ -104,6 +104,8 @@ class Attempt:
     report: dict[str, float | None] = field(default_factory=dict)
     #: The worker's answer (WorkerResult) when it succeeded.
     response: dict[str, Any] | None = None
+    #: The invocation's log tail as Lambda returned it (at most 4 KB), for ``cosmic logs JOB RANK``.
+    log_tail: str | None = None
 
 
 @dataclass
