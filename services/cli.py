@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("services.client.logs", "the log tail of a rank's invocation"),
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
+    "data": ("services.client.data", "make partitions (legacy layout), upload them to S3, list what is there"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

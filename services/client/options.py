@@ -51,6 +51,16 @@ def idempotency_key(text: str) -> str:
     return text
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def bucket(text: str) -> str:
+    """An S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens."""
+    if not _BUCKET.fullmatch(text) or ".." in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an S3 bucket name (3 to 63 of a-z, 0-9, '.', '-')")
+    return text
+
+
 def prefix(text: str) -> str:
     """An S3 key prefix without leading or trailing ``/``, free of ``..`` and empty segments."""
     cleaned = text.strip("/")
