@@ -52,6 +52,18 @@ def generate(size: str, count: int, folder: Path, say: Callable[[str], None] = p
     return write_partitions(size, count, folder, on_write=lambda path: say(f"  {path}"))
 
 
+def ensure(s3: S3Store, bucket: str, size: str, count: int, say: Callable[[str], None] = print) -> int:
+    """Partitions ``1..count`` under ``size/``: those missing are generated (into the cache folder,
+    reused next time) and uploaded. Returns how many were uploaded."""
+    from services.cache import cache_dir
+
+    have = set(folder(s3, bucket, size).numbers)
+    if have >= set(range(1, count + 1)):
+        return 0
+    paths = generate(size, count, cache_dir() / "partitions" / size, say)
+    return s3.upload_changed(bucket, [(path, f"{size}/{path.name}") for path in paths])
+
+
 def partition_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The partition files directly in ``folder`` in numeric order, and the other files (not uploaded)."""
     if not folder.is_dir():

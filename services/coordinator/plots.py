@@ -137,6 +137,44 @@ def _line(axes: Any, rows: list[dict[str, Any]], value: Callable[[dict[str, Any]
               gid=f"ideal-{label}")
 
 
+def seed_comparison(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> Figure:
+    """Seconds per partition and peak memory against partition size: ours (one line per world
+    size) beside the seed's own rows (black, dashed). Per partition, because the seed ran one
+    partition per rank over the whole set while a sweep here runs a few on each rank.
+
+    Rows carry ``partition`` (``25MB``), ``seconds_per_partition`` and ``memory_mb``.
+    """
+    if not ours and not theirs:
+        raise ValueError("seed_comparison: no rows to plot")
+    figure = Figure(figsize=(10, 4.5), dpi=DPI, layout="constrained")
+    time_axes, memory_axes = figure.subplots(1, 2)
+    by_world: dict[int, list[dict[str, Any]]] = {}
+    for row in ours:
+        by_world.setdefault(int(row["world_size"]), []).append(row)
+    for world_size in sorted(by_world):
+        _by_size(time_axes, memory_axes, by_world[world_size], f"ours, {world_size} rank{'s' * (world_size != 1)}")
+    _by_size(time_axes, memory_axes, list(theirs), "the seed's (theirs)", color="black", linestyle="--")
+    time_axes.set(xlabel="partition size (MB)", ylabel="seconds per partition per rank",
+                  title="Time per partition")
+    memory_axes.set(xlabel="partition size (MB)", ylabel="memory (MB)", title="Memory (ours: peak used)")
+    for axes in (time_axes, memory_axes):
+        axes.set_xlim(left=0, right=110)
+        axes.set_xticks([0, 25, 50, 75, 100])
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def _by_size(time_axes: Any, memory_axes: Any, rows: list[dict[str, Any]], label: str, **style: Any) -> None:
+    rows = sorted(rows, key=lambda row: partition_order(str(row["partition"])))
+    for axes, key in ((time_axes, "seconds_per_partition"), (memory_axes, "memory_mb")):
+        points = [(partition_order(str(row["partition"]))[0], row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axes.plot(xs, ys, marker="o", label=label, gid=label, **style)
+
+
 def partition_order(label: str) -> tuple[float, str]:
     """``25MB`` before ``100MB``: by the leading number when there is one, else by name."""
     digits = "".join(ch for ch in label if ch.isdigit() or ch == ".")
@@ -147,6 +185,7 @@ def partition_order(label: str) -> tuple[float, str]:
 
 
 #: The names of ``/jobs/{id}/plots/{name}.png``: each returns a Figure (``to_png`` renders it).
+#: (:func:`seed_comparison` is the sweep's, drawn across jobs: no single job has it.)
 PLOTS: dict[str, Callable[..., Figure]] = {
     "predicted_vs_true": predicted_vs_true,
     "duration_cost": duration_and_cost_vs_world_size,

@@ -117,6 +117,10 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+#: How the tables format a cell, by row key, for tables built elsewhere (the sweep's seed comparison).
+format_cell = _cell
+
+
 def _money(value: float) -> str:
     """Dollars to four significant digits without exponents: 12.35, 0.1580, 0.0006676."""
     if value >= 1:
