@@ -29,7 +29,8 @@ PHASES: dict[str, tuple[str, ...]] = {
 }
 PHASE_COLOURS = {"start-up": "#8c564b", "model load": "#9467bd", "download": "#1f77b4", "infer": "#2ca02c",
                  "upload": "#ff7f0e", "collective wait": "#e377c2", "other": "#d9d9d9"}
-STATE_COLOURS = {"succeeded": "tab:green", "failed": "tab:red", "cancelled": "tab:gray", "running": "tab:blue"}
+STATE_COLOURS = {"succeeded": "tab:green", "failed": "tab:red", "cancelled": "tab:gray", "running": "tab:blue",
+                 "throttled": "tab:olive"}
 DPI = 100
 
 
