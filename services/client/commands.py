@@ -138,7 +138,8 @@ def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], worl
             result.paths.append(path)
         if cell.state != "succeeded":
             say(f"  job {cell.job_id or '-'} {cell.state}: {cell.error or 'see `cosmic status`'}")
-    result.rows = [{**_seed_row(cell.summary), "partitions": cell.summary.get("partitions")}
+    result.rows = [{**_seed_row(cell.summary), "partitions": cell.summary.get("partitions"),
+                    "cold_starts": cell.summary["invocations"].get("cold_starts")}
                    for cell in cells if cell.summary is not None]
     if result.rows:
         result.table = _write_table(result, out)

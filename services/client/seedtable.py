@@ -85,6 +85,10 @@ def differences(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]
     elif executions:
         parts.append("CPUs: these ran on Lambda; a rank's CPU share follows its configured memory, "
                      "as the seed's did at 10,240 MB.")
+    cold = [row["cold_starts"] for row in ours if isinstance(row.get("cold_starts"), int)]
+    if cold:
+        parts.append(f"Cold starts: {sum(cold)} of these {sum(row.get('requests') or 0 for row in ours)} "
+                     "invocations started a new sandbox, its imports and model load counted in its rank time.")
     parts.append("Data: ours are seeded synthetic galaxies of the legacy sizes (same samples and bytes per "
                  "partition), not the survey's images.")
     return " ".join(parts)

@@ -91,18 +91,19 @@ def cost_ratio(billed: float | None, legacy: float | None) -> float | None:
 
 
 def shared_cpu_note(executions: list[dict[str, Any] | None]) -> str | None:
-    """A warning when ranks ran on one machine's local runtime with more of them at once than CPUs:
-    there more ranks means slower and dearer, which says nothing of Lambda (each sandbox has its own CPUs)."""
+    """A warning when ranks ran on one machine's local runtime using all its CPUs or more (the S3
+    server, the runtime and the coordinator need some too): there more ranks means slower and
+    dearer, which says nothing of Lambda (each sandbox has CPUs of its own)."""
     crowded = [e for e in executions if e and e.get("local") and e.get("host_cpus")
-               and e.get("ranks_at_once", 0) * max(e.get("threads_per_rank") or 1, 1) > e["host_cpus"]]
+               and e.get("ranks_at_once", 0) * max(e.get("threads_per_rank") or 1, 1) >= e["host_cpus"]]
     if not crowded:
         return None
     cpus = max(e["host_cpus"] for e in crowded)
     at_once = max(e["ranks_at_once"] for e in crowded)
     return (f"Shared CPUs: these ranks ran in the local Lambda runtime on one machine, up to {at_once} at once on "
-            f"{cpus} CPU{'s' if cpus != 1 else ''}, so they competed for cores: here more ranks can be slower and "
-            "dearer. On Lambda every sandbox has CPUs of its own (in proportion to its memory); do not read "
-            "scaling from this table.")
+            f"{cpus} CPU{'s' if cpus != 1 else ''}, so they competed for cores with each other and with the S3 "
+            "server, runtime and coordinator beside them: here more ranks can be slower and dearer. On Lambda "
+            "every sandbox has CPUs of its own (in proportion to its memory); do not read scaling from this table.")
 
 
 def _cell(key: str, value: Any) -> str:

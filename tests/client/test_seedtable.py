@@ -16,8 +16,9 @@ LOCAL = {"local": True, "host_cpus": 2, "ranks_at_once": 2, "threads_per_rank": 
 
 
 def test_our_rows_sit_beside_the_seeds_own_cited_as_theirs():
-    ours = [row("25MB", 1, 2, 20.0, execution=LOCAL), row("25MB", 2, 2, 12.0, execution=LOCAL),
-            row("100MB", 1, 2, 80.0, execution=LOCAL)]
+    ours = [row("25MB", 1, 2, 20.0, execution=LOCAL, cold_starts=1), row("25MB", 2, 2, 12.0, execution=LOCAL,
+                                                                          cold_starts=1),
+            row("100MB", 1, 2, 80.0, execution=LOCAL, cold_starts=0)]
     text = seedtable.render(ours)
     lines = text.splitlines()
     assert lines[0].startswith("| Partition | Source | World size | Partitions | Mean rank time (s) | s per partition")
@@ -32,6 +33,7 @@ def test_our_rows_sit_beside_the_seeds_own_cited_as_theirs():
     assert "here 10.0x to 10.0x the legacy formula's" in text
     assert "on 2 CPUs, up to 2 ranks at once" in text
     assert "2 on 1, 2 on 2 (partitions on ranks)" in text
+    assert "Cold starts: 2 of these 4 invocations started a new sandbox" in text
 
 
 def test_no_cpu_sentence_without_execution_facts_and_a_lambda_one_with_them():

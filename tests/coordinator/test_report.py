@@ -48,7 +48,9 @@ def test_a_note_when_ranks_shared_few_cores_and_none_otherwise():
     assert "up to 4 at once on 2 CPUs" in report and "do not read scaling from this table" in report
     table = render_table([seed_table_row(job(10240, 1024, execution=crowded))], "text")
     assert "Shared CPUs" in table
-    roomy = {"local": True, "host_cpus": 8, "ranks_at_once": 4, "threads_per_rank": 2}
+    busy = {"local": True, "host_cpus": 2, "ranks_at_once": 2, "threads_per_rank": 1}  # every CPU taken
+    assert "up to 2 at once on 2 CPUs" in (shared_cpu_note([busy]) or "")
+    roomy = {"local": True, "host_cpus": 8, "ranks_at_once": 3, "threads_per_rank": 2}
     on_aws = {"local": False, "host_cpus": None, "ranks_at_once": 500, "threads_per_rank": 6}
     assert shared_cpu_note([roomy, on_aws, None]) is None
     assert "Shared CPUs" not in render_report(job(10240, 1024), "md")  # summaries written before it was recorded
