@@ -71,8 +71,8 @@ def differences(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]
              "ours is what Lambda bills (configured memory, billed duration, every attempt, plus requests)"
              + (f", here {min(ratios):.1f}x to {max(ratios):.1f}x the legacy formula's on the same jobs"
                 if ratios else "") + ".",
-             "Memory: ours is Lambda's Max Memory Used (the sandbox's peak); the seed's documents summed "
-             "allocations (shared/LEGACY.md: about 10x the real peak), so its column is not a peak.",
+             "Memory: ours is Lambda's Max Memory Used (the sandbox's peak); the seed's rank documents reported "
+             "summed allocations (shared/LEGACY.md: about 10x the real peak), the likely source of its column.",
              "Scale: the seed ran every partition of the set, one per rank; these jobs ran "
              + ", ".join(sorted({f"{row.get('partitions')} on {row['world_size']}" for row in ours}))
              + " (partitions on ranks), so compare seconds per partition, not rows."]
@@ -81,7 +81,8 @@ def differences(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]
         at_once = max(e.get("ranks_at_once") or 0 for e in local)
         parts.append(f"CPUs: the seed's ranks each had a 10,240 MB sandbox (about 6 vCPUs) to themselves; these "
                      f"ran in the local runtime on {cpus} CPUs, up to {at_once} ranks at once, so per-partition "
-                     "times here are slower, and grow with world size where Lambda's would not.")
+                     "times here are those of a crowded machine: they grow with world size where on Lambda they "
+                     "would not.")
     elif executions:
         parts.append("CPUs: these ran on Lambda; a rank's CPU share follows its configured memory, "
                      "as the seed's did at 10,240 MB.")
