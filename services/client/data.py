@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.client import datasets, options
+from services import argtypes
+from services.client import datasets
 from services.client.commands import handles_errors
 from services.client.errors import DataStoreError
 
@@ -24,16 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     make = actions.add_parser("generate", help="make seeded partitions in the legacy layout ({i}.pt from 1)")
     make.add_argument("--size", required=True, choices=datasets.SIZES, help="partition size (samples as the seed's)")
-    make.add_argument("--count", type=options.positive, required=True, help="how many partitions, from 1.pt")
+    make.add_argument("--count", type=argtypes.positive, required=True, help="how many partitions, from 1.pt")
     make.add_argument("--out", type=Path, default=Path("data"),
                       help="the files go into OUT/SIZE/ (default data/); existing ones are kept")
     send = actions.add_parser("upload", help="upload a folder's partitions to a prefix")
     send.add_argument("folder", type=Path, help="a folder of {i}.pt (or .npz, .safetensors) files")
-    send.add_argument("--prefix", type=options.prefix, required=True, help="the payload's data_prefix, e.g. 100MB")
+    send.add_argument("--prefix", type=argtypes.prefix, required=True, help="the payload's data_prefix, e.g. 100MB")
     show = actions.add_parser("ls", help="the partitions under a prefix, or under every top-level prefix")
-    show.add_argument("prefix", nargs="?", type=options.prefix, default=None, help="a prefix, e.g. 100MB")
+    show.add_argument("prefix", nargs="?", type=argtypes.prefix, default=None, help="a prefix, e.g. 100MB")
     for sub in (send, show):
-        sub.add_argument("--bucket", type=options.bucket, default=datasets.DEFAULT_BUCKET,
+        sub.add_argument("--bucket", type=argtypes.bucket, default=datasets.DEFAULT_BUCKET,
                          help=f"the payload's data_bucket (default {datasets.DEFAULT_BUCKET})")
         sub.add_argument("--embedded", action="store_true",
                          help="the embedded stack's S3 (`cosmic serve --embedded`), not your AWS credentials'")

@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.client import options
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import handles_errors
 from services.client.errors import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", type=options.job_id, help="the job (`cosmic status` lists them)")
-    parser.add_argument("rank", type=options.rank, help="the rank, from 0")
+    parser.add_argument("job_id", type=argtypes.job_id, help="the job (`cosmic status` lists them)")
+    parser.add_argument("rank", type=argtypes.rank, help="the rank, from 0")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--attempt", type=options.positive, default=None,
+    which.add_argument("--attempt", type=argtypes.positive, default=None,
                        help="this attempt's tail (default: the latest attempt's)")
     which.add_argument("--all", action="store_true", help="every attempt's tail, oldest first")
 

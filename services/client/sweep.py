@@ -12,20 +12,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.client import options
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import EXAMPLE_PAYLOAD, SweepResult, handles_errors, load_payload, sweep
 from services.client.errors import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--partition-mb", type=options.positive, nargs="+", default=[25],
+    parser.add_argument("--partition-mb", type=argtypes.positive, nargs="+", default=[25],
                         help="partition sizes: each job reads the prefix {mb}MB/ (default 25)")
-    parser.add_argument("--world-size", type=options.positive, nargs="+", default=[1, 2, 4],
+    parser.add_argument("--world-size", type=argtypes.positive, nargs="+", default=[1, 2, 4],
                         help="world sizes (default 1 2 4)")
     parser.add_argument("--payload", type=Path, default=EXAMPLE_PAYLOAD,
                         help="the base payload (default examples/payload.json)")
-    parser.add_argument("--file-limit", type=options.positive, default=None,
+    parser.add_argument("--file-limit", type=argtypes.positive, default=None,
                         help="partitions per job (default: every partition under the prefix)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where the table and plot go (results/)")
     parser.add_argument("--generate", action="store_true",

@@ -1,4 +1,4 @@
-"""Argument types for the ``cosmic`` commands: every option checked where it is parsed.
+"""Argument types for the ``cosmic`` commands: every option checked where it is parsed (standard library only).
 
 argparse turns an ``ArgumentTypeError`` into ``cosmic X: error: argument --limit: ...`` and exit
 2, before anything is sent: ``--limit 0`` used to list one job, quietly, because the API clamps.
@@ -35,6 +35,21 @@ def whole(low: int, high: int | None = None) -> Callable[[str], int]:
 positive = whole(1)
 #: At least 0: ranks.
 rank = whole(0)
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (a finite number)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+#: A TCP port to listen on.
+port = whole(1, 65535)
 
 
 def job_id(text: str) -> str:
