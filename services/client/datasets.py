@@ -49,7 +49,10 @@ def generate(size: str, count: int, folder: Path, say: Callable[[str], None] = p
         raise CommandError(f"generating partitions needs the worker's packages ({exc}): "
                            "pip install -e '.[worker]'") from None
     say(f"generating {count} partition(s) of {size} ({SAMPLES_PER_PARTITION[size]:,} samples each) in {folder}/")
-    return write_partitions(size, count, folder, on_write=lambda path: say(f"  {path}"))
+    try:
+        return write_partitions(size, count, folder, on_write=lambda path: say(f"  {path}"))
+    except OSError as exc:
+        raise CommandError(f"cannot write partitions into {folder}: {exc.strerror or exc}") from None
 
 
 def ensure(s3: S3Store, bucket: str, size: str, count: int, say: Callable[[str], None] = print) -> int:

@@ -65,6 +65,13 @@ def test_generate_writes_the_legacy_layout_seeded(tmp_path, capsys):
     assert (tmp_path / "b" / "25MB" / "1.pt").read_bytes() == first.read_bytes()
 
 
+def test_generate_into_a_folder_it_cannot_write_says_so(tmp_path, capsys):
+    pytest.importorskip("torch")
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    assert cli.main(["data", "generate", "--size", "25MB", "--count", "1", "--out", str(tmp_path / "taken")]) == 2
+    assert "cannot write partitions into" in capsys.readouterr().err
+
+
 def test_upload_and_ls_go_straight_to_s3(s3_endpoint, tmp_path, capsys):
     from services.s3store import S3Store
 
