@@ -31,6 +31,10 @@ from services.s3store import S3Store, StoreError
 log = logging.getLogger("cosmic.coordinator")
 
 
+#: How many recent jobs the duration/cost plot of one job looks through for jobs like it.
+SCALING_JOBS = 50
+
+
 class Coordinator:
     def __init__(self, settings: CoordinatorSettings, store: S3Store | None = None) -> None:
         self.settings = settings
@@ -321,7 +325,33 @@ class Coordinator:
             if predictions is None or labels is None:
                 raise PlotNotFound(f"job {job_id} has no labelled predictions to plot", job_id=job_id, plot=name)
             return plots.to_png(plots.predicted_vs_true(predictions, labels))
-        return plots.to_png(plots.duration_and_cost_vs_world_size([report.seed_table_row(document)]))
+        return plots.to_png(plots.duration_and_cost_vs_world_size(self._scaling_rows(job_id, manifest, document)))
+
+    def _scaling_rows(self, job_id: str, manifest: Manifest, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """This job's table row and those of recent succeeded jobs like it (same function, data bucket,
+        batch size and number of partitions: a sweep's other world sizes and partition sizes), so that
+        the duration/cost plot of one job is a line, not a dot. At most :data:`SCALING_JOBS` are read;
+        of jobs at the same partition size and world size only the newest is drawn."""
+        rows = [report.seed_table_row(document)]
+        seen = {(rows[0]["partition"], rows[0]["world_size"])}
+        request = manifest.request
+        for _, other_id in self.jobs.job_ids()[:SCALING_JOBS]:
+            if other_id == job_id:
+                continue
+            try:
+                _, other = self._manifest(other_id)
+                if (other.state != JobState.SUCCEEDED or other.function != manifest.function
+                        or other.request.data_bucket != request.data_bucket
+                        or other.request.batch_size != request.batch_size
+                        or len(other.partitions) != len(manifest.partitions)):
+                    continue
+                if (other.partition_label, other.world_size) in seen:
+                    continue
+                rows.append(report.seed_table_row(self._summary(other_id, other)))
+                seen.add((other.partition_label, other.world_size))
+            except (JobNotFound, ReportNotFound, ManifestError):  # gone, unreadable or never summarised: not drawn
+                continue
+        return rows
 
     def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
         """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""
