@@ -1,7 +1,7 @@
 """What the ``cosmic`` job commands share: error handling, payloads, report files, and the sweep.
 
-The commands themselves are small modules (``submit``, ``status``, ``cancel``, ``report``,
-``sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
+The commands themselves are small modules (``submit``, ``status``, ``cancel``, ``retry``, ``logs``,
+``report``, ``sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
 the coordinator through :class:`~services.client.api.ApiClient` only, so they work the
 same against ``cosmic serve --embedded`` on this machine and a coordinator deployed elsewhere;
 ``cosmic demo`` reuses :func:`sweep`. Nothing here imports torch.
