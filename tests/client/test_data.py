@@ -44,7 +44,8 @@ def test_data_options_are_checked(argv, complaint, capsys):
 @pytest.mark.integration
 def test_the_client_does_not_import_torch_to_list_or_upload():
     code = ("import sys; from services.cli import main; import services.client.data, services.client.datasets, "
-            "services.client.sweep; print([m for m in sys.modules if m.split('.')[0] == 'torch'])")
+            "services.client.sweep, services.client.seedtable, services.client.logs, services.client.retry; "
+            "print([m for m in sys.modules if m.split('.')[0] == 'torch'])")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=True)
     assert done.stdout.strip() == "[]"
