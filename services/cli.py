@@ -24,8 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),
     "status": ("services.client.status", "a job's progress, or the list of jobs"),
     "cancel": ("services.client.cancel", "cancel a job: its ranks stop within about a second"),
+    "retry": ("services.client.retry", "re-run the failed ranks of a failed job"),
+    "logs": ("services.client.logs", "the log tail of a rank's invocation"),
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
+    "data": ("services.client.data", "make partitions (legacy layout), upload them to S3, list what is there"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

@@ -19,6 +19,11 @@ def predictions_key(result_path: str, rank: int) -> str:
     return f"{result_path}/predictions/{rank}.npy"
 
 
+#: Samples per legacy partition size (shared/LEGACY.md): the size labels users' prefixes carry
+#: (``100MB/{i}.pt``). Here, not in the worker, so that the CLI and the planner's errors can name
+#: them without torch.
+SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
+
 #: The file forms a partition may take, by suffix (see services/worker/data.py).
 _PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
 

@@ -74,6 +74,14 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._json("DELETE", f"/jobs/{_segment(job_id)}"))
 
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Re-run the failed ranks of a failed job; its status after the request."""
+        return dict(self._json("POST", f"/jobs/{_segment(job_id)}/retry"))
+
+    def logs(self, job_id: str, rank: int) -> dict[str, Any]:
+        """One rank's attempts, each with the log tail Lambda returned for it."""
+        return dict(self._json("GET", f"/jobs/{_segment(job_id)}/ranks/{int(rank)}/logs"))
+
     def report(self, job_id: str, fmt: str = "json") -> Any:
         """The JSON summary as a dict for ``json``; the text for ``md`` and ``csv``."""
         raw = self._request("GET", f"/jobs/{_segment(job_id)}/report?format={urllib.parse.quote(fmt)}")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services import argtypes
 from services.local.processes import Child, ChildError, python, start
 
 #: The partition size the demo data has (the smallest of the legacy study's).
@@ -34,11 +35,12 @@ COORDINATOR_START_TIMEOUT = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4],
+    parser.add_argument("--world-sizes", type=argtypes.positive, nargs="+", default=[1, 2, 4],
                         help="one job per world size (default 1 2 4)")
-    parser.add_argument("--partitions", type=int, default=4, help="25MB partitions each job reads (default 4)")
+    parser.add_argument("--partitions", type=argtypes.positive, default=4,
+                        help="25MB partitions each job reads (default 4)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="reports and plots go here (results/)")
-    parser.add_argument("--sandboxes", type=int, default=None,
+    parser.add_argument("--sandboxes", type=argtypes.positive, default=None,
                         help="worker sandboxes: at least the largest world size, as the communicator needs every "
                              "rank at once (default: what a running stack has if enough, else 4 or the largest "
                              "world size)")

@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import handles_errors
 
@@ -13,8 +14,9 @@ RANK_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", nargs="?", default=None, help="a job id; without it, the latest jobs")
-    parser.add_argument("--limit", type=int, default=20, help="jobs listed (default 20)")
+    parser.add_argument("job_id", nargs="?", default=None, type=argtypes.job_id,
+                        help="a job id; without it, the latest jobs")
+    parser.add_argument("--limit", type=argtypes.whole(1, 1000), default=20, help="jobs listed, 1 to 1000 (default 20)")
 
 
 @handles_errors("status")

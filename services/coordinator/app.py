@@ -101,6 +101,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             return JSONResponse(document)
         return PlainTextResponse(reports.render_report(document, format), media_type=_MEDIA[format])
 
+    @app.get("/jobs/{job_id}/ranks/{rank}/logs", dependencies=guarded, responses=_UNAVAILABLE)
+    def logs(job_id: str, rank: int) -> dict[str, Any]:
+        """Each attempt of one rank with its invocation's log tail (Lambda's last 4 KB of it)."""
+        return coordinator.logs(job_id, rank)
+
     @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded, responses=_UNAVAILABLE)
     def plot(job_id: str, name: str) -> Response:
         return Response(coordinator.plot(job_id, name), media_type="image/png")

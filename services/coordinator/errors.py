@@ -7,7 +7,8 @@
     ├── NotFound               404: what the request names does not exist (also a LookupError)
     │   ├── JobNotFound        no job has this ``job_id``
     │   ├── ReportNotFound     the job ended without a summary; ``reason`` says why
-    │   └── PlotNotFound       no ``plot`` of that name, or the job has nothing for it to draw
+    │   ├── PlotNotFound       no ``plot`` of that name, or the job has nothing for it to draw
+    │   └── RankNotFound       the job has no ``rank`` of that number
     ├── JobConflict            409: another job (``holder``) writes to the result path, or the job's ``state``
     │                          forbids the action
     ├── StorageFailed          502: S3 refused or failed a call; ``code``, ``bucket``, ``key`` from the StoreError
@@ -72,6 +73,14 @@ class PlotNotFound(NotFound):
     def __init__(self, message: str, *, job_id: str, plot: str) -> None:
         super().__init__(message, job_id=job_id)
         self.plot = plot
+
+
+class RankNotFound(NotFound):
+    """The job has no rank of that number (ranks are ``0..world_size-1``)."""
+
+    def __init__(self, message: str, *, job_id: str, rank: int) -> None:
+        super().__init__(message, job_id=job_id)
+        self.rank = rank
 
 
 class JobConflict(CoordinatorError):

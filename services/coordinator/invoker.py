@@ -92,6 +92,8 @@ class Outcome:
     report: dict[str, float | None] = field(default_factory=dict)
     #: Seconds spent waiting out throttling (429) before the invocation ran, or until the deadline.
     throttled_s: float = 0.0
+    #: The invocation's log tail (``LogResult``: Lambda's last 4 KB), empty when Lambda sent none.
+    log_tail: str = ""
 
 
 @dataclass
@@ -215,10 +217,11 @@ class Invoker:
             self.stats.add(function_errors=1)
             message = answer.get("errorMessage") if isinstance(answer, dict) else str(answer)
             kind = answer.get("errorType", response["FunctionError"]) if isinstance(answer, dict) else "Error"
-            return Outcome(False, error=f"{kind}: {message}", report=report)
+            return Outcome(False, error=f"{kind}: {message}", report=report, log_tail=tail)
         if not isinstance(answer, dict):
-            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report)
-        return Outcome(True, response=answer, report=report)
+            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report,
+                           log_tail=tail)
+        return Outcome(True, response=answer, report=report, log_tail=tail)
 
     def _backoff(self, retry: int) -> float:
         return full_jitter(retry, self.base_delay_s, self.max_delay_s)

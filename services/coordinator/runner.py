@@ -320,6 +320,7 @@ class JobRunner:
         with self._records_lock:
             attempt.ended_at, attempt.report = time.time(), outcome.report
             attempt.throttled_s = round(outcome.throttled_s, 3)
+            attempt.log_tail = outcome.log_tail or None
             if status in (AttemptState.SUCCEEDED, AttemptState.CANCELLED, AttemptState.SUPERSEDED):
                 attempt.state = AttemptState(status)
                 attempt.response = outcome.response if status == AttemptState.SUCCEEDED else None

@@ -104,6 +104,8 @@ class Attempt:
     #: Where ``report`` comes from: ``lambda`` (its REPORT line) or ``worker`` (the worker's own
     #: elapsed time and configured memory, for an attempt whose answer a killed coordinator missed).
     report_source: str = "lambda"
+    #: The invocation's log tail as Lambda returned it (at most 4 KB), for ``cosmic logs JOB RANK``.
+    log_tail: str | None = None
 
 
 @dataclass

@@ -7,7 +7,8 @@ checked by hand in a test.
 Cost is what AWS would bill, at list prices: billed duration x *configured* memory, for every
 attempt (failed ones are billed too), plus one request per attempt, plus the job's S3 requests.
 Beside it stands the legacy formula users' seed table used (requests x mean duration x memory
-*used*), labelled as such: it is about 3x too low at 10,240 MB, and showing both explains the gap.
+*used*), labelled as such: at 10,240 MB it reads several times too low, and the report gives the
+ratio of the two on each job, so showing both explains the gap.
 
 The numbers only: :mod:`.report` renders them as tables and text.
 """
@@ -33,7 +34,7 @@ AGREEMENT_ATOL = 1e-9
 SCHEMA = "cosmic.summary/1"
 COST_BASIS = "billed duration x configured memory for every attempt (failed ones too), plus Lambda and S3 requests"
 LEGACY_BASIS = ("requests x mean duration x memory used (GB) x GB-s price, the seed table's formula; Lambda bills "
-                "configured memory and billed duration, so it is about 3x too low")
+                "configured memory and billed duration, so it reads low (the report gives the ratio per job)")
 
 
 @dataclass(frozen=True)

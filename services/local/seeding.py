@@ -58,15 +58,7 @@ def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), coun
     for size, paths in assets["partitions"].items():
         keys[size] = [f"{size}/{Path(path).name}" for path in paths]
         uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
-    present: dict[str, dict[str, int]] = {}  # one listing per folder
-    uploaded = 0
-    for path, key in uploads:
-        folder = key.rsplit("/", 1)[0] + "/"
-        if folder not in present:
-            present[folder] = {name: size for name, _, size in store.objects(bucket, folder)}
-        if present[folder].get(key) != path.stat().st_size:
-            store.client.upload_file(str(path), bucket, key)
-            uploaded += 1
+    uploaded = store.upload_changed(bucket, uploads)
     event(log, "embedded_seeded", bucket=bucket, objects=len(uploads), uploaded=uploaded)
     return Seeded(bucket, uploads[0][1], keys, uploaded)
 

@@ -26,8 +26,6 @@ from services.worker.errors import PartitionError
 BANDS, SIDE = 5, 32
 #: Input bytes per sample in the legacy files (image float32 + magnitudes float64).
 BYTES_PER_SAMPLE = BANDS * SIDE * SIDE * 4 + BANDS * 8
-#: Samples per legacy partition size (shared/LEGACY.md).
-SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
 
 
 @dataclass(frozen=True)

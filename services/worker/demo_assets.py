@@ -16,14 +16,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from services.accuracy import redshift_metrics
 from services.cache import cache_dir
+from services.keys import SAMPLES_PER_PARTITION
 from services.logs import event
-from services.worker.data import SAMPLES_PER_PARTITION, save_partition
+from services.worker.data import save_partition
 from services.worker.model import RedshiftModel
 from services.worker.synthetic import partition
 
@@ -35,11 +37,18 @@ TINY_SAMPLES = 64
 
 
 def demo_partitions(size: str, count: int, root: Path | None = None) -> list[Path]:
-    """Paths of partitions ``1..count`` of the given size label, generating the missing ones."""
+    """Paths of partitions ``1..count`` of the given size label in the cache, generating the missing ones."""
+    return write_partitions(size, count, (root or cache_dir()) / "partitions" / size)
+
+
+def write_partitions(size: str, count: int, folder: Path,
+                     on_write: Callable[[Path], None] | None = None) -> list[Path]:
+    """``folder/1.pt .. folder/{count}.pt`` of the given size label, in the legacy layout (a saved
+    TensorDataset of images, magnitudes, redshifts), seeded: the same size and number always give
+    the same galaxies. Files already there are kept; ``on_write`` hears of each one written."""
     samples = TINY_SAMPLES if size == TINY else SAMPLES_PER_PARTITION.get(size)
     if samples is None:
         raise ValueError(f"unknown partition size {size!r}: use {', '.join([*SAMPLES_PER_PARTITION, TINY])}")
-    folder = (root or cache_dir()) / "partitions" / size
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(1, count + 1):
@@ -48,6 +57,8 @@ def demo_partitions(size: str, count: int, root: Path | None = None) -> list[Pat
             partial = path.with_suffix(".pt.partial")
             save_partition(partition(index, samples), partial)
             partial.replace(path)  # never leave a half-written partition under its real name
+            if on_write is not None:
+                on_write(path)
         paths.append(path)
     return paths
 

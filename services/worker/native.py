@@ -92,11 +92,13 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     store.put_json(job.result_bucket, result_key(job.result_path, job.rank), document)
     tally.upload_s += time.perf_counter() - started
 
+    started = time.perf_counter()
     collective = summarise(job, markers, predicted, true, tally, peak_mb)
+    waited = {"collective": round(time.perf_counter() - started, 4)}  # the timeline's "collective wait"
     return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="succeeded",
                         result_keys=[*written, result_key(job.result_path, job.rank)],
                         num_samples=tally.num_samples, partitions_done=tally.partitions_done,
-                        timings_s=tally.timings(), peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
+                        timings_s={**tally.timings(), **waited}, peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
                         collective=collective, checks={"accuracy": accuracy} if accuracy else {})
 
 

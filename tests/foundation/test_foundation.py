@@ -85,8 +85,8 @@ def test_rate_limited_event_counts_what_it_held_back(captured_logs: Callable[[st
 def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     listing = capsys.readouterr().out
-    plan = ["demo", "serve", "stop", "submit", "status", "cancel", "report", "sweep", "rendezvous", "runtime",
-            "worker", "convert-checkpoint", "deploy"]
+    plan = ["demo", "serve", "stop", "submit", "status", "cancel", "retry", "logs", "report", "sweep", "data",
+            "rendezvous", "runtime", "worker", "convert-checkpoint", "deploy"]
     assert sorted(COMMANDS) == sorted(plan) and all(name in listing for name in plan)
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

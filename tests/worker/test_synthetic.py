@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from services.accuracy import redshift_metrics  # noqa: E402
-from services.worker.data import SAMPLES_PER_PARTITION  # noqa: E402
+from services.keys import SAMPLES_PER_PARTITION  # noqa: E402
 from services.worker.synthetic import partition  # noqa: E402
 
 
