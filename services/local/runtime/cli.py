@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     threading.Thread(target=api.serve_forever, daemon=True).start()
     event(logging.getLogger("cosmic.worker.runtime"), "listening", host=api.server_address[0],
           port=api.server_address[1], function=settings.worker.function, handler=settings.handler,
-          sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, threads=settings.threads_per_sandbox)
+          sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, memory_mb=settings.memory_mb,
+          cpu_vcpus=round(pool.limiter.share.cores, 3), cpu_enforced_by=pool.limiter.share.enforced_by,
+          cpu_not_enforced_because=pool.limiter.share.reason,
+          threads=min(pool.limiter.share.threads, settings.threads_per_sandbox))
     stopping.wait()
     api.shutdown()
     api.server_close()

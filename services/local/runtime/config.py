@@ -44,7 +44,8 @@ class RuntimeSettings:
     handler: str = "services.worker.handler.handler"
     #: Warm sandboxes, each taking one invocation at a time: the concurrency limit.
     sandboxes: int = 2
-    #: Configured memory size, MB, as Lambda reports it (REPORT line); not enforced here.
+    #: Configured memory size, MB, as Lambda reports it (REPORT line). Its CPU share (1,769 MB: one vCPU)
+    #: is enforced per sandbox (:mod:`.cpushare`); the memory itself is not.
     memory_mb: int = 10240
     #: Seconds a new sandbox may take to ask for its first invocation.
     init_timeout: float = 60.0
