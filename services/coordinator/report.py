@@ -16,13 +16,16 @@ from typing import Any
 from services.coordinator.summary import COST_BASIS, LEGACY_BASIS, Summary
 
 COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory", "Cost ($, estimate)",
-           "Legacy cost ($, estimate)")
+           "Legacy cost ($, estimate)", "$ per M samples", "Samples per vCPU-s")
 CSV_COLUMNS = ("Partition", "World Size", "Requests", "Duration (s)", "Memory (MB)",
                "Cost ($; estimate at Lambda list prices)",
-               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula; about 3x too low)")
+               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula; about 3x too low)",
+               "$ per million samples (billed estimate)", "Samples per vCPU-second (billed)")
 #: CSV keeps numbers numeric but drops float noise (a mean of 6.55 s is not 6.549999999999999).
-CSV_DIGITS = {"duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8}
-ROW_KEYS = ("partition", "world_size", "requests", "duration_s", "memory_mb", "cost_usd", "legacy_cost_usd")
+CSV_DIGITS = {"duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8, "usd_per_million": 6,
+              "samples_per_vcpu_s": 2}
+ROW_KEYS = ("partition", "world_size", "requests", "duration_s", "memory_mb", "cost_usd", "legacy_cost_usd",
+            "usd_per_million", "samples_per_vcpu_s")
 
 
 def seed_table_row(summary: Summary) -> dict[str, Any]:
@@ -30,7 +33,10 @@ def seed_table_row(summary: Summary) -> dict[str, Any]:
     return {"partition": summary.get("partition_label"), "world_size": summary["world_size"],
             "requests": summary["invocations"]["attempts"], "duration_s": summary["rank_duration_s"]["mean"],
             "memory_mb": summary["peak_memory_mb"], "cost_usd": summary["cost"]["total"],
-            "legacy_cost_usd": summary["legacy_cost"]["total"], "prices": summary["cost"]["prices"]}
+            "legacy_cost_usd": summary["legacy_cost"]["total"], "prices": summary["cost"]["prices"],
+            # (summaries written before these figures existed have none)
+            "usd_per_million": summary.get("usd_per_million_samples"),
+            "samples_per_vcpu_s": summary.get("samples_per_vcpu_s")}
 
 
 def render_table(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -74,8 +80,10 @@ def _cell(key: str, value: Any) -> str:
         return f"{value / 1024:.1f}GB" if value >= 1024 else f"{value:.0f}MB"
     if key == "duration_s":
         return f"{value:.2f}"
-    if key in ("cost_usd", "legacy_cost_usd"):
+    if key in ("cost_usd", "legacy_cost_usd", "usd_per_million"):
         return _money(value)
+    if key == "samples_per_vcpu_s":
+        return f"{value:.1f}"
     return str(value)
 
 
@@ -115,7 +123,22 @@ def _md_heading(summary: Summary) -> str:
             f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
             f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "
             f"{summary['wall_time_s']:.2f} s from submission to done\n"
-            f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n")
+            f"- {summary['invocations']['attempts']} attempts; peak memory {memory} configured\n"
+            + _md_cpu(summary))
+
+
+def _md_cpu(summary: Summary) -> str:
+    """The CPU each rank had: on the local runtime what its sandbox was given, beside Lambda's share."""
+    cpu = summary.get("cpu")
+    if not cpu or cpu["lambda_vcpus"] is None:
+        return ""
+    lambda_share = f"Lambda's share of the configured memory: {cpu['lambda_vcpus']:.2f} vCPU"
+    if cpu["vcpus_min"] is None:
+        return f"- CPU per rank: {lambda_share}\n"
+    low, high = cpu["vcpus_min"], cpu["vcpus_max"]
+    had = f"{low:.2f}" if high == low else f"{low:.2f}-{high:.2f}"
+    return (f"- CPU per rank on this runtime: {had} vCPU, enforced by {', '.join(cpu['enforced_by']) or '-'} "
+            f"({lambda_share})\n")
 
 
 def _md_accuracy(summary: Summary) -> str:
@@ -138,6 +161,12 @@ def _md_cost(summary: Summary) -> str:
     lines += [f"| {name.replace('_', ' ')} | {_money(cost[name])} |"
               for name in ("lambda_compute", "lambda_requests", "s3_requests", "total")]
     legacy = summary["legacy_cost"]["total"]
+    per_million, legacy_per_million = summary.get("usd_per_million_samples"), summary.get(
+        "legacy_usd_per_million_samples")
+    if per_million is not None:
+        lines += ["", f"{_money(per_million)} $ per million samples billed ({_money(legacy_per_million or 0)} by the "
+                  f"seed's formula; their rows give 0.24-0.57); {summary['samples_per_vcpu_s'] or 0:.1f} samples per "
+                  f"vCPU-second over {summary['vcpu_seconds']:.1f} billed vCPU-s."]
     lines += ["", f"{summary['gb_seconds']:.1f} GB-s billed: {COST_BASIS}.",
               f"Legacy cost: {_money(legacy) if legacy is not None else '-'} ({LEGACY_BASIS})."]
     return "\n".join(lines) + "\n"

@@ -257,7 +257,8 @@ class Coordinator:
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
                  "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
-                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
+                 "max_memory_used_mb": a.report.get("max_memory_used_mb"), "cpu_vcpus": a.report.get("cpu_vcpus"),
+                 "cpu_enforced_by": a.report.get("cpu_enforced_by")} for a in r.attempts]}
                 for r in ranks.values()],
         }
 
