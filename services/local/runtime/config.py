@@ -49,6 +49,10 @@ class RuntimeSettings:
     memory_mb: int = 10240
     #: Seconds a new sandbox may take to ask for its first invocation.
     init_timeout: float = 60.0
+    #: Reserve each sandbox's CPU share, as Lambda guarantees it: its cgroup gets the largest weight, so that
+    #: on a busy machine it still gets its whole share (never more: the quota caps it). Off: it competes as an
+    #: unlimited process with its threads would. For benchmarks on a shared machine; it slows everything else.
+    cpu_reserve: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

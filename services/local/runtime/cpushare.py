@@ -68,20 +68,22 @@ class CpuLimiter:
     """Puts each sandbox process under its CPU share; one per runtime, :meth:`close` on stop."""
 
     def __init__(self, memory_mb: int, sandboxes: int, *, proc: Path = Path("/proc"),
-                 host_cores: int | None = None) -> None:
-        self.proc = proc
+                 host_cores: int | None = None, reserve: bool = False) -> None:
+        self.proc, self.reserve = proc, reserve
         self.host_cores = host_cores or len(_allowed_cpus()) or os.cpu_count() or 1
         self.sandboxes = sandboxes
         vcpus = lambda_vcpus(memory_mb)
+        # what a cgroup would give, set before looking for one (the runtime's group is weighed by its threads)
+        cores = min(vcpus, float(self.host_cores))
+        self.share = CpuShare(memory_mb, vcpus, cores, "none", _threads(cores, self.host_cores))
         self._hierarchy, reason = self._find_hierarchy()
         if self._hierarchy is not None:
-            enforced, cores = f"cgroup-v{self._hierarchy.version}", min(vcpus, float(self.host_cores))
+            enforced = f"cgroup-v{self._hierarchy.version}"
         elif hasattr(os, "sched_setaffinity"):
             enforced, cores = "affinity", float(max(1, min(self.host_cores, round(vcpus))))
         else:
             enforced, cores = "none", float(self.host_cores)
-        threads = max(1, min(math.ceil(cores - 1e-9), self.host_cores))
-        self.share = CpuShare(memory_mb, vcpus, cores, enforced, threads, reason)
+        self.share = CpuShare(memory_mb, vcpus, cores, enforced, _threads(cores, self.host_cores), reason)
         self._groups: dict[int, Path] = {}
 
     # -- finding where to make groups ------------------------------------------------------------
@@ -124,6 +126,10 @@ class CpuLimiter:
         group.mkdir(exist_ok=True)
         if version == 2:
             _enable_cpu(group)
+        # the runtime's group competes with the rest of the machine as one task of its weight: weigh it as
+        # all its sandboxes' threads (the sandboxes' own weights count only among themselves)
+        weight = self._weight(version, self.sandboxes * self.share.threads)
+        (group / ("cpu.weight" if version == 2 else "cpu.shares")).write_text(str(weight))
 
     def _remove_stale(self, parent: Path) -> None:
         """Remove the groups of runtimes that are gone, their leftover processes moved to ``parent``."""
@@ -159,13 +165,24 @@ class CpuLimiter:
             group = self._hierarchy.parent / _runtime_name(self.proc) / f"sandbox-{index}"
             group.mkdir(exist_ok=True)
             quota = max(1000, round(self.share.cores * PERIOD_US))
+            weight = str(self._weight(self._hierarchy.version, self.share.threads))
             if self._hierarchy.version == 2:
                 (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (group / "cpu.weight").write_text(weight)
             else:
                 (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
                 (group / "cpu.cfs_quota_us").write_text(str(quota))
+                (group / "cpu.shares").write_text(weight)
             self._groups[index] = group
         return self._groups[index]
+
+    def _weight(self, version: int, threads: int) -> int:
+        """A group competes for the CPU as one task of its weight: as many tasks as the threads it runs, so
+        that on a busy machine it gets what unlimited processes with those threads would (up to its quota);
+        reserved, the largest weight, so that it gets its whole share whatever else runs, as on Lambda."""
+        if version == 2:
+            return 10_000 if self.reserve else min(10_000, 100 * threads)
+        return 262_144 if self.reserve else 1024 * threads
 
     def close(self) -> None:
         """Remove this runtime's groups (call after its sandboxes are stopped)."""
@@ -180,6 +197,11 @@ class CpuLimiter:
         except OSError as exc:
             event(log, "cgroup_not_removed", logging.WARNING, group=str(group), error=str(exc))
         self._groups.clear()
+
+
+def _threads(cores: float, host_cores: int) -> int:
+    """Threads for a share of ``cores``: enough to use it, at least one, at most the host's cores."""
+    return max(1, min(math.ceil(cores - 1e-9), host_cores))
 
 
 def _runtime_name(proc: Path) -> str:

@@ -39,7 +39,7 @@ class Pool:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
-        self.limiter = CpuLimiter(settings.memory_mb, settings.sandboxes)
+        self.limiter = CpuLimiter(settings.memory_mb, settings.sandboxes, reserve=settings.cpu_reserve)
         self.sandboxes = [Sandbox(index, settings, self.limiter) for index in range(settings.sandboxes)]
         self._idle = list(self.sandboxes)
         self._lock = threading.Lock()
