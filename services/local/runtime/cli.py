@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
           sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, memory_mb=settings.memory_mb,
           cpu_vcpus=round(pool.limiter.share.cores, 3), cpu_enforced_by=pool.limiter.share.enforced_by,
           cpu_not_enforced_because=pool.limiter.share.reason, cpu_reserved=settings.cpu_reserve,
-          threads=min(pool.limiter.share.threads, settings.threads_per_sandbox))
+          threads=pool.limiter.share.threads)
     stopping.wait()
     api.shutdown()
     api.server_close()

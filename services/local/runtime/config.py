@@ -7,7 +7,6 @@ worker's name before the runtime had its own prefix keep those names as aliases 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -64,11 +63,6 @@ class RuntimeSettings:
             raise envconfig.SettingsError(f"{variable('memory_mb')} must be within 128..10240, got {self.memory_mb}")
         if "." not in self.handler:
             raise envconfig.SettingsError(f"{variable('handler')} must be module.function, got {self.handler!r}")
-
-    @property
-    def threads_per_sandbox(self) -> int:
-        """The machine's cores split between the sandboxes (``COSMIC_WORKER_THREADS``), at least 1."""
-        return max(1, (os.cpu_count() or 1) // self.sandboxes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> RuntimeSettings:

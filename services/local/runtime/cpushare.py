@@ -10,7 +10,8 @@ sandbox its share, capped at the host's cores:
 - **affinity** otherwise: the sandbox is pinned to ``round(share)`` cores (at least one, so a share
   under one core is not enforced there, and the REPORT line says so by the cores it shows).
 
-Whatever applies, the sandbox's thread count (``COSMIC_WORKER_THREADS``) follows its share.
+The sandbox's thread count (``COSMIC_WORKER_THREADS``) follows its share (with nothing to enforce it,
+the host's cores divided among the sandboxes).
 
 The cgroups are named after the runtime that made them, ``cosmic-runtime-<pid>-<start ticks>/sandbox-<i>``,
 so that a runtime killed before it could remove them is recognised by the next one (the pid is dead or
@@ -83,7 +84,10 @@ class CpuLimiter:
             enforced, cores = "affinity", float(max(1, min(self.host_cores, round(vcpus))))
         else:
             enforced, cores = "none", float(self.host_cores)
-        self.share = CpuShare(memory_mb, vcpus, cores, enforced, _threads(cores, self.host_cores), reason)
+        # threads follow the share, as a Lambda of that memory would run them; with nothing enforcing it,
+        # the sandboxes split the cores instead, as they always did
+        threads = _threads(cores, self.host_cores) if enforced != "none" else max(1, self.host_cores // sandboxes)
+        self.share = CpuShare(memory_mb, vcpus, cores, enforced, threads, reason)
         self._groups: dict[int, Path] = {}
 
     # -- finding where to make groups ------------------------------------------------------------

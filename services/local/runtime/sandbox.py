@@ -142,7 +142,7 @@ class Sandbox:
                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker.function}",
                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
                "AWS_REGION": aws_region(), "AWS_DEFAULT_REGION": aws_region(),
-               "COSMIC_WORKER_THREADS": str(min(self.limiter.share.threads, self.settings.threads_per_sandbox)),
+               "COSMIC_WORKER_THREADS": str(self.limiter.share.threads),
                "PYTHONUNBUFFERED": "1"}
         self._spawned_at = time.monotonic()
         self.process = subprocess.Popen([sys.executable, "-m", "awslambdaric", self.settings.handler],
