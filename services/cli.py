@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("services.client.cancel", "cancel a job: its ranks stop within about a second"),
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
+    "plan": ("services.client.plan", "predict time and cost per Lambda memory and world size; the cheapest by a "
+                                     "deadline"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

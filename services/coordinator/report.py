@@ -186,3 +186,29 @@ def _md_failures(summary: Summary) -> str:
 
 def _or_dash(value: Any, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
+
+
+PLAN_COLUMNS = ("", "Partition", "World Size", "Memory (MB)", "vCPU", "Duration (s)", "Wall (s)", "Cost ($)",
+                "$ per M samples", "Meets")
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    """A plan (:func:`services.coordinator.planner.plan`) as markdown: the seed-style table of every
+    configuration, the choice marked ``*``, then the assumptions."""
+    lines = ["| " + " | ".join(PLAN_COLUMNS) + " |", "|" + "---|" * len(PLAN_COLUMNS)]
+    for row in plan["rows"]:
+        meets = ("yes" if row["meets"] else "no") + ("" if row["fits"] else " (memory too small)")
+        lines.append(f"| {'*' if row['chosen'] else ''} | {row['partition']} | {row['world_size']} | "
+                     f"{row['memory_mb']} | {row['vcpus']:.2f} | {row['duration_s']:.2f} | {row['wall_s']:.2f} | "
+                     f"{_money(row['cost_usd'])} | {_money(row['usd_per_million_samples'])} | {meets} |")
+    chosen = plan["chosen"]
+    verdict = (f"Chosen (*): {chosen['world_size']} ranks of {chosen['memory_mb']} MB, about {chosen['wall_s']:.1f} s "
+               f"and ${_money(chosen['cost_usd'])} ({_money(chosen['usd_per_million_samples'])} per million samples)"
+               if chosen else "No configuration meets the goal: relax it, or try other memory or world sizes")
+    request = plan["request"]
+    heading = (f"# Plan: {request['partitions']} partitions of {request['partition_mb']:g}MB ({plan['samples']:,} "
+               f"samples); {plan['goal']}")
+    notes = ["Assumptions:", "", *(f"- {note}" for note in plan["assumptions"]),
+             f"- Prices: {plan['prices']}. Duration is the mean rank's invocation; wall time is the job's, init "
+             "included."]
+    return "\n".join([heading, "", *lines, "", verdict + ".", "", *notes]) + "\n"
