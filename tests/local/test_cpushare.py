@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,24 @@ def test_without_a_cpu_cgroup_it_falls_back_to_affinity_in_whole_cores(tmp_path:
     big = CpuLimiter(10240, 2, proc=proc, host_cores=2).share
     assert (big.cores, big.threads) == (2.0, 2)  # capped at the host's cores
     assert big.vcpus == pytest.approx(6.0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are made as root only")
+def test_cgroup_v2_is_preferred_and_gets_cpu_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A v2 hierarchy offering the cpu controller (a stand-in tree: this machine has none) is used first:
+    the controller enabled for the mount's group and the runtime's, each sandbox's quota in ``cpu.max``."""
+    enabled: list[str] = []
+    monkeypatch.setattr(cpushare, "_enable_cpu", lambda group: enabled.append(group.name))  # (the kernel's files)
+    mount = tmp_path / "unified"
+    mount.mkdir()
+    (mount / "cgroup.controllers").write_text("cpu memory pids\n")
+    proc = _fake_proc(tmp_path, f"cgroup2 {mount} cgroup2 rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n")
+    limiter = CpuLimiter(884, 2, proc=proc, host_cores=2)
+    assert limiter.share.enforced_by == "cgroup-v2" and limiter.share.report_field() == "CPU: 0.50 vCPU by cgroup-v2"
+    assert enabled == ["unified", next(mount.glob(f"{cpushare.PREFIX}*")).name]
+    limiter.apply(1, 12345)
+    group = next(mount.glob(f"{cpushare.PREFIX}*/sandbox-1"))
+    assert (group / "cpu.max").read_text() == "49972 100000" and (group / "cgroup.procs").read_text() == "12345"
 
 
 def _cpu_hierarchy() -> Path | None:
