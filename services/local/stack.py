@@ -55,7 +55,7 @@ from services.local.launch import (
     start_services,
     stop_services,
 )
-from services.local.processes import alive
+from services.local.processes import alive, started_ticks
 from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
@@ -78,7 +78,7 @@ class User:
     command: str
 
     def alive(self) -> bool:
-        return alive(self.pid) and _process_started(self.pid) == self.started
+        return alive(self.pid) and started_ticks(self.pid) == self.started
 
     def describe(self) -> str:
         return f"pid {self.pid} ({self.command})"
@@ -283,18 +283,10 @@ def _attach(stack: Stack, user: str | None) -> Stack:
     """Record ``stack`` with this process among its users (when ``user``) and the dead ones dropped."""
     users = [u for u in stack.users if u.alive() and u.pid != os.getpid()]
     if user is not None:
-        users.append(User(os.getpid(), _process_started(os.getpid()), user))
+        users.append(User(os.getpid(), started_ticks(os.getpid()), user))
     stack = replace(stack, users=tuple(users))
     _write_record(stack)
     return stack
-
-
-def _process_started(pid: int) -> str:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), "" when unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
-    except (OSError, IndexError):
-        return ""
 
 
 # -- resizing --------------------------------------------------------------------------------------

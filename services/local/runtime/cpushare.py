@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.function import lambda_vcpus
+from services.local.processes import started_ticks
 from services.logs import event
 
 log = logging.getLogger("cosmic.worker.runtime")
@@ -139,7 +140,7 @@ class CpuLimiter:
         """Remove the groups of runtimes that are gone, their leftover processes moved to ``parent``."""
         for group in sorted(parent.glob(f"{PREFIX}*")):
             match = _GROUP.match(group.name)
-            if match is None or _started(self.proc, int(match["pid"])) == match["started"]:
+            if match is None or started_ticks(int(match["pid"]), self.proc) == match["started"]:
                 continue  # not ours, or its runtime still runs
             try:
                 for child in sorted(path for path in group.iterdir() if path.is_dir()):
@@ -209,15 +210,7 @@ def _threads(cores: float, host_cores: int) -> int:
 
 
 def _runtime_name(proc: Path) -> str:
-    return f"{PREFIX}{os.getpid()}-{_started(proc, os.getpid())}"
-
-
-def _started(proc: Path, pid: int) -> str:
-    """The process's start time in clock ticks since boot; "" when it is gone."""
-    try:
-        return (proc / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    return f"{PREFIX}{os.getpid()}-{started_ticks(os.getpid(), proc)}"
 
 
 def _own_groups(path: Path) -> dict[str, str]:
