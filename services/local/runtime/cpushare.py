@@ -20,6 +20,7 @@ started at another time): its leftover groups are emptied into their parent and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -101,6 +102,8 @@ class CpuLimiter:
                 self._prepare(version, parent)
             except OSError as exc:
                 reasons.append(f"cgroup v{version} at {parent}: {exc.strerror or exc}")
+                with contextlib.suppress(OSError):  # made before the failure: not left behind
+                    (parent / _runtime_name(self.proc)).rmdir()
                 continue
             return _Hierarchy(version, parent), ""
         return None, "; ".join(reasons) or "no cgroup hierarchy with the cpu controller is mounted"
