@@ -69,3 +69,14 @@ def test_report_line_cpu_field_is_parsed_into_the_ranks_record():
     assert report["cpu_vcpus"] == 0.5 and report["cpu_enforced_by"] == "cgroup-v1"
     assert report["memory_size_mb"] == 884 and report["init_duration_ms"] == 3.0
     assert "cpu_vcpus" not in parse_report("REPORT RequestId: x\tDuration: 1.00 ms\n")  # AWS's has none
+
+
+def test_the_ranks_record_carries_the_cpu_into_the_summary():
+    from services.coordinator.finish import invocations
+    from services.coordinator.state import Attempt, RankRecord
+
+    report = parse_report("REPORT RequestId: x\tDuration: 2000.00 ms\tBilled Duration: 2000 ms\tMemory Size: 884 MB\t"
+                          "Max Memory Used: 50 MB\tCPU: 0.50 vCPU by cgroup-v1\n")
+    record = RankRecord(rank=0, state="succeeded", attempts=[Attempt(1, 0.0, 2.0, "succeeded", report=report)])
+    (found,) = invocations({0: RankRecord.from_dict(record.to_dict())})  # as the journal stores and reads it
+    assert (found.cpu_vcpus, found.cpu_enforced_by, found.memory_size_mb) == (0.5, "cgroup-v1", 884.0)
