@@ -60,7 +60,7 @@ def test_cgroup_v2_is_preferred_and_gets_cpu_max(tmp_path: Path, monkeypatch: py
     mount = tmp_path / "unified"
     mount.mkdir()
     (mount / "cgroup.controllers").write_text("cpu memory pids\n")
-    proc = _fake_proc(tmp_path, f"cgroup2 {mount} cgroup2 rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n")
+    proc = _fake_proc(tmp_path, f"cgroup2 {mount} cgroup2 rw 0 0\n")
     limiter = CpuLimiter(884, 2, proc=proc, host_cores=2)
     assert limiter.share.enforced_by == "cgroup-v2" and limiter.share.report_field() == "CPU: 0.50 vCPU by cgroup-v2"
     assert enabled == ["unified", next(mount.glob(f"{cpushare.PREFIX}*")).name]
@@ -84,9 +84,11 @@ def test_groups_of_a_crashed_runtime_are_removed_and_ours_on_close() -> None:
         pytest.skip("no writable cgroup v1 cpu hierarchy here (needs root and a mounted cpu controller)")
     stale = parent / f"{cpushare.PREFIX}999999999-1"  # no such pid: its runtime is gone
     (stale / "sandbox-0").mkdir(parents=True)
+    unknown = parent / f"{cpushare.PREFIX}999999998-"  # nor this one (its start time could not be read)
+    unknown.mkdir()
     limiter = CpuLimiter(1769, 1)
     try:
-        assert not stale.exists(), "the crashed runtime's groups are removed at start"
+        assert not stale.exists() and not unknown.exists(), "the crashed runtimes' groups are removed at start"
         group = limiter._group(0)
         assert (group / "cpu.cfs_quota_us").read_text().strip() == "100000"
     finally:

@@ -36,7 +36,7 @@ log = logging.getLogger("cosmic.worker.runtime")
 #: CFS period, microseconds (the kernel's default).
 PERIOD_US = 100_000
 PREFIX = "cosmic-runtime-"
-_GROUP = re.compile(rf"^{PREFIX}(?P<pid>\d+)-(?P<started>\d+)$")
+_GROUP = re.compile(rf"^{PREFIX}(?P<pid>\d+)-(?P<started>\d*)$")  # (no start time where /proc was unreadable)
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,9 @@ class CpuLimiter:
         """Remove the groups of runtimes that are gone, their leftover processes moved to ``parent``."""
         for group in sorted(parent.glob(f"{PREFIX}*")):
             match = _GROUP.match(group.name)
-            if match is None or started_ticks(int(match["pid"]), self.proc) == match["started"]:
-                continue  # not ours, or its runtime still runs
+            ticks = started_ticks(int(match["pid"]), self.proc) if match else ""
+            if match is None or (ticks and match["started"] in (ticks, "")):
+                continue  # not ours, or its runtime still runs (or may: its start time was not recorded)
             try:
                 for child in sorted(path for path in group.iterdir() if path.is_dir()):
                     _empty_into(child, parent)
