@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
     "data": ("services.client.data", "make partitions (legacy layout), upload them to S3, list what is there"),
+    "plan": ("services.client.plan", "predict time and cost per Lambda memory and world size; the cheapest by a "
+                                     "deadline"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

@@ -87,6 +87,11 @@ class ApiClient:
         raw = self._request("GET", f"/jobs/{_segment(job_id)}/report?format={urllib.parse.quote(fmt)}")
         return json.loads(raw) if fmt == "json" else raw.decode()
 
+    def plan(self, body: dict[str, Any], fmt: str = "json") -> Any:
+        """``POST /plans``: the plan as a dict for ``json``, its markdown for ``md``."""
+        raw = self._request("POST", f"/plans?format={urllib.parse.quote(fmt)}", body)
+        return json.loads(raw) if fmt == "json" else raw.decode()
+
     def plot(self, job_id: str, name: str) -> bytes:
         return self._request("GET", f"/jobs/{_segment(job_id)}/plots/{_segment(name)}.png")
 

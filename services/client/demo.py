@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker sandboxes: at least the largest world size, as the communicator needs every "
                              "rank at once (default: what a running stack has if enough, else 4 or the largest "
                              "world size)")
+    parser.add_argument("--memory-mb", type=int, default=None,
+                        help="the sandboxes' configured Lambda memory, 128..10240 MB: it sets each sandbox's CPU share "
+                             "as Lambda does (1769 MB: one vCPU; default: what a running stack has, else 10240)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
     if min(args.world_sizes) < 1 or args.partitions < 1:
         return "world sizes and --partitions must be at least 1"
+    if args.memory_mb is not None and not 128 <= args.memory_mb <= 10240:
+        return f"--memory-mb must be within 128..10240 (Lambda's sizes), got {args.memory_mb}"
     if sandboxes < max(args.world_sizes):
         return (f"--sandboxes {sandboxes} is below the largest world size {max(args.world_sizes)}: "
                 "a job's ranks must all run at once to form the communicator")
@@ -83,13 +88,15 @@ def _demo(args: argparse.Namespace) -> bool:
 
     print(f"[1/5] the embedded stack: moto's S3 server, the local Lambda runtime, the rendezvous server "
           f"(logs in {stack_dir()})", flush=True)
-    stack = ensure_stack(sandboxes=args.sandboxes, at_least=max(args.world_sizes), user="cosmic demo")
+    stack = ensure_stack(sandboxes=args.sandboxes, at_least=max(args.world_sizes), user="cosmic demo",
+                         memory_mb=args.memory_mb)
     coordinator: Child | None = None
     state_bucket = f"cosmic-demo-{secrets.token_hex(4)}"
     try:
         stack.export()
         how = "attached to the running one, left running at the end" if stack.reattached else "started"
-        print(f"      {how}: S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint} ({stack.sandboxes} sandboxes), "
+        print(f"      {how}: S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint} ({stack.sandboxes} sandboxes of "
+              f"{stack.memory_mb} MB), "
               f"rendezvous {stack.rendezvous_endpoint}")
         print(f"[2/5] seeding S3 with {args.partitions} partitions of {PARTITION_MB}MB and the demo checkpoint "
               "(the first run makes them: about a minute, once)", flush=True)

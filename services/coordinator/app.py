@@ -22,10 +22,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import __version__
+from services.coordinator import planner
 from services.coordinator import report as reports
 from services.coordinator.errors import CoordinatorError, from_store_error
 from services.coordinator.limits import BodyLimit, errors_with_excerpts
 from services.coordinator.payload import JobRequest
+from services.coordinator.planner import PlanRequest
 from services.coordinator.readiness import Readiness
 from services.coordinator.service import Coordinator
 from services.s3store import StoreError
@@ -109,6 +111,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     @app.get("/jobs/{job_id}/plots/{name}.png", dependencies=guarded, responses=_UNAVAILABLE)
     def plot(job_id: str, name: str) -> Response:
         return Response(coordinator.plot(job_id, name), media_type="image/png")
+
+    @app.post("/plans", dependencies=guarded, responses={200: {"content": {_MEDIA["md"]: {}}}})
+    def make_plan(request: PlanRequest, format: Literal["json", "md"] = "json") -> Response:
+        """Predicted time and cost for each Lambda memory size and world size; the cheapest that meets
+        the deadline (or the fastest within the budget) marked, with the assumptions (:mod:`.planner`)."""
+        return planner.answer(request, format)
 
     @app.get("/metrics", dependencies=guarded)
     def metrics() -> PlainTextResponse:

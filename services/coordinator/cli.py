@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sandboxes", type=argtypes.positive, default=None,
                         help="embedded: worker sandboxes (default 4, or what the running stack has); another count "
                              "restarts the stack's runtime alone, keeping S3 and the rendezvous")
+    parser.add_argument("--memory-mb", type=argtypes.positive, default=None,
+                        help="embedded: the sandboxes' configured Lambda memory, 128..10240 MB, which sets each "
+                             "sandbox's CPU share as Lambda does (1769 MB: one vCPU); env COSMIC_RUNTIME_MEMORY_MB; "
+                             "default what the running stack has, else 10240; another size restarts its runtime")
     parser.add_argument("--snapshot-interval", type=argtypes.seconds, default=60.0,
                         help="embedded: seconds between saves of S3 to the cache folder (0: only on `cosmic stop`)")
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         from services.local.stack import EmbeddedError, ensure_stack
 
         try:
-            stack = ensure_stack(sandboxes=args.sandboxes, user="cosmic serve")
+            stack = ensure_stack(sandboxes=args.sandboxes, user="cosmic serve", memory_mb=args.memory_mb)
         except EmbeddedError as exc:
             print(f"cosmic serve: {exc}", file=sys.stderr)
             return 1

@@ -17,7 +17,8 @@
     ├── PlanError              422: the request cannot be planned; ``field``, ``reason`` (also a FieldError)
     ├── BadPayload             the Step Functions input is not a job payload; ``field`` (also a FieldError)
     ├── ManifestError          a job manifest in S3 cannot be read; ``field`` is its path (also a FieldError)
-    └── PricesError            the price file cannot be used; ``path``, ``field`` (also a FieldError)
+    ├── PricesError            the price file cannot be used; ``path``, ``field`` (also a FieldError)
+    └── CalibrationError       the planner's calibration file cannot be used; ``path``, ``field`` (also a FieldError)
 """
 
 from __future__ import annotations
@@ -175,5 +176,14 @@ class PricesError(CoordinatorError, FieldError):
 
     def __init__(self, path: Path, field_name: str, reason: str) -> None:
         self.what = f"bad price file {path}"
+        super().__init__(field_name, reason)
+        self.path = path
+
+
+class CalibrationError(CoordinatorError, FieldError):
+    """The planner's calibration file cannot be used; ``field`` names the offending field, ``path`` the file."""
+
+    def __init__(self, path: Path, field_name: str, reason: str) -> None:
+        self.what = f"bad calibration file {path}"
         super().__init__(field_name, reason)
         self.path = path

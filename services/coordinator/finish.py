@@ -79,7 +79,8 @@ def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
                 billed_duration_ms=float(report.get("billed_duration_ms") or 0),
                 memory_size_mb=float(report.get("memory_size_mb") or 128),
                 max_memory_used_mb=float(report.get("max_memory_used_mb") or 0), error=attempt.error,
-                init_duration_ms=report.get("init_duration_ms")))
+                init_duration_ms=report.get("init_duration_ms"), cpu_vcpus=report.get("cpu_vcpus"),
+                cpu_enforced_by=report.get("cpu_enforced_by")))
     return found
 
 

@@ -18,15 +18,17 @@ from services.coordinator.summary import COST_BASIS, LEGACY_BASIS, Summary
 #: "Wall time" is the job's, submission to end; "Mean rank time" is the mean of the ranks' Lambda
 #: durations, what the seed table called "duration" (the footnotes say so under every table).
 COLUMNS = ("Partition", "World Size", "Requests", "Wall time (s)", "Mean rank time (s)", "Memory",
-           "Cost ($, estimate)", "Legacy cost ($, estimate)")
+           "Cost ($, estimate)", "Legacy cost ($, estimate)", "$ per M samples", "Samples per vCPU-s")
 CSV_COLUMNS = ("Partition", "World Size", "Requests", "Wall time (s; submission to end)",
                "Mean rank time (s; the seed table's duration)", "Memory (MB)",
                "Cost ($; estimate at Lambda list prices)",
-               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula)")
+               "Legacy cost ($; estimate at Lambda list prices by the seed-table formula)",
+               "$ per million samples (billed estimate)", "Samples per vCPU-second (billed)")
 #: CSV keeps numbers numeric but drops float noise (a mean of 6.55 s is not 6.549999999999999).
-CSV_DIGITS = {"wall_time_s": 4, "duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8}
+CSV_DIGITS = {"wall_time_s": 4, "duration_s": 4, "memory_mb": 1, "cost_usd": 8, "legacy_cost_usd": 8,
+              "usd_per_million": 6, "samples_per_vcpu_s": 2}
 ROW_KEYS = ("partition", "world_size", "requests", "wall_time_s", "duration_s", "memory_mb", "cost_usd",
-            "legacy_cost_usd")
+            "legacy_cost_usd", "usd_per_million", "samples_per_vcpu_s")
 
 
 def seed_table_row(summary: Summary) -> dict[str, Any]:
@@ -36,7 +38,10 @@ def seed_table_row(summary: Summary) -> dict[str, Any]:
             "duration_s": summary["rank_duration_s"]["mean"],
             "memory_mb": summary["peak_memory_mb"], "cost_usd": summary["cost"]["total"],
             "legacy_cost_usd": summary["legacy_cost"]["total"], "prices": summary["cost"]["prices"],
-            "execution": summary.get("execution")}
+            "execution": summary.get("execution"),
+            # (summaries written before these figures existed have none)
+            "usd_per_million": summary.get("usd_per_million_samples"),
+            "samples_per_vcpu_s": summary.get("samples_per_vcpu_s")}
 
 
 def render_table(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -113,8 +118,10 @@ def _cell(key: str, value: Any) -> str:
         return f"{value / 1024:.1f}GB" if value >= 1024 else f"{value:.0f}MB"
     if key in ("wall_time_s", "duration_s"):
         return f"{value:.2f}"
-    if key in ("cost_usd", "legacy_cost_usd"):
+    if key in ("cost_usd", "legacy_cost_usd", "usd_per_million"):
         return _money(value)
+    if key == "samples_per_vcpu_s":
+        return f"{value:.1f}"
     return str(value)
 
 
@@ -158,7 +165,8 @@ def _md_heading(summary: Summary) -> str:
             f"world size {summary['world_size']}, {summary['partitions']} partitions ({label})\n"
             f"- {_or_dash(summary['samples'])} samples, {summary['input_bytes']:,} input bytes, "
             f"{summary['wall_time_s']:.2f} s from submission to done\n"
-            f"- {_attempts(summary['invocations'])}; peak memory {memory} configured\n")
+            f"- {_attempts(summary['invocations'])}; peak memory {memory} configured\n"
+            + _md_cpu(summary))
 
 
 def _attempts(counts: Any) -> str:
@@ -168,6 +176,20 @@ def _attempts(counts: Any) -> str:
              f"{counts['superseded']} superseded" if counts.get("superseded") else ""]
     notes = ", ".join(part for part in extra if part)
     return f"{counts['attempts']} attempts" + (f" ({notes})" if notes else "")
+
+
+def _md_cpu(summary: Summary) -> str:
+    """The CPU each rank had: on the local runtime what its sandbox was given, beside Lambda's share."""
+    cpu = summary.get("cpu")
+    if not cpu or cpu["lambda_vcpus"] is None:
+        return ""
+    lambda_share = f"Lambda's share of the configured memory: {cpu['lambda_vcpus']:.2f} vCPU"
+    if cpu["vcpus_min"] is None:
+        return f"- CPU per rank: {lambda_share}\n"
+    low, high = cpu["vcpus_min"], cpu["vcpus_max"]
+    had = f"{low:.2f}" if high == low else f"{low:.2f}-{high:.2f}"
+    return (f"- CPU per rank on this runtime: {had} vCPU, enforced by {', '.join(cpu['enforced_by']) or '-'} "
+            f"({lambda_share})\n")
 
 
 def _md_accuracy(summary: Summary) -> str:
@@ -190,6 +212,12 @@ def _md_cost(summary: Summary) -> str:
     lines += [f"| {name.replace('_', ' ')} | {_money(cost[name])} |"
               for name in ("lambda_compute", "lambda_requests", "s3_requests", "total")]
     legacy = summary["legacy_cost"]["total"]
+    per_million, legacy_per_million = summary.get("usd_per_million_samples"), summary.get(
+        "legacy_usd_per_million_samples")
+    if per_million is not None:
+        lines += ["", f"{_money(per_million)} $ per million samples billed ({_money(legacy_per_million or 0)} by the "
+                  f"seed's formula; their rows give 0.24-0.57); {summary['samples_per_vcpu_s'] or 0:.1f} samples per "
+                  f"vCPU-second over {summary['vcpu_seconds']:.1f} billed vCPU-s."]
     lines += ["", f"{summary['gb_seconds']:.1f} GB-s billed: {COST_BASIS}.",
               f"Legacy cost: {_money(legacy) if legacy is not None else '-'} ({LEGACY_BASIS})."]
     ratio = cost_ratio(cost["total"], legacy)
@@ -217,3 +245,29 @@ def _md_failures(summary: Summary) -> str:
 
 def _or_dash(value: Any, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
+
+
+PLAN_COLUMNS = ("", "Partition", "World Size", "Memory (MB)", "vCPU", "Duration (s)", "Wall (s)", "Cost ($)",
+                "$ per M samples", "Meets")
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    """A plan (:func:`services.coordinator.planner.plan`) as markdown: the seed-style table of every
+    configuration, the choice marked ``*``, then the assumptions."""
+    lines = ["| " + " | ".join(PLAN_COLUMNS) + " |", "|" + "---|" * len(PLAN_COLUMNS)]
+    for row in plan["rows"]:
+        meets = ("yes" if row["meets"] else "no") + ("" if row["fits"] else " (memory too small)")
+        lines.append(f"| {'*' if row['chosen'] else ''} | {row['partition']} | {row['world_size']} | "
+                     f"{row['memory_mb']} | {row['vcpus']:.2f} | {row['duration_s']:.2f} | {row['wall_s']:.2f} | "
+                     f"{_money(row['cost_usd'])} | {_money(row['usd_per_million_samples'])} | {meets} |")
+    chosen = plan["chosen"]
+    verdict = (f"Chosen (*): {chosen['world_size']} ranks of {chosen['memory_mb']} MB, about {chosen['wall_s']:.1f} s "
+               f"and ${_money(chosen['cost_usd'])} ({_money(chosen['usd_per_million_samples'])} per million samples)"
+               if chosen else "No configuration meets the goal: relax it, or try other memory or world sizes")
+    request = plan["request"]
+    heading = (f"# Plan: {request['partitions']} partitions of {request['partition_mb']:g}MB ({plan['samples']:,} "
+               f"samples); {plan['goal']}")
+    notes = ["Assumptions:", "", *(f"- {note}" for note in plan["assumptions"]),
+             f"- Prices: {plan['prices']}. Duration is the mean rank's invocation; wall time is the job's, init "
+             "included."]
+    return "\n".join([heading, "", *lines, "", verdict + ".", "", *notes]) + "\n"

@@ -261,8 +261,9 @@ class Coordinator:
             "warnings": list(manifest.warnings) + [f"skipped: {note}" for note in self.jobs.unreadable.get(job_id, [])],
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
-                 "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
-                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
+                 "error": a.error, "throttled_s": a.throttled_s,
+                 **{name: a.report.get(name) for name in ("duration_ms", "init_duration_ms", "max_memory_used_mb",
+                                                          "cpu_vcpus", "cpu_enforced_by")}} for a in r.attempts]}
                 for r in ranks.values()],
         }
 

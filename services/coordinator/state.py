@@ -95,8 +95,9 @@ class Attempt:
     error: str | None = None
     #: Seconds spent waiting out throttling (429); ``started_at`` is when the call that ran was sent.
     throttled_s: float = 0.0
-    #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms.
-    report: dict[str, float | None] = field(default_factory=dict)
+    #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms;
+    #: from the local runtime's, also cpu_vcpus and cpu_enforced_by (the CPU the sandbox had).
+    report: dict[str, float | str | None] = field(default_factory=dict)
     #: The worker's answer (WorkerResult) when it succeeded.
     response: dict[str, Any] | None = None
     #: A backup of a slow rank (the payload's ``speculate``), run beside the rank's attempt.

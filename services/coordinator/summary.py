@@ -23,6 +23,7 @@ import numpy as np
 
 from services.accuracy import redshift_metrics
 from services.contracts import AttemptState
+from services.coordinator import unitcost
 from services.coordinator.pricing import Prices
 
 #: The attempt states an invocation that was billed can end in (a superseded one ran, and is billed too).
@@ -56,6 +57,9 @@ class Invocation:
     max_memory_used_mb: float
     error: str | None = None
     init_duration_ms: float | None = None
+    #: The CPU the sandbox had, vCPUs, and what enforced it: the local runtime's REPORT says; AWS's does not.
+    cpu_vcpus: float | None = None
+    cpu_enforced_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -181,6 +185,12 @@ class Summary(TypedDict):
     gb_seconds: float
     cost: Cost
     legacy_cost: LegacyCost
+    cpu: unitcost.CpuHad
+    #: Billed seconds x the vCPUs each attempt had, summed: what samples_per_vcpu_s divides by.
+    vcpu_seconds: float
+    samples_per_vcpu_s: float | None
+    usd_per_million_samples: float | None
+    legacy_usd_per_million_samples: float | None
     accuracy: dict[str, float | None] | None
     collective: Collective
     failed_ranks: list[FailedRank]
@@ -232,6 +242,8 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
         "gb_seconds": gb_seconds(invocations),
         "cost": job_cost(facts, invocations, prices),
         "legacy_cost": legacy_cost(invocations, prices, facts.architecture),
+        **unitcost.efficiency(invocations, samples, job_cost(facts, invocations, prices)["total"],
+                              legacy_cost(invocations, prices, facts.architecture)["total"]),
         "accuracy": accuracy,
         "collective": collective_agreement(accuracy, samples, collective),
         "failed_ranks": failed_ranks(invocations),

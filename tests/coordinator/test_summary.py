@@ -55,8 +55,8 @@ def retried_job() -> list[Invocation]:
 def seed_job(prices) -> dict:
     """The seed table's 25MB row: 517 ranks of 6.55 s each, 2.8 GB used of 10,240 MB configured."""
     invocations = [inv(rank, duration_ms=6550.0, billed_ms=6550.0, used=2.8 * 1024) for rank in range(517)]
-    return summarize(facts(world_size=517, partitions=517, s3_gets=0, s3_puts=0), invocations, [], None, None, None,
-                     prices)
+    return summarize(facts(world_size=517, partitions=517, s3_gets=0, s3_puts=0), invocations, docs(*[1278] * 517),
+                     None, None, None, prices)
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -256,8 +256,9 @@ def test_markdown_table_and_report(prices):
     table = render_table([seed_table_row(summary)], "md")
     lines = table.splitlines()
     assert lines[0] == ("| Partition | World Size | Requests | Wall time (s) | Mean rank time (s) | Memory "
-                        "| Cost ($, estimate) | Legacy cost ($, estimate) |")
-    assert lines[2] == "| 25MB | 517 | 517 | 12.50 | 6.55 | 2.8GB | 0.5645 | 0.1580 |"
+                        "| Cost ($, estimate) | Legacy cost ($, estimate) | $ per M samples | Samples per vCPU-s |")
+    # the seed's own formula gives their $0.24 per million samples; billed at 10,240 MB, 3.6x that
+    assert lines[2] == "| 25MB | 517 | 517 | 12.50 | 6.55 | 2.8GB | 0.5645 | 0.1580 | 0.8544 | 32.5 |"
     assert "estimates at us-east-1 list prices of 2026-11 (USD)" in table
     assert "Here the billed cost is 3.6x the legacy formula's." in table  # 0.5645 / 0.1580, not a constant
     report = render_report(summary, "md")
@@ -287,7 +288,7 @@ def test_text_table_aligns_columns(prices):
     text = render_table([seed_table_row(seed_job(prices))], "text")
     header, row = text.splitlines()[:2]
     assert header.startswith("Partition  World Size")
-    assert row.split() == ["25MB", "517", "517", "12.50", "6.55", "2.8GB", "0.5645", "0.1580"]
+    assert row.split() == ["25MB", "517", "517", "12.50", "6.55", "2.8GB", "0.5645", "0.1580", "0.8544", "32.5"]
     assert row.index("6.55") == header.index("Mean rank time")
 
 
