@@ -48,8 +48,8 @@ def seconds(text: str) -> float:
     return value
 
 
-#: A TCP port to listen on.
-port = whole(1, 65535)
+#: A TCP port to listen on (0: one the system picks, as tests and `--port 0` users rely on).
+port = whole(0, 65535)
 
 
 def job_id(text: str) -> str:
