@@ -85,7 +85,7 @@ def test_logs_says_why_there_is_no_tail(api, capsys):
     (["submit", "p.json", "--idempotency-key", "x" * 201], "must be 1 to 200 printable characters"),
     (["demo", "--partitions", "0"], "--partitions: must be at least 1, got 0"),
     (["demo", "--world-sizes", "2", "0"], "--world-sizes: must be at least 1, got 0"),
-    (["serve", "--port", "70000"], "--port: must be from 1 to 65535, got 70000"),
+    (["serve", "--port", "70000"], "--port: must be from 0 to 65535, got 70000"),
     (["serve", "--sandboxes", "0"], "--sandboxes: must be at least 1, got 0"),
     (["serve", "--snapshot-interval", "-1"], "--snapshot-interval: must be 0 or more seconds, got -1"),
     (["sweep", "--file-limit", "0"], "--file-limit: must be at least 1, got 0"),
