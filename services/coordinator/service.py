@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from services.contracts import JobState
-from services.coordinator import finish, plots, report
+from services.coordinator import finish, plots, progress, report
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
@@ -46,6 +46,7 @@ class Coordinator:
         self._invokers: dict[str, Invoker] = {}
         self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
+        self.progress = progress.ProgressReader(self.store)
 
     # -- submit -----------------------------------------------------------------------------
     def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool, list[str]]:
@@ -244,7 +245,7 @@ class Coordinator:
             counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
-        return {
+        return progress.annotate({
             "job_id": job_id, "state": manifest.state,
             "queue_position": runner.queue.position(job_id) if queued else None,
             "submitted_at": manifest.submitted_at,
@@ -259,7 +260,8 @@ class Coordinator:
                  "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
                  "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
                 for r in ranks.values()],
-        }
+        }, self.progress.records(request.data_bucket, request.result_path, job_id),
+            {event.rank: len(event.partitions) for event in manifest.events})
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         listed = []
