@@ -275,7 +275,9 @@ class Coordinator:
                 listed.append({"job_id": job_id, "state": "unreadable", "error": str(exc)})
                 continue
             listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
-                           "world_size": manifest.world_size, "result_path": manifest.request.result_path})
+                           "world_size": manifest.world_size, "result_path": manifest.request.result_path,
+                           "partitions": len(manifest.partitions), "finished_at": manifest.finished_at,
+                           "summary_key": manifest.summary_key})
         return listed
 
     def summary(self, job_id: str) -> dict[str, Any]:
