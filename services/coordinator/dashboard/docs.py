@@ -1,6 +1,8 @@
-"""``/docs``: Swagger UI for the API's OpenAPI schema, served whole from the ``swagger-ui-bundle``
-package (installed, not committed), so the page renders on a machine with no internet. FastAPI's
-own page loads Swagger UI from a CDN and is blank offline; it is turned off in :mod:`..app`.
+"""``/docs``: Swagger UI for the API's OpenAPI schema, its files served whole from the
+``fastapi-offline`` package (installed, not committed), so the page renders on a machine with no
+internet. FastAPI's own page loads Swagger UI from a CDN and is blank offline; it is turned off in
+:mod:`..app`. (``swagger-ui-bundle`` ships Swagger UI 4, which refuses FastAPI's OpenAPI 3.1 schema;
+``fastapi-offline`` ships Swagger UI 5. Only its files are used, not its app factory.)
 
 The page is our template: no inline script (so a strict Content-Security-Policy holds), the
 validator badge off (it would call an outside service), the favicon the bundle's own.
@@ -23,10 +25,10 @@ DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsa
 def swagger_ui_dir() -> Path | None:
     """Where the package keeps Swagger UI's files, None when it is not installed."""
     try:
-        import swagger_ui_bundle
+        import fastapi_offline
     except ImportError:
         return None
-    return Path(swagger_ui_bundle.swagger_ui_path)
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 def register(app: FastAPI, page: str) -> None:
@@ -36,7 +38,7 @@ def register(app: FastAPI, page: str) -> None:
         @app.get("/docs", include_in_schema=False)
         def no_docs() -> HTMLResponse:
             return HTMLResponse("<!doctype html><title>API docs</title><p>Swagger UI is not installed here "
-                                "(<code>pip install swagger-ui-bundle</code>); the schema is at "
+                                "(<code>pip install fastapi-offline</code>); the schema is at "
                                 "<a href=\"/openapi.json\">/openapi.json</a>.</p>", 503)
         return
     app.mount(DOCS_STATIC, StaticFiles(directory=folder), name="swagger-ui")
@@ -44,4 +46,4 @@ def register(app: FastAPI, page: str) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": DOCS_POLICY,
-                                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+                                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})

@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -35,7 +36,7 @@ STATIC = "/ui/static"
 #: Scripts and styles only from this server, no inline script, no framing, forms only to here.
 POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
           "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-HEADERS = {"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+HEADERS = {"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Cache-Control": "no-store"}
 MAX_LOGIN_BYTES = 4096
 
@@ -62,15 +63,15 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
         bearer = request.headers.get("authorization", "")
         return "" if bearer.startswith("Bearer ") and token_matches(bearer[7:], token) else None
 
-    def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(name: str, request: Request, code: int = 200, **context: Any) -> HTMLResponse:
         secret = csrf(request)
         if secret is None:
-            name, status = "login.html", 200
+            name, code = "login.html", 200
             context = {"error": None, "next": _local(str(request.url.path) + _query(request))}
         body = env.get_template(name).render(static=STATIC, csrf=secret or "", signed_in=bool(secret),
                                              version=__version__, job_states=[s.value for s in JobState],
                                              **context)
-        return HTMLResponse(body, status, headers=HEADERS)
+        return HTMLResponse(body, code, headers=HEADERS)
 
     @app.get("/", include_in_schema=False)
     def jobs(request: Request) -> HTMLResponse:
@@ -99,7 +100,7 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
             status = coordinator.status(job_id)
         except JobNotFound as exc:
             return page("missing.html", request, 404, message=str(exc))
-        return page("job.html", request, status=status, job_id=job_id)
+        return page("job.html", request, status=jsonable_encoder(status), job_id=job_id)
 
     @app.get("/ui/jobs/{job_id}/results", include_in_schema=False, dependencies=guarded)
     def results(job_id: str) -> HTMLResponse:

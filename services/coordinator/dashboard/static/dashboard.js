@@ -119,7 +119,7 @@
   function renderTimeline(status) {
     const start = status.submitted_at;
     const ranks = (status.ranks || []).filter((r) => Object.keys(r.phases || {}).length);
-    const end = Math.max(Date.now() / 1000, status.finished_at || 0, start + 1);
+    const end = Math.max(TERMINAL.has(status.state) && status.finished_at ? status.finished_at : Date.now() / 1000, start + 1);
     const rows = ranks.slice(0, TIMELINE_RANKS).map((rank) => {
       const entered = PHASES.filter((p) => rank.phases[p] !== undefined).map((p) => [p, rank.phases[p]]);
       const last = TERMINAL.has(rank.state) ? (rank.progress_at || end) : end;
