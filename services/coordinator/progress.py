@@ -37,16 +37,22 @@ class ProgressReader:
     def __init__(self, store: S3Store, min_interval: float = MIN_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.min_interval, self.clock = store, min_interval, clock
-        self._jobs: OrderedDict[str, tuple[float, dict[str, tuple[str, RankProgress]]]] = OrderedDict()
+        # job -> (when last listed: monotonic, wall clock; its records by key with their ETags)
+        self._jobs: OrderedDict[str, tuple[float, float, dict[str, tuple[str, RankProgress]]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def records(self, bucket: str, result_path: str, job_id: str) -> dict[int, RankProgress]:
+    def records(self, bucket: str, result_path: str, job_id: str,
+                finished_at: float | None = None) -> dict[int, RankProgress]:
+        """Each rank's latest record; ``finished_at`` (the job's end, wall clock) forces one more look
+        if the last was before it, so a finished job never shows the records of a second before its end."""
         with self._lock:
-            looked, known = self._jobs.get(job_id, (float("-inf"), {}))
-        if self.clock() - looked >= self.min_interval:
+            looked, looked_wall, known = self._jobs.get(job_id, (float("-inf"), float("-inf"), {}))
+        stale = finished_at is not None and looked_wall <= finished_at
+        if stale or self.clock() - looked >= self.min_interval:
+            wall = time.time()
             known = self._refresh(bucket, progress_prefix(result_path, job_id), job_id, known)
             with self._lock:
-                self._jobs[job_id] = (self.clock(), known)
+                self._jobs[job_id] = (self.clock(), wall, known)
                 self._jobs.move_to_end(job_id)
                 while len(self._jobs) > CACHED_JOBS:
                     self._jobs.popitem(last=False)

@@ -260,7 +260,7 @@ class Coordinator:
                  "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
                  "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in r.attempts]}
                 for r in ranks.values()],
-        }, self.progress.records(request.data_bucket, request.result_path, job_id),
+        }, self.progress.records(request.data_bucket, request.result_path, job_id, manifest.finished_at),
             {event.rank: len(event.partitions) for event in manifest.events})
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ cached reader, and what ``GET /jobs/{id}`` makes of them (phase per rank, sample
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -126,6 +127,10 @@ def test_reader_lists_at_most_every_interval_and_gets_only_changed_records() -> 
     store.put_json("data", progress_key("results/x", "j1", 1), changed.to_dict())
     assert reader.records("data", "results/x", "j1")[1].phase == "uploading"
     assert (store.calls["list"], store.calls["get"]) == (2, 6)  # rank 1 again, and the bad one again
+    reader.records("data", "results/x", "j1", finished_at=time.time() + 1)  # ended after the last look: look again
+    assert store.calls["list"] == 3
+    reader.records("data", "results/x", "j1", finished_at=time.time() - 60)
+    assert store.calls["list"] == 3
 
 
 def test_phase_follows_the_rank_state_and_the_current_attempt() -> None:
@@ -156,3 +161,46 @@ def test_annotate_adds_phase_and_samples_to_every_rank() -> None:
     assert [(r["phase"], r["samples_done"]) for r in annotated["ranks"]] == [("inferring", 7), ("queued", 0)]
     assert annotated["ranks"][0]["phases"] == {"inferring": 1.5}
     assert annotated["progress"]["samples_expected"] == 28
+
+
+def test_the_cli_bar_counts_samples_with_a_rate_and_an_eta() -> None:
+    import io
+
+    from services.client.api import Progress
+    from services.client.status import describe_job
+
+    status = {"job_id": "j", "state": "running", "world_size": 4, "ranks_by_state": {"running": 3, "succeeded": 1},
+              "progress": {"samples_done": 96, "samples_expected": 192, "samples_per_s": 25.2, "eta_s": 3.8},
+              "partitions": 4, "function": "f", "result": "s3://b/r", "submitted_at": 0.0,
+              "ranks": [{"phase": "inferring"}, {"phase": "inferring"}, {"phase": "uploading"}, {"phase": "done"}]}
+    line = Progress("j", io.StringIO()).line(status)
+    assert "[############............] 96/192 samples, 25.2/s, ETA 4 s; 1/4 ranks done  running" in line
+    described = describe_job(status)
+    assert "samples: 96 of ~192, 25.2/s, ETA 4 s" in described
+    assert "phases: 2 inferring, 1 uploading, 1 done" in described
+    unreported = {**status, "progress": {"samples_done": 0, "samples_expected": None}}
+    assert "[######..................] 1/4 ranks done  running" in Progress("j", io.StringIO()).line(unreported)
+
+
+def test_a_real_job_reports_every_rank_done_with_its_samples(api: Any, stack: Any, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real worker: each rank's record says done with all its samples, the API sums
+    them, and ``cosmic status --follow`` follows the job to its end."""
+    import argparse
+
+    from services.client import status as status_command
+    from tests.common import SAMPLES
+
+    job_id = api.submit(stack.payload(file_limit="4", world_size=2))
+    monkeypatch.setenv("COSMIC_COORDINATOR_URL", api.url)
+    assert status_command.run(argparse.Namespace(job_id=job_id, limit=20, follow=True)) == 0
+    out = capsys.readouterr().out
+    assert f"job {job_id}: succeeded" in out and f"samples: {4 * SAMPLES:,} of ~{4 * SAMPLES:,}" in out
+    body = api.call("GET", f"/jobs/{job_id}")[1]
+    assert [(r["phase"], r["samples_done"], r["samples_expected"]) for r in body["ranks"]] == \
+        [("done", 2 * SAMPLES, 2 * SAMPLES)] * 2
+    assert set(body["ranks"][0]["phases"]) >= {"downloading", "loading_model", "inferring", "uploading", "done"}
+    assert body["progress"]["samples_done"] == body["progress"]["samples_expected"] == 4 * SAMPLES
+    keys = stack.keys(f"{body['result'].split('/', 3)[3]}/_progress/{job_id}/")
+    assert [key.rsplit("/", 1)[1] for key in keys] == ["0.json", "1.json"]
+    assert status_command.run(argparse.Namespace(job_id=None, limit=20, follow=True)) == 2
