@@ -8,6 +8,7 @@ Not named ``ClientError``: botocore's is, and both meet in the commands that rea
     ├── ApiError                    the API refused or failed a request (``status``, ``detail`` as it sent it)
     │   └── CoordinatorUnreachable  nothing answered at ``url`` (``cosmic serve --embedded``?)
     ├── JobTimeout                  ``ApiClient.wait`` gave up before job ``job_id`` ended (also a TimeoutError)
+    ├── BrowserUnavailable          no headless Chromium, chromedriver or selenium here for screenshots
     └── CommandError                a problem the user fixes (a payload file, a partition count): exit 2
 """
 
@@ -48,3 +49,7 @@ class JobTimeout(CliError, TimeoutError):
 
 class CommandError(CliError):
     """A problem the user fixes (a payload file, a missing partition count): printed, exit 2."""
+
+
+class BrowserUnavailable(CliError):
+    """No browser to take the dashboard's screenshots with; the message says what is missing."""

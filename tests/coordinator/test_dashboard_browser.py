@@ -2,9 +2,9 @@
 chromedriver (never one selenium downloads), against the coordinator and the stack of this folder
 (moto's S3, the local Lambda runtime running the real worker, the rendezvous server).
 
-The browser is told to stay home: background networking off, and every host name but loopback
-made unresolvable (``--host-resolver-rules``), so a page that needed the internet would show it.
-Each test then reads the browser's own network log and fails on any http(s) request beyond
+The browser (:func:`services.client.screenshots.browser`) is told to stay home: background
+networking off, and every host name but loopback made unresolvable, so a page that needed the
+internet would show it. Each test then reads the browser's own network log and fails on any http(s) request beyond
 loopback, and on any error in its console. Skips, saying why, where Chromium or its driver or
 selenium is missing (``.ci/run`` installs the first two; the dev extra the third).
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from services.client.screenshots import wait_for
 from tests.coordinator.conftest import Api, Servers
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "browser-test-token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 #: Where the screenshots go, for the README and for whoever reads a failed CI run.
@@ -33,22 +31,13 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "results" / "screenshots"
 
 @pytest.fixture(scope="module")
 def browser(stack: Servers) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if shutil.which(path) is None:
-            pytest.skip(f"{path} is missing: `apt-get install chromium chromium-driver` (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-                 "--no-default-browser-check", "--metrics-recording-only", "--window-size=1400,1000",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)  # Debian's: selenium downloads nothing
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
+    from services.client.errors import BrowserUnavailable
+    from services.client.screenshots import browser as headless
+
+    try:
+        driver = headless(logs=True)
+    except BrowserUnavailable as exc:
+        pytest.skip(str(exc))
     try:
         yield driver
     finally:
@@ -93,16 +82,6 @@ def clean_logs(browser: Any) -> Iterator[Callable[[], None]]:
     yield check
 
 
-def _wait(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout} s")
-
-
 def _sign_in(browser: Any, api: Api, path: str = "/") -> None:
     from selenium.webdriver.common.by import By
 
@@ -111,7 +90,7 @@ def _sign_in(browser: Any, api: Api, path: str = "/") -> None:
         field = browser.find_element(By.ID, "token")
         field.send_keys(TOKEN)
         browser.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
-        _wait(lambda: not browser.find_elements(By.ID, "login-form"), "the login to go through")
+        wait_for(lambda: not browser.find_elements(By.ID, "login-form"), "the login to go through")
 
 
 def _screenshot(browser: Any, name: str) -> None:
@@ -130,7 +109,7 @@ def test_cookie_login_then_a_submitted_job_appears_on_the_list(browser: Any, das
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert browser.execute_script("return document.cookie") == "", "page scripts cannot read the session"
     job_id = dashboard.submit(stack.payload(file_limit="2"))
-    row = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
+    row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
                 "the job submitted through the API to appear on the list (no reload)")
     assert row[0].find_element(By.CSS_SELECTOR, "a").get_attribute("href").endswith(f"/ui/jobs/{job_id}")
     dashboard.wait(job_id)
@@ -154,13 +133,13 @@ def test_the_rank_grid_changes_state_live_and_the_report_follows(browser: Any, d
             seen.add(tuple(cell))
         return bool(state == "succeeded")
 
-    _wait(finished, "the page to show the job succeeded", timeout=90)
+    wait_for(finished, "the page to show the job succeeded", timeout=90)
     assert ("running", "starting") in seen or ("running", "inferring") in seen, seen
     assert ("succeeded", "done") in seen, seen
     assert len(browser.find_elements(By.CSS_SELECTOR, "#rank-grid li")) == 4
-    _wait(lambda: "Job " in browser.find_element(By.ID, "results").text, "the report to show")
+    wait_for(lambda: "Job " in browser.find_element(By.ID, "results").text, "the report to show")
     images = browser.find_elements(By.CSS_SELECTOR, "#results img")
-    _wait(lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images),
+    wait_for(lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images),
           "the plots to load")
     assert browser.find_element(By.ID, "progress-text").text.startswith("192 of ~192 samples")
     _screenshot(browser, "job")
@@ -178,7 +157,7 @@ def test_cancel_from_the_button_ends_the_job_cancelled(browser: Any, dashboard: 
     assert button.is_enabled()
     button.click()
     assert dashboard.wait(job_id, timeout=60)["state"] == "cancelled"
-    _wait(lambda: browser.find_element(By.ID, "job-state").text == "cancelled", "the page to show it cancelled")
+    wait_for(lambda: browser.find_element(By.ID, "job-state").text == "cancelled", "the page to show it cancelled")
     assert not browser.find_element(By.ID, "cancel-button").is_enabled()
     clean_logs()
 
@@ -187,7 +166,7 @@ def test_docs_render_with_no_network(browser: Any, dashboard: Api, clean_logs: C
     from selenium.webdriver.common.by import By
 
     browser.get(dashboard.url + "/docs")
-    title = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), "Swagger UI to render")
+    title = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), "Swagger UI to render")
     assert "Cosmic Rendezvous coordinator" in title[0].text
     assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/jobs/{job_id}/report']")
     clean_logs()
