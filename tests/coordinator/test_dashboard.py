@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from services.coordinator.auth import Sessions, cross_site
-from services.coordinator.dashboard.views import FilterError, Filters
+from services.coordinator.dashboard.views import Filters
+from services.coordinator.errors import FilterError
 from services.ports import free_port
 
 TOKEN = "dashboard-test-token"

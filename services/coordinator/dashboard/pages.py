@@ -27,7 +27,7 @@ from services.contracts import JobState
 from services.coordinator import plots
 from services.coordinator.auth import SESSION_COOKIE, Sessions, token_matches
 from services.coordinator.dashboard import docs, views
-from services.coordinator.errors import CoordinatorError, JobNotFound
+from services.coordinator.errors import CoordinatorError, FilterError, JobNotFound
 from services.coordinator.report import render_report
 from services.coordinator.service import Coordinator
 
@@ -78,7 +78,7 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
         query = dict(request.query_params)
         try:
             filters, error = views.Filters.parse(query), None
-        except views.FilterError as exc:
+        except FilterError as exc:
             filters, error = views.Filters(), str(exc)
         rows = views.job_rows(coordinator, summaries, filters) if csrf(request) is not None else []
         return page("jobs.html", request, 400 if error else 200, rows=rows, query=query, error=error)
@@ -87,7 +87,7 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
     def rows(request: Request) -> HTMLResponse:
         try:
             filters = views.Filters.parse(dict(request.query_params))
-        except views.FilterError as exc:
+        except FilterError as exc:
             return HTMLResponse(str(exc), 400, headers=HEADERS)
         body = env.get_template("rows.html").render(rows=views.job_rows(coordinator, summaries, filters))
         return HTMLResponse(body, headers=HEADERS)

@@ -20,7 +20,7 @@ from markdown_it import MarkdownIt
 
 from services.contracts import TERMINAL_JOB_STATES, JobState
 from services.coordinator import report
-from services.coordinator.errors import CoordinatorError
+from services.coordinator.errors import CoordinatorError, FilterError
 from services.coordinator.service import Coordinator
 from services.logs import event as log_event
 from services.s3store import StoreError
@@ -32,10 +32,6 @@ LIST_LIMIT = 200
 CACHED_SUMMARIES = 512
 #: Markdown as the reports are written, HTML in them shown as text (a job's error is not markup).
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
-
-
-class FilterError(ValueError):
-    """A filter value the list cannot use; the page shows the message beside the form."""
 
 
 @dataclass(frozen=True)
