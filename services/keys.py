@@ -63,5 +63,6 @@ def progress_prefix(result_path: str, job_id: str) -> str:
 
 def progress_key(result_path: str, job_id: str, rank: int) -> str:
     """The rank's progress record (:class:`services.progress.RankProgress`), rewritten as it works:
-    ``{result_path}/_progress/{job_id}/{rank}.json``, under the result path the worker role may write."""
-    return f"{progress_prefix(result_path, job_id)}{rank}.json"
+    ``{result_path}/_progress/{job_id}/rank-{rank}.json``, under the result path the worker role may write
+    (``rank-``: nothing that looks for ``.../{rank}.json`` results takes it for one)."""
+    return f"{progress_prefix(result_path, job_id)}rank-{rank}.json"

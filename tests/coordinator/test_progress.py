@@ -54,7 +54,7 @@ class Clock:
 
 
 def test_keys_live_under_the_result_path_with_the_job_id() -> None:
-    assert progress_key("results/x", "j1", 3) == "results/x/_progress/j1/3.json"
+    assert progress_key("results/x", "j1", 3) == "results/x/_progress/j1/rank-3.json"
     assert progress_key("results/x", "j1", 3).startswith(progress_prefix("results/x", "j1"))
 
 
@@ -202,5 +202,5 @@ def test_a_real_job_reports_every_rank_done_with_its_samples(api: Any, stack: An
     assert set(body["ranks"][0]["phases"]) >= {"downloading", "loading_model", "inferring", "uploading", "done"}
     assert body["progress"]["samples_done"] == body["progress"]["samples_expected"] == 4 * SAMPLES
     keys = stack.keys(f"{body['result'].split('/', 3)[3]}/_progress/{job_id}/")
-    assert [key.rsplit("/", 1)[1] for key in keys] == ["0.json", "1.json"]
+    assert [key.rsplit("/", 1)[1] for key in keys] == ["rank-0.json", "rank-1.json"]
     assert status_command.run(argparse.Namespace(job_id=None, limit=20, follow=True)) == 2
