@@ -170,3 +170,18 @@ def test_docs_render_with_no_network(browser: Any, dashboard: Api, clean_logs: C
     assert "Cosmic Rendezvous coordinator" in title[0].text
     assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/jobs/{job_id}/report']")
     clean_logs()
+
+
+def test_the_sweep_page_tables_and_plots_the_finished_jobs(browser: Any, dashboard: Api, stack: Servers,
+                                                           clean_logs: Callable[[], None]) -> None:
+    from selenium.webdriver.common.by import By
+
+    jobs = [dashboard.submit(stack.payload(file_limit="2", world_size=size)) for size in (1, 2)]
+    for job_id in jobs:
+        assert dashboard.wait(job_id)["state"] == "succeeded"
+    _sign_in(browser, dashboard, "/ui/sweep?" + "&".join(f"jobs={job_id}" for job_id in jobs))
+    rows = browser.find_elements(By.CSS_SELECTOR, ".report table tbody tr")
+    assert [row.find_elements(By.TAG_NAME, "td")[1].text for row in rows] == ["1", "2"]  # world sizes, in order
+    plot = browser.find_element(By.CSS_SELECTOR, "img.plot")
+    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", plot) > 0, "the sweep's plot")
+    clean_logs()
