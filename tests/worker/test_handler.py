@@ -18,7 +18,13 @@ import pytest
 torch = pytest.importorskip("torch")
 from services.accuracy import redshift_metrics  # noqa: E402
 from services.contracts import EventError  # noqa: E402
-from services.keys import collective_summary_key, labels_key, predictions_key, result_key  # noqa: E402
+from services.keys import (  # noqa: E402
+    collective_summary_key,
+    labels_key,
+    predictions_key,
+    progress_key,
+    result_key,
+)
 from services.worker import handler as handler_module  # noqa: E402
 from services.worker.checkpoints import CheckpointError  # noqa: E402
 from services.worker.data import PartitionError, load_partition  # noqa: E402
@@ -56,7 +62,9 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert response["partitions_done"] == world.partitions and response["cold_start"] is True
     assert response["result_keys"] == [predictions_key(event["result_path"], 0), labels_key(event["result_path"], 0),
                                        result_key(event["result_path"], 0)]
-    assert world.keys(event["result_path"]) == sorted(response["result_keys"])
+    progress = progress_key(event["result_path"], event["job_id"], 0)  # where the rank is, for whoever watches
+    assert world.keys(event["result_path"]) == sorted([*response["result_keys"], progress])
+    assert json.loads(world.store.get(world.bucket, progress).data)["phase"] == "done"
     document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
     assert list(document)[: len(LEGACY_KEYS)] == LEGACY_KEYS
     assert document["num_batches"] == 4 and document["batch_size"] == 32 and document["data_path"] == world.partitions
@@ -174,12 +182,14 @@ def test_npz_and_unlabelled_partitions(world: World, invoke) -> None:
 
 
 def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke) -> None:
-    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind."""
+    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind (only
+    their progress record, saying where they stopped)."""
     event = world.event(cancel_key="jobs/cancelled-job/CANCEL")
     world.store.put(world.bucket, event["cancel_key"], b"")  # any object there is a marker, even not JSON
     response = invoke(event)
     assert response["status"] == "cancelled" and response["partitions_done"] == [] and response["num_samples"] == 0
-    assert response["result_keys"] == [] and world.keys(event["result_path"]) == []
+    assert response["result_keys"] == []
+    assert world.keys(event["result_path"]) == [progress_key(event["result_path"], event["job_id"], 0)]
 
 
 def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
@@ -190,7 +200,8 @@ def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     invoke({**event, "attempt": 2})
     assert world.keys(event["result_path"]) == before == sorted(
         [result_key(event["result_path"], 0), result_key(event["result_path"], 1),
-         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1)])
+         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1),
+         progress_key(event["result_path"], event["job_id"], 1)])
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
 
 
