@@ -79,7 +79,7 @@ def take(url: str, token: str, out: Path) -> list[Path]:
 def _pages(driver: Any, url: str, token: str, jobs: list[dict[str, Any]], out: Path, shots: list[Path]) -> None:
     driver.get(f"{url}/#token={token}")  # the page's script signs in and comes back to the list
     wait_for(lambda: driver.find_elements("id", "job-rows"), "the job list")
-    shots.append(_shot(driver, out / "jobs.png"))
+    shots.append(shot(driver, out / "jobs.png"))
     if jobs:
         largest = max(jobs, key=lambda job: job["world_size"])
         driver.get(f"{url}/ui/jobs/{largest['job_id']}")
@@ -87,12 +87,12 @@ def _pages(driver: Any, url: str, token: str, jobs: list[dict[str, Any]], out: P
             "const r = document.getElementById('results'); const imgs = [...r.querySelectorAll('img')];"
             "return !r.hidden && imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"),
             "the job's results")
-        shots.append(_shot(driver, out / "job.png", full=True))
+        shots.append(shot(driver, out / "job.png", full=True))
     driver.get(f"{url}/ui/sweep")
-    shots.append(_shot(driver, out / "sweep.png", full=True))
+    shots.append(shot(driver, out / "sweep.png", full=True))
 
 
-def _shot(driver: Any, path: Path, full: bool = False) -> Path:
+def shot(driver: Any, path: Path, full: bool = False) -> Path:
     """Save the page; ``full``: the whole page's height, not only the window's."""
     if full:
         height = int(driver.execute_script("return document.documentElement.scrollHeight"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from services.client.screenshots import wait_for
+from services.client.screenshots import shot, wait_for
 from tests.coordinator.conftest import Api, Servers
 
 TOKEN = "browser-test-token"
@@ -95,7 +95,7 @@ def _sign_in(browser: Any, api: Api, path: str = "/") -> None:
 
 def _screenshot(browser: Any, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    shot(browser, SCREENSHOTS / f"{name}.png", full=True)
 
 
 def test_cookie_login_then_a_submitted_job_appears_on_the_list(browser: Any, dashboard: Api, stack: Servers,
@@ -185,3 +185,15 @@ def test_the_sweep_page_tables_and_plots_the_finished_jobs(browser: Any, dashboa
     plot = browser.find_element(By.CSS_SELECTOR, "img.plot")
     wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", plot) > 0, "the sweep's plot")
     clean_logs()
+
+
+def test_the_demo_screenshots_sign_in_from_the_link_fragment(browser: Any, dashboard: Api, stack: Servers,
+                                                             tmp_path: Path) -> None:
+    """What ``cosmic demo`` does: a fresh browser opens ``/#token=...``, the page signs it in, and the
+    list, the largest finished job and the sweep are saved as PNGs."""
+    from services.client.screenshots import take
+
+    assert dashboard.wait(dashboard.submit(stack.payload(file_limit="2")))["state"] == "succeeded"
+    shots = take(dashboard.url, TOKEN, tmp_path)
+    assert [path.name for path in shots] == ["jobs.png", "job.png", "sweep.png"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000 for path in shots)
