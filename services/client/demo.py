@@ -150,9 +150,6 @@ def _start_coordinator(token: str, state_bucket: str, log_path: Path) -> tuple[C
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"[3/5] starting the coordinator at {url} (a random API token; log {log_path})", flush=True)
-    print(f"      dashboard: {url}/#token={token}\n"
-          "      (the link signs the browser in once; the token stays in this terminal, not in the server's logs)",
-          flush=True)
     env = {**os.environ, "COSMIC_COORDINATOR_API_TOKEN": token, "COSMIC_COORDINATOR_STATE_BUCKET": state_bucket,
            "PYTHONUNBUFFERED": "1"}
     coordinator = start(python("services.coordinator", "--port", str(port)), name="the coordinator", log=log_path,
@@ -163,6 +160,9 @@ def _start_coordinator(token: str, state_bucket: str, log_path: Path) -> tuple[C
     except ChildError as exc:
         coordinator.stop()
         raise EmbeddedError(str(exc), service="coordinator") from None
+    print(f"      dashboard: {url}/#token={token}\n"  # once it answers: the link works from here to the end
+          "      (the link signs the browser in once; the token stays in this terminal, not in the server's logs)",
+          flush=True)
     return coordinator, url
 
 

@@ -196,3 +196,12 @@ def test_sessions_expire_and_are_bound_to_the_token() -> None:
     assert cross_site({"host": "a:1", "origin": "http://a:1"}) is None
     assert cross_site({"host": "a:1", "origin": "null"}) is not None
     assert cross_site({"host": "a:1"}) is None
+
+
+@pytest.mark.unit
+def test_reports_render_as_html_with_their_markup_escaped_and_headings_shifted() -> None:
+    from services.coordinator.dashboard.views import markdown
+
+    html = markdown("# Job j\n\n| a | b |\n|---|---|\n| 1 | <script>x</script> |\n", shift=2)
+    assert "<h3>Job j</h3>" in html and "<table>" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html

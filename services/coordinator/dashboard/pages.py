@@ -110,9 +110,9 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
             summary, reason = coordinator.summary(job_id), None
         except CoordinatorError as exc:
             summary, reason = None, str(exc)
-        body = env.get_template("results.html").render(
-            job_id=job_id, reason=reason, report=views.markdown(render_report(summary, "md")) if summary else "",
-            labelled=bool(summary and summary.get("accuracy")))
+        report = views.markdown(render_report(summary, "md"), shift=2) if summary else ""
+        body = env.get_template("results.html").render(job_id=job_id, reason=reason, report=report,
+                                                       labelled=bool(summary and summary.get("accuracy")))
         return HTMLResponse(body, headers=HEADERS)
 
     @app.get("/ui/sweep", include_in_schema=False)

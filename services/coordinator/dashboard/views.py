@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -156,6 +157,10 @@ def _summary(coordinator: Coordinator, job_id: str) -> dict[str, Any] | None:
         return None
 
 
-def markdown(text: str) -> str:
-    """Report markdown as HTML (tables included; any HTML in it escaped)."""
-    return str(_MARKDOWN.render(text))
+def markdown(text: str, shift: int = 0) -> str:
+    """Report markdown as HTML (tables included; any HTML in it escaped); headings ``shift`` levels
+    down (a report inside a page must not bring a second ``<h1>``)."""
+    html = str(_MARKDOWN.render(text))
+    if shift:
+        html = re.sub(r"<(/?)h([1-6])>", lambda m: f"<{m[1]}h{min(int(m[2]) + shift, 6)}>", html)
+    return html
