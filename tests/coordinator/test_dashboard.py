@@ -205,3 +205,15 @@ def test_reports_render_as_html_with_their_markup_escaped_and_headings_shifted()
     html = markdown("# Job j\n\n| a | b |\n|---|---|\n| 1 | <script>x</script> |\n", shift=2)
     assert "<h3>Job j</h3>" in html and "<table>" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+@pytest.mark.unit
+def test_no_browser_here_is_said_not_crashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Chromium or its driver is missing, the browser tests skip and the demo goes on, saying which."""
+    pytest.importorskip("selenium")
+    from services.client import screenshots
+    from services.client.errors import BrowserUnavailable
+
+    monkeypatch.setattr(screenshots.shutil, "which", lambda path: None if path.endswith("chromedriver") else path)
+    with pytest.raises(BrowserUnavailable, match="/usr/bin/chromedriver is missing"):
+        screenshots.browser()
