@@ -3,7 +3,8 @@ rate and ETA, read from the records the workers write (:mod:`services.worker.pro
 
 Reading is cheap on purpose, since pages and ``cosmic status --follow`` poll: one LIST of the job's
 progress prefix at most every :data:`MIN_INTERVAL_S` per job, and a GET only for the records whose
-ETag changed since the last look. A record that cannot be read is skipped and logged, never a 500.
+ETag changed since the last look. A record that cannot be read is skipped and logged, never a 500;
+S3 not answering leaves the records of the last look (a running job's status still answers from memory).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class ProgressReader:
         stale = finished_at is not None and looked_wall <= finished_at
         if stale or self.clock() - looked >= self.min_interval:
             wall = time.time()
-            known = self._refresh(bucket, progress_prefix(result_path, job_id), job_id, known)
+            try:
+                known = self._refresh(bucket, progress_prefix(result_path, job_id), job_id, known)
+            except StoreError as exc:  # progress is a view: S3 gone must not take a job's status with it
+                log_event(log, "progress_unread", logging.WARNING, job_id=job_id, error=str(exc)[:200])
             with self._lock:
                 self._jobs[job_id] = (self.clock(), wall, known)
                 self._jobs.move_to_end(job_id)

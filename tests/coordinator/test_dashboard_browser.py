@@ -162,6 +162,26 @@ def test_cancel_from_the_button_ends_the_job_cancelled(browser: Any, dashboard: 
     clean_logs()
 
 
+def test_retry_from_the_button_reruns_the_failed_rank(browser: Any, dashboard: Api, stack: Servers,
+                                                       clean_logs: Callable[[], None]) -> None:
+    """Rank 1 of a "flaky" job fails its first attempt (tests/coordinator/flaky_handler.py); with one
+    attempt allowed the job fails, and the page's retry button runs that rank again."""
+    from selenium.webdriver.common.by import By
+
+    job_id = dashboard.submit(stack.payload(result_path=f"results/flaky-{secrets.token_hex(3)}", file_limit="2",
+                                            world_size=2, max_attempts=1))
+    assert dashboard.wait(job_id)["state"] == "failed"
+    _sign_in(browser, dashboard, f"/ui/jobs/{job_id}")
+    assert "transient failure injected" in browser.find_element(By.ID, "problems").text
+    assert not browser.find_element(By.ID, "cancel-button").is_enabled()
+    browser.find_element(By.ID, "retry-button").click()
+    wait_for(lambda: browser.find_element(By.ID, "job-state").text == "succeeded", "the page to show it succeeded",
+             timeout=90)
+    ranks = dashboard.call("GET", f"/jobs/{job_id}")[1]["ranks"]
+    assert [[a["state"] for a in rank["attempts"]] for rank in ranks] == [["succeeded"], ["failed", "succeeded"]]
+    clean_logs()
+
+
 def test_docs_render_with_no_network(browser: Any, dashboard: Api, clean_logs: Callable[[], None]) -> None:
     from selenium.webdriver.common.by import By
 

@@ -133,6 +133,21 @@ def test_reader_lists_at_most_every_interval_and_gets_only_changed_records() -> 
     assert store.calls["list"] == 3
 
 
+def test_reader_keeps_the_last_records_while_s3_does_not_answer() -> None:
+    store, clock = FakeStore(), Clock()
+    record = RankProgress(job_id="j1", rank=0, attempt=1, phase="inferring", samples_done=5)
+    store.put_json("data", progress_key("results/x", "j1", 0), record.to_dict())
+    reader = ProgressReader(store, min_interval=1.0, clock=clock)  # type: ignore[arg-type]
+    assert reader.records("data", "results/x", "j1") == {0: record}
+
+    def gone(bucket: str, prefix: str) -> list[tuple[str, str, int]]:
+        raise StoreError("connection refused", bucket=bucket, key=prefix, code=None)
+
+    store.objects = gone  # type: ignore[method-assign]
+    clock.now += 5
+    assert reader.records("data", "results/x", "j1") == {0: record}
+
+
 def test_phase_follows_the_rank_state_and_the_current_attempt() -> None:
     old = RankProgress(job_id="j", rank=0, attempt=1, phase="inferring")
     assert rank_phase("pending", 0, None) == "queued"

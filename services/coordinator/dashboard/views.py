@@ -120,7 +120,7 @@ class Summaries:
 
 def job_rows(coordinator: Coordinator, summaries: Summaries, filters: Filters) -> list[dict[str, Any]]:
     """The list's rows, newest first: what ``GET /jobs`` says, plus samples, wall time and cost from
-    each finished job's summary, or samples so far from a running job's progress."""
+    each finished job's summary, or the samples so far and time since submission of a live one."""
     rows = []
     for job in coordinator.list_jobs(LIST_LIMIT):
         row = dict(job, samples=None, wall_time_s=None, cost=None)
@@ -131,9 +131,18 @@ def job_rows(coordinator: Coordinator, summaries: Summaries, filters: Filters) -
                            cost=(summary.get("cost") or {}).get("total"))
         elif job["state"] not in TERMINAL_JOB_STATES and "result_path" in job:
             row["wall_time_s"] = time.time() - job["submitted_at"]
+            row["samples"] = _samples_so_far(coordinator, job["job_id"])
         if filters.keep(row):
             rows.append(row)
     return rows
+
+
+def _samples_so_far(coordinator: Coordinator, job_id: str) -> int | None:
+    """A live job's samples done, from its ranks' progress (one listing a second at most per job)."""
+    try:
+        return int(coordinator.status(job_id).get("progress", {}).get("samples_done") or 0)
+    except (CoordinatorError, StoreError):
+        return None
 
 
 def sweep(coordinator: Coordinator, summaries: Summaries, job_ids: list[str]) -> tuple[list[dict[str, Any]], str]:
