@@ -68,13 +68,15 @@ def clean_logs(browser: Any) -> Iterator[Callable[[], None]]:
     browser.get_log("performance")
 
     def check() -> None:
-        outside = []
+        outside, seen = [], 0
         for entry in browser.get_log("performance"):
             message = json.loads(entry["message"])["message"]
             if message["method"] == "Network.requestWillBeSent":
                 url = urllib.parse.urlsplit(message["params"]["request"]["url"])
+                seen += url.scheme in ("http", "https")
                 if url.scheme in ("http", "https") and url.hostname not in LOOPBACK:
                     outside.append(url.geturl())
+        assert seen, "the network log saw no request at all: it is not recording, so it proves nothing"
         assert outside == [], f"the page asked for something beyond loopback: {outside}"
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == [], f"errors in the browser's console: {errors}"
@@ -112,6 +114,11 @@ def test_cookie_login_then_a_submitted_job_appears_on_the_list(browser: Any, das
     row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]'),
                 "the job submitted through the API to appear on the list (no reload)")
     assert row[0].find_element(By.CSS_SELECTOR, "a").get_attribute("href").endswith(f"/ui/jobs/{job_id}")
+    unlabelled = browser.execute_script(  # every control has a label a screen reader reads out
+        "return [...document.querySelectorAll('input:not([type=hidden]), select, button')]"
+        ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())"
+        ".map(e => e.outerHTML)")
+    assert unlabelled == []
     dashboard.wait(job_id)
     _screenshot(browser, "jobs")
     clean_logs()
@@ -139,6 +146,7 @@ def test_the_rank_grid_changes_state_live_and_the_report_follows(browser: Any, d
     assert len(browser.find_elements(By.CSS_SELECTOR, "#rank-grid li")) == 4
     wait_for(lambda: "Job " in browser.find_element(By.ID, "results").text, "the report to show")
     images = browser.find_elements(By.CSS_SELECTOR, "#results img")
+    assert images and all(img.get_attribute("alt") for img in images)
     wait_for(lambda: all(browser.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images),
           "the plots to load")
     assert browser.find_element(By.ID, "progress-text").text.startswith("192 of ~192 samples")
@@ -165,8 +173,10 @@ def test_cancel_from_the_button_ends_the_job_cancelled(browser: Any, dashboard: 
 def test_retry_from_the_button_reruns_the_failed_rank(browser: Any, dashboard: Api, stack: Servers,
                                                        clean_logs: Callable[[], None]) -> None:
     """Rank 1 of a "flaky" job fails its first attempt (tests/coordinator/flaky_handler.py); with one
-    attempt allowed the job fails, and the page's retry button runs that rank again."""
+    attempt allowed the job fails, and the page's retry button, pressed from the keyboard, runs that
+    rank again."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     job_id = dashboard.submit(stack.payload(result_path=f"results/flaky-{secrets.token_hex(3)}", file_limit="2",
                                             world_size=2, max_attempts=1))
@@ -174,7 +184,7 @@ def test_retry_from_the_button_reruns_the_failed_rank(browser: Any, dashboard: A
     _sign_in(browser, dashboard, f"/ui/jobs/{job_id}")
     assert "transient failure injected" in browser.find_element(By.ID, "problems").text
     assert not browser.find_element(By.ID, "cancel-button").is_enabled()
-    browser.find_element(By.ID, "retry-button").click()
+    browser.find_element(By.ID, "retry-button").send_keys(Keys.ENTER)  # from the keyboard
     wait_for(lambda: browser.find_element(By.ID, "job-state").text == "succeeded", "the page to show it succeeded",
              timeout=90)
     ranks = dashboard.call("GET", f"/jobs/{job_id}")[1]["ranks"]
