@@ -73,3 +73,15 @@ def outcome_key(result_path: str, job_id: str, rank: int, attempt: int) -> str:
 def collective_summary_key(result_path: str) -> str:
     """Rank 0's summary of the job, computed over the communicator."""
     return f"{result_path}/summary_collective.json"
+
+
+def progress_prefix(result_path: str, job_id: str) -> str:
+    """Where a job's ranks report their progress: one small object per rank under it."""
+    return f"{result_path}/_progress/{job_id}/"
+
+
+def progress_key(result_path: str, job_id: str, rank: int) -> str:
+    """The rank's progress record (:class:`services.progress.RankProgress`), rewritten as it works:
+    ``{result_path}/_progress/{job_id}/rank-{rank}.json``, under the result path the worker role may write
+    (``rank-``: nothing that looks for ``.../{rank}.json`` results takes it for one)."""
+    return f"{progress_prefix(result_path, job_id)}rank-{rank}.json"

@@ -174,7 +174,10 @@ def describe(detail: Any) -> str:
 
 
 class Progress:
-    """One line: ``job <id> [#####.....] 2/4 ranks done  running  12.3 s``.
+    """One line: ``job <id> [#####.....] 96/192 samples, 25.2/s, ETA 4 s; 2/4 ranks done  running  12.3 s``.
+
+    The bar counts samples once the workers report them (``progress`` in ``GET /jobs/{id}``), and
+    ranks done until then (or from a coordinator without progress).
 
     On a terminal it is redrawn in place; into a file or a pipe it is printed every
     :attr:`every` seconds and when the state changes, so that logs stay readable.
@@ -194,9 +197,20 @@ class Progress:
         world = max(int(status.get("world_size") or 0), 1)
         counts = status.get("ranks_by_state") or {}
         done = sum(int(counts.get(state, 0)) for state in TERMINAL)
-        filled = self.width * done // world
         failed = f", {counts['failed']} failed" if counts.get("failed") else ""
-        return (f"job {self.job_id} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{world} ranks done{failed}"
+        ranks = f"{done}/{world} ranks done{failed}"
+        progress = status.get("progress") or {}
+        expected = progress.get("samples_expected")
+        if expected:
+            samples = int(progress.get("samples_done") or 0)
+            filled = min(self.width * samples // expected, self.width)
+            rate, eta = progress.get("samples_per_s"), progress.get("eta_s")
+            counted = f"{samples:,}/{expected:,} samples" + (f", {rate:,.1f}/s" if rate else "") \
+                + (f", ETA {eta:.0f} s" if eta is not None and status.get("state") not in TERMINAL else "")
+            ranks = f"{counted}; {ranks}"
+        else:
+            filled = self.width * done // world
+        return (f"job {self.job_id} [{'#' * filled}{'.' * (self.width - filled)}] {ranks}"
                 f"  {status.get('state', '?')}  {time.monotonic() - self.started:.1f} s")
 
     def update(self, status: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ Not named ``ClientError``: botocore's is, and both meet in the commands that rea
     │   └── CoordinatorUnreachable  nothing answered at ``url`` (``cosmic serve --embedded``?)
     ├── JobTimeout                  ``ApiClient.wait`` gave up before job ``job_id`` ended (also a TimeoutError)
     ├── DataStoreError              S3 refused or did not answer a ``cosmic data`` call (``bucket``, ``key``)
+    ├── BrowserUnavailable          no headless Chromium, chromedriver or selenium here for screenshots
     └── CommandError                a problem the user fixes (a payload file, a partition count): exit 2
 """
 
@@ -58,3 +59,7 @@ class DataStoreError(CliError):
 
 class CommandError(CliError):
     """A problem the user fixes (a payload file, a missing partition count): printed, exit 2."""
+
+
+class BrowserUnavailable(CliError):
+    """No browser to take the dashboard's screenshots with; the message says what is missing."""

@@ -15,6 +15,7 @@
     │   └── UnknownBucket      422: S3 says NoSuchBucket, a bucket the request names does not exist
     ├── DependencyUnavailable  503: S3 or Lambda gave no answer (refused, timed out); ``service``, ``endpoint``
     ├── PlanError              422: the request cannot be planned; ``field``, ``reason`` (also a FieldError)
+    ├── FilterError            400: a dashboard list filter that cannot be used (also a ValueError)
     ├── BadPayload             the Step Functions input is not a job payload; ``field`` (also a FieldError)
     ├── ManifestError          a job manifest in S3 cannot be read; ``field`` is its path (also a FieldError)
     ├── PricesError            the price file cannot be used; ``path``, ``field`` (also a FieldError)
@@ -155,6 +156,12 @@ class PlanError(CoordinatorError, FieldError):
     def detail(self) -> Any:
         """Shaped as FastAPI shapes its own 422s, so clients read one shape for every bad field."""
         return [{"loc": ["body", self.field], "msg": self.reason, "type": "plan_error"}]
+
+
+class FilterError(CoordinatorError, ValueError):
+    """A filter of the dashboard's job list that cannot be used; the page shows why beside the form."""
+
+    http_status = 400
 
 
 class BadPayload(CoordinatorError, FieldError):

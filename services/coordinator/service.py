@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from services.contracts import JobState
-from services.coordinator import finish, plots, report, timeline
+from services.coordinator import finish, plots, progress, report, timeline
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
@@ -50,6 +50,7 @@ class Coordinator:
         self._invokers: dict[str, Invoker] = {}
         self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
+        self.progress = progress.ProgressReader(self.store)
 
     # -- submit -----------------------------------------------------------------------------
     def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool, list[str]]:
@@ -249,7 +250,7 @@ class Coordinator:
             counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
-        return {
+        return progress.annotate({
             "job_id": job_id, "state": manifest.state,
             "queue_position": runner.queue.position(job_id) if queued else None,
             "submitted_at": manifest.submitted_at,
@@ -265,7 +266,8 @@ class Coordinator:
                  **{name: a.report.get(name) for name in ("duration_ms", "init_duration_ms", "max_memory_used_mb",
                                                           "cpu_vcpus", "cpu_enforced_by")}} for a in r.attempts]}
                 for r in ranks.values()],
-        }
+        }, self.progress.records(request.data_bucket, request.result_path, job_id, manifest.finished_at),
+            {event.rank: len(event.partitions) for event in manifest.events})
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         listed = []
@@ -279,7 +281,9 @@ class Coordinator:
                 listed.append({"job_id": job_id, "state": "unreadable", "error": str(exc)})
                 continue
             listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
-                           "world_size": manifest.world_size, "result_path": manifest.request.result_path})
+                           "world_size": manifest.world_size, "result_path": manifest.request.result_path,
+                           "partitions": len(manifest.partitions), "finished_at": manifest.finished_at,
+                           "summary_key": manifest.summary_key})
         return listed
 
     def logs(self, job_id: str, rank: int) -> dict[str, Any]:

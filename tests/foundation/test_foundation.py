@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -112,5 +113,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                              "--out", str(tmp_path / "results")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "result: OK" in result.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=\S+", result.stdout), "the dashboard's link"
+    shots = "screenshots of the dashboard: " in result.stdout  # where Chromium is; else the reason why not
+    assert shots or "no screenshots of the dashboard: " in result.stdout
+    assert not shots or (tmp_path / "results" / "screenshots" / "job.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "results" / "sweep.md").read_text().count("25MB") >= 1
     assert (tmp_path / "results" / "duration_cost.png").read_bytes().startswith(b"\x89PNG")

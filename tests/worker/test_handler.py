@@ -24,6 +24,7 @@ from services.keys import (  # noqa: E402
     labels_key,
     outcome_key,
     predictions_key,
+    progress_key,
     result_key,
 )
 from services.worker import handler as handler_module  # noqa: E402
@@ -66,6 +67,8 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert world.results(event["result_path"]) == sorted(response["result_keys"])
     assert world.store.get_json(world.bucket, commit_key(event["result_path"], event["job_id"], 0)) \
         == {"attempt": 1, "at": pytest.approx(time.time(), abs=60)}, "the attempt that wrote holds the claim"
+    progress = progress_key(event["result_path"], event["job_id"], 0)  # where the rank is, for whoever watches
+    assert json.loads(world.store.get(world.bucket, progress).data)["phase"] == "done"
     document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
     assert list(document)[: len(LEGACY_KEYS)] == LEGACY_KEYS
     assert document["num_batches"] == 4 and document["batch_size"] == 32 and document["data_path"] == world.partitions
@@ -184,7 +187,8 @@ def test_npz_and_unlabelled_partitions(world: World, invoke) -> None:
 
 
 def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke) -> None:
-    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind."""
+    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind (only
+    their progress record, saying where they stopped)."""
     event = world.event(cancel_key="jobs/cancelled-job/CANCEL")
     world.store.put(world.bucket, event["cancel_key"], b"")  # any object there is a marker, even not JSON
     response = invoke(event)
@@ -192,6 +196,7 @@ def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke
     assert response["result_keys"] == [] and world.results(event["result_path"]) == []
     outcome = world.store.get_json(world.bucket, outcome_key(event["result_path"], event["job_id"], 0, 1))
     assert outcome["status"] == "cancelled", "a coordinator that was not there reads how it ended"
+    assert world.store.etag(world.bucket, progress_key(event["result_path"], event["job_id"], 0)) is not None
 
 
 def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
@@ -203,7 +208,8 @@ def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     assert invoke({**event, "attempt": 2})["status"] == "succeeded"
     assert world.results(event["result_path"]) == before == sorted(
         [result_key(event["result_path"], 0), result_key(event["result_path"], 1),
-         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1)])
+         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1),
+         progress_key(event["result_path"], event["job_id"], 1)])
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
 
 
