@@ -208,8 +208,7 @@ def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:
     assert invoke({**event, "attempt": 2})["status"] == "succeeded"
     assert world.results(event["result_path"]) == before == sorted(
         [result_key(event["result_path"], 0), result_key(event["result_path"], 1),
-         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1),
-         progress_key(event["result_path"], event["job_id"], 1)])
+         predictions_key(event["result_path"], 1), labels_key(event["result_path"], 1)])
     assert world.store.get(world.bucket, result_key(event["result_path"], 0)).data == b"{}"
 
 

@@ -127,7 +127,7 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
         rows, _ = views.sweep(coordinator, summaries, _job_ids(request))
         if not rows:
             return Response(status_code=404)
-        return Response(plots.duration_and_cost_vs_world_size(rows), media_type="image/png",
+        return Response(plots.to_png(plots.duration_and_cost_vs_world_size(rows)), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
     @app.post("/ui/session", include_in_schema=False)
