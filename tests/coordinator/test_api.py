@@ -15,7 +15,7 @@ import urllib.parse
 from typing import Any
 
 from services.coordinator.state import JobStore, manifest_key
-from services.keys import control_key, outcome_key
+from services.keys import control_key, progress_key
 from services.memory import peak_rss_kib
 from tests.common import REPO
 from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Servers
@@ -297,7 +297,7 @@ def test_kill_9_mid_job_then_restart_finishes_without_rerunning(start_coordinato
                             result_path=f"results/slow-{secrets.token_hex(4)}")  # ranks of >= 3 s: one is in flight
     job_id = api.submit(payload)
     api.wait_for_ranks(job_id, 2)
-    started = outcome_key(payload["result_path"], job_id, 2, 1)  # rank 2's attempt says it is running
+    started = progress_key(payload["result_path"], job_id, 2)  # rank 2's attempt says it started
     deadline = time.monotonic() + 30
     while stack.store.etag(stack.bucket, started) is None:
         assert time.monotonic() < deadline, "rank 2 never started"
