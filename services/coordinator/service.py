@@ -306,8 +306,10 @@ class Coordinator:
             return plots.predicted_vs_true(predictions, labels)
         if name == "duration_cost":
             return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])
-        ranks = self.jobs.ranks(bucket, job_id, manifest.world_size)
-        return plots.rank_timeline(finish.invocations(ranks), manifest.submitted_at)
+        invocations = finish.invocations(self.jobs.ranks(bucket, job_id, manifest.world_size))
+        if not invocations:  # cancelled before any attempt reported: a 404 saying so, not the plot's ValueError
+            raise PlotNotFound(f"job {job_id} has no attempt to draw", job_id=job_id, plot=name)
+        return plots.rank_timeline(invocations, manifest.submitted_at)
 
     def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
         """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""

@@ -217,3 +217,19 @@ def test_no_browser_here_is_said_not_crashed(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(screenshots.shutil, "which", lambda path: None if path.endswith("chromedriver") else path)
     with pytest.raises(BrowserUnavailable, match="/usr/bin/chromedriver is missing"):
         screenshots.browser()
+
+
+def test_a_job_with_no_attempt_to_draw_has_no_timeline_404_not_500(start_coordinator: Any, stack: Any) -> None:
+    """A job whose every attempt failed before Lambda reported (here: no such function) ends with a
+    summary but nothing to draw: the timeline is a 404 saying so (it was a 500), and the job's page
+    offers no timeline to load."""
+    api = start_coordinator()
+    status, body = api.call("POST", "/jobs", stack.payload(function="no-such-function", max_attempts=1))
+    if status != 202:
+        pytest.skip(f"this runtime refuses the unknown function at submission ({status}): nothing to draw")
+    final = api.wait(body["job_id"])
+    assert final["state"] == "failed", final
+    status, detail = api.call("GET", f"/jobs/{body['job_id']}/plots/timeline.png")
+    assert status == 404 and "no attempt to draw" in detail["detail"], (status, detail)
+    fragment = api.call("GET", f"/ui/jobs/{body['job_id']}/results")[1].decode()
+    assert "timeline.png" not in fragment
