@@ -217,3 +217,18 @@ def test_no_browser_here_is_said_not_crashed(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(screenshots.shutil, "which", lambda path: None if path.endswith("chromedriver") else path)
     with pytest.raises(BrowserUnavailable, match="/usr/bin/chromedriver is missing"):
         screenshots.browser()
+
+
+def test_a_job_whose_attempts_never_reported_still_has_a_timeline_not_a_500(start_coordinator: Any,
+                                                                              stack: Any) -> None:
+    """A job whose every attempt failed before Lambda reported (here: no such function) ends with a
+    summary that bills nothing; the timeline still draws the failed attempt from the coordinator's
+    own times (it was a 500)."""
+    api = start_coordinator()
+    status, body = api.call("POST", "/jobs", stack.payload(function="no-such-function", max_attempts=1))
+    if status != 202:
+        pytest.skip(f"this runtime refuses the unknown function at submission ({status}): nothing to draw")
+    final = api.wait(body["job_id"])
+    assert final["state"] == "failed", final
+    status, image = api.call("GET", f"/jobs/{body['job_id']}/plots/timeline.png")
+    assert status == 200 and image.startswith(b"\x89PNG"), status

@@ -112,7 +112,8 @@ def register(app: FastAPI, coordinator: Coordinator, guarded: Sequence[Any], ses
             summary, reason = None, str(exc)
         report = views.markdown(render_report(summary, "md"), shift=2) if summary else ""
         body = env.get_template("results.html").render(job_id=job_id, reason=reason, report=report,
-                                                       labelled=bool(summary and summary.get("accuracy")))
+                                                       labelled=bool(summary and summary.get("accuracy")),
+                                                       attempts=(summary or {}).get("invocations", {}).get("attempts"))
         return HTMLResponse(body, headers=HEADERS)
 
     @app.get("/ui/sweep", include_in_schema=False)
