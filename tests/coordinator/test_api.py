@@ -17,8 +17,8 @@ from typing import Any
 from services.coordinator.state import JobStore, manifest_key
 from services.keys import control_key
 from services.memory import peak_rss_kib
-from tests.common import REPO
-from tests.coordinator.conftest import PARTITIONS, SANDBOXES, Api, Servers
+from tests.common import REPO, Api, Servers
+from tests.coordinator.conftest import PARTITIONS, SANDBOXES
 
 
 def test_legacy_payload_runs_to_a_report(api: Api, stack: Servers) -> None:

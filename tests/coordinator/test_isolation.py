@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 
 from services.coordinator.state import ACTIVE, JOBS, LEGACY_ACTIVE, LEGACY_JOBS, active_key, manifest_key
-from tests.coordinator.conftest import PARTITIONS, Api, Servers
+from tests.common import Api, Servers
+from tests.coordinator.conftest import PARTITIONS
 
 
 def _detail(body: dict) -> str:
