@@ -19,8 +19,8 @@ from tests.faults.checks import finished, job_objects
 from tests.faults.conftest import PARTITIONS, SANDBOXES, WORKER_TIMEOUT_S, FaultStack
 
 ALL = list(range(PARTITIONS))
-#: Seconds each rank holds its sandbox before working, so ranks are surely in flight at the kill.
-HOLD_S = 3.0
+#: Seconds each rank holds its sandbox before working: in flight at the kill, still running at the restart.
+HOLD_S = 8.0
 
 
 def _job(stack: FaultStack, **directives: object) -> dict[str, object]:
