@@ -30,6 +30,7 @@ def test_cancel_while_queued_behind_another_job_invokes_nothing(api: Api, stack:
     holding = stack.payload(file_limit=str(SANDBOXES), world_size=SANDBOXES, communicator=False)
     stack.direct(holding["result_path"], hold_s=STRETCH_S)
     holder = api.submit(holding)
+    stack.wait_phase(holder, "invoked")  # it holds the sandboxes before the next job enters the queue
     payload = stack.payload(world_size=1, communicator=False)
     job_id = api.submit(payload)
     assert api.call("GET", f"/jobs/{job_id}")[1]["state"] == "queued"

@@ -43,8 +43,12 @@ def test_jobs_competing_for_capacity_queue_in_order_and_then_succeed(api: Api, s
     holding = stack.payload(file_limit=str(SANDBOXES), world_size=SANDBOXES, communicator=False)
     stack.direct(holding["result_path"], hold_s=3.0)
     holder = api.submit(holding)
+    stack.wait_phase(holder, "invoked")
     payloads = [stack.payload(world_size=1, communicator=False) for _ in range(2)]
-    waiting = [api.submit(payload) for payload in payloads]
+    waiting = []
+    for payload in payloads:  # one after the other: a job enters the queue from its own thread, after the 202
+        waiting.append(api.submit(payload))
+        _wait_state(api, waiting[-1], "queued")
     seen: dict[str, set[Any]] = {job: set() for job in waiting}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -63,6 +67,13 @@ def test_jobs_competing_for_capacity_queue_in_order_and_then_succeed(api: Api, s
                  invoked=dict.fromkeys(ranks, 1), objects=job_objects(ranks))
     first, second = (min(line["at"] for line in stack.lines(job)) for job in waiting)
     assert first <= second, "the queue kept its order: the first queued job's rank reached a sandbox first"
+
+
+def _wait_state(api: Api, job_id: str, state: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while api.call("GET", f"/jobs/{job_id}")[1]["state"] != state:
+        assert time.monotonic() < deadline, f"job {job_id} never {state}"
+        time.sleep(0.02)
 
 
 def test_a_throttle_wait_ends_at_the_job_deadline(start_coordinator, stack: FaultStack) -> None:
