@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from services.local.processes import healthz, python, start
 from services.ports import free_port, free_ports
-from tests.common import REPO, Api, http_ok
+from tests.common import REPO, Api, Servers, http_ok
 
 
 @contextmanager
@@ -61,6 +63,21 @@ def coordinators(env: Callable[..., dict[str, str]], folder: Path) -> Iterator[C
     finally:
         for api in started:
             api.child.stop()
+
+
+@pytest.fixture
+def start_coordinator(stack: Servers, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """``start(token="", **settings) -> Api`` against the folder's own ``stack`` fixture; every
+    coordinator started is stopped after the test. A conftest imports it to offer it."""
+    pytest.importorskip("fastapi")
+    with coordinators(stack.env, tmp_path) as start_api:
+        yield start_api
+
+
+@pytest.fixture
+def api(start_coordinator: Callable[..., Api]) -> Api:
+    """One coordinator with the default settings (imported by a conftest, as above)."""
+    return start_coordinator()
 
 
 def start_coordinator_child(env: dict[str, str], log: Path, token: str = "", startup_s: float = 30.0) -> Api:

@@ -3,13 +3,14 @@ real worker handler, the rendezvous server; the coordinator itself as a child pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from tests.common import Api, Servers, seed_bucket
-from tests.processes import coordinators, rendezvous_process, runtime_process
+from tests.common import Servers, seed_bucket
+from tests.processes import api, rendezvous_process, runtime_process, start_coordinator
+
+FIXTURES = (api, start_coordinator)  # offered to the tests below, as if defined here
 
 PARTITIONS = 6
 SANDBOXES = 4
@@ -34,15 +35,3 @@ def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory)
                          env={"COSMIC_WORKER_SCRATCH_DIR": str(folder / "scratch")}) as lambda_endpoint, \
             rendezvous_process(folder / "rendezvous.log") as rendezvous:
         yield Servers(s3_endpoint, lambda_endpoint, rendezvous, bucket, store)
-
-
-@pytest.fixture
-def start_coordinator(stack: Servers, tmp_path: Path) -> Iterator[Callable[..., Api]]:
-    pytest.importorskip("fastapi")
-    with coordinators(stack.env, tmp_path) as start_api:
-        yield start_api
-
-
-@pytest.fixture
-def api(start_coordinator: Callable[..., Api]) -> Api:
-    return start_coordinator()

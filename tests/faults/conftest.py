@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.common import Api, Servers, seed_bucket
-from tests.processes import coordinators, rendezvous_process, runtime_process
+from tests.common import Servers, seed_bucket
+from tests.processes import api, rendezvous_process, runtime_process, start_coordinator
+
+FIXTURES = (api, start_coordinator)  # offered to the tests below, as if defined here
 
 PARTITIONS = 4
 SANDBOXES = 2
@@ -114,15 +116,3 @@ def stack(e2e: None, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory)
     with runtime_process(folder / "runtime.log", *options, env=env) as lambda_endpoint, \
             rendezvous_process(folder / "rendezvous.log") as rendezvous:
         yield FaultStack(s3_endpoint, lambda_endpoint, rendezvous, bucket, store, invocations, directives)
-
-
-@pytest.fixture
-def start_coordinator(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Api]]:
-    pytest.importorskip("fastapi")
-    with coordinators(stack.env, tmp_path) as start_api:
-        yield start_api
-
-
-@pytest.fixture
-def api(start_coordinator: Callable[..., Api]) -> Api:
-    return start_coordinator()
