@@ -9,6 +9,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from services.keys import commit_key
 from tests.common import Api
 from tests.faults.conftest import FaultStack
 
@@ -51,6 +52,8 @@ def finished(api: Api, stack: FaultStack, job_id: str, result_path: str, *, stat
             f"rank {rank}'s result is not attempt {attempt}'s: {document['attempt']}"
         (kept,) = [a for a in final["ranks"][rank]["attempts"] if a["state"] == "succeeded"]
         assert kept["attempt"] == attempt, final["ranks"][rank]
+        claim = json.loads(stack.store.get(stack.bucket, commit_key(result_path, job_id, rank)).data)
+        assert claim["attempt"] == attempt, f"rank {rank}'s commit claim names attempt {claim['attempt']}"
     counted = Counter({rank["rank"]: len(rank["attempts"]) for rank in final["ranks"]})
     assert +counted == +Counter(invoked), f"attempts shown per rank {dict(counted)}, invoked {invoked}"
     summary = json.loads(stack.store.get(stack.bucket, f"{result_path}/summary.json").data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -92,8 +93,11 @@ class FaultStack(Servers):
             os.kill(pid, signal.SIGCONT)
 
     def result_objects(self, result_path: str) -> set[str]:
-        """Every key under the job's result path, relative to it."""
-        return {key[len(result_path) + 1:] for key in self.keys(result_path + "/")}
+        """Every key under the job's result path, relative to it, but the per-attempt bookkeeping
+        (commit claims, outcomes, progress records: :func:`tests.faults.checks.finished` checks the claims)."""
+        keys = {key[len(result_path) + 1:] for key in self.keys(result_path + "/")}
+        return {key for key in keys if not key.startswith("_progress/")
+                and not re.match(r"_control/[^/]+/(commit|outcome)-", key)}
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ def _phase(phase: str) -> None:
 
 # -- the phases a directive may stretch: wrapped once, when a sandbox imports this module ---------
 _fetch = PartitionFeed._fetch
-_hook = Markers.stop_if_cancelled
+_hook = Markers.stop_if_asked
 _summarise = native.summarise
 
 
@@ -107,7 +107,7 @@ def _slow_summarise(*args: Any, **kwargs: Any) -> str:
 
 
 PartitionFeed._fetch = _slow_fetch  # type: ignore[method-assign]
-Markers.stop_if_cancelled = _slow_hook  # type: ignore[method-assign]
+Markers.stop_if_asked = _slow_hook  # type: ignore[method-assign]
 native.summarise = _slow_summarise
 
 
