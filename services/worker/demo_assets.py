@@ -76,13 +76,15 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
     torch.manual_seed(seed)
     model = RedshiftModel().eval()
     train, held_out = partition(10_001, samples), partition(10_002, 512)
+    images = torch.from_numpy(train.images)
     started = time.monotonic()
     with torch.inference_mode():
-        image_features = torch.cat([model.vit(train.images), model.cnn(train.images)], dim=1)
+        image_features = torch.cat([model.vit(images), model.cnn(images)], dim=1)
     image_features = image_features.clone()  # a normal tensor, usable in autograd
     trainable = [*model.magnitudes.parameters(), *model.head.parameters()]
     optimiser = torch.optim.Adam(trainable, lr=1e-4)
-    magnitudes, targets = train.magnitudes.float(), train.redshifts.float()  # type: ignore[union-attr]
+    magnitudes = torch.from_numpy(train.magnitudes).float()
+    targets = torch.from_numpy(train.redshifts).float()  # type: ignore[arg-type]
     for _ in range(steps):
         batch = torch.randint(0, samples, (256,))
         features = torch.cat([image_features[batch], model.magnitudes(magnitudes[batch])], dim=1)
@@ -91,8 +93,8 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
         loss.backward()
         optimiser.step()
     with torch.inference_mode():
-        predicted = model([held_out.images, held_out.magnitudes]).squeeze(1)
-    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts.numpy())  # type: ignore[union-attr]
+        predicted = model([torch.from_numpy(held_out.images), torch.from_numpy(held_out.magnitudes)]).squeeze(1)
+    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts)  # type: ignore[arg-type]
     metrics.update(steps=float(steps), seconds=round(time.monotonic() - started, 1))
     event(log, "demo_checkpoint_fitted", **{k: round(v, 4) for k, v in metrics.items()})
     return model, metrics

@@ -53,7 +53,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
                 return _cancelled(job, tally, loaded.cold)
             infer_s = time.perf_counter() - started
             if part.redshifts is not None:
-                truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
+                truths.append(part.redshifts.astype(np.float32, copy=False))
             tally.add_partition(fetched.key, len(part), job.batch_size, fetched.download_s, fetched.parse_s, infer_s)
             log_event(log, "partition_done", key=fetched.key, samples=len(part),
                       infer_s=round(infer_s, 3), samples_per_s=round(len(part) / infer_s, 1) if infer_s else None)
@@ -71,7 +71,8 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
         store.put(job.result_bucket, written[-1], _npy(true))
     tally.upload_s = time.perf_counter() - started
     peak_mb = peak_rss_mb()
-    runtime = {**runtime, "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
+    runtime = {**runtime, "engine": loaded.predictor.engine, "precision": loaded.predictor.precision,
+               "threads": loaded.predictor.threads,
                "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
     document = rank_document(job, tally, status="succeeded", cold_start=loaded.cold, peak_mb=peak_mb,
                              runtime=runtime, accuracy=accuracy)
