@@ -58,9 +58,11 @@ FIT_STEPS = 400
 
 
 def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: int = 3072) -> Path:
-    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none."""
+    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none, and its
+    export for the lean engine beside it (made if missing or made from another checkpoint)."""
     path = (root or cache_dir()) / "checkpoints" / CHECKPOINT_NAME
     if path.exists():
+        _export(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     model, metrics = fit(steps=steps, samples=samples)
@@ -68,7 +70,21 @@ def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: i
     torch.save(model.state_dict(), partial)
     partial.replace(path)
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _export(path)
     return path
+
+
+def _export(checkpoint: Path) -> None:
+    """Export the demo checkpoint unless its export is current; without the export extra the demo
+    runs on torch, and says so (the worker logs ``export_missing`` too)."""
+    try:
+        from services.worker import export
+    except ModuleNotFoundError as exc:
+        event(log, "demo_checkpoint_not_exported", logging.WARNING, missing=exc.name,
+              hint="pip install 'cosmic-rendezvous[export]'")
+        return
+    if not export.current(checkpoint):
+        export.export(checkpoint)
 
 
 def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[str, float]]:
