@@ -84,8 +84,9 @@ CMD ["--host", "0.0.0.0", "--port", "8000"]
 # ---------------------------------------------------------------------------------------------
 # worker: the inference handler on AWS's Lambda base image (Amazon Linux 2023)
 # ---------------------------------------------------------------------------------------------
-# Size, estimated (not measured here: no Docker engine): base ~600 MB + CPU torch ~700 MB +
-# numpy/boto3/safetensors/awslambdaric ~100 MB = ~1.4 GB uncompressed, under Lambda's 10 GB limit.
+# Size, estimated from the installed trees (not measured here: no Docker engine): base ~600 MB +
+# the worker extra's 1,153 MB (CPU torch 757, openvino 185, sympy 75, numpy 71, boto3 and the
+# rest) = ~1.75 GB uncompressed, under Lambda's 10 GB limit.
 # It stays root: Lambda runs the function as its own unprivileged user with a read-only /var/task,
 # and the base image has no useradd. Under compose the same image also runs the local runtime
 # (`python3 -m services.local.runtime`, see compose.yaml) and the demo-data seeding.
@@ -115,8 +116,7 @@ CMD ["services.worker.handler.handler"]
 # on OpenVINO and never imports torch, so a cold start skips torch's 1-2 s import. A checkpoint
 # without an export, and the legacy `script` mode, fail here naming what to do: deploy `worker`
 # for those. Size, estimated from the installed trees (no Docker engine here): base ~600 MB +
-# openvino ~180 MB + numpy/boto3/safetensors/awslambdaric ~100 MB = ~0.9 GB against the worker's
-# ~1.6 GB (README, "Which engine is the default").
+# the worker-lean extra's 288 MB (openvino 185, numpy 71, botocore 23, the rest) = ~0.9 GB.
 FROM ${LAMBDA_PYTHON} AS worker-lean
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

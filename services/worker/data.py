@@ -21,7 +21,7 @@ import safetensors.numpy
 
 from services.keys import partition_number
 from services.worker.errors import PartitionError
-from services.worker.ptfile import PtFileError, read_tensor_dataset
+from services.worker.ptfile import read_tensor_dataset
 
 BANDS, SIDE = 5, 32
 #: Input bytes per sample in the legacy files (image float32 + magnitudes float64).
@@ -57,11 +57,12 @@ def load_partition(raw: bytes, name: str) -> Partition:
                 return _named({key: arrays[key] for key in arrays.files}, name)
         if name.endswith(".safetensors"):
             return _named(safetensors.numpy.load(raw), name)
-        tensors = read_tensor_dataset(raw)
+        try:
+            tensors = read_tensor_dataset(raw)
+        except PartitionError as exc:  # ptfile says why; the file's name is ours to add
+            raise PartitionError(f"{name}: {exc}", partition=name) from None
     except PartitionError:
         raise
-    except PtFileError as exc:
-        raise PartitionError(f"{name}: {exc}", partition=name) from None
     except Exception as exc:  # numpy and safetensors raise many types for a corrupt or hostile file
         raise PartitionError(f"{name}: cannot be read as a partition ({type(exc).__name__}: {exc})",
                              partition=name) from None

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from services.worker.errors import PartitionError
+
 #: torch's typed storages (as pickled by torch.save) -> numpy dtypes.
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -25,8 +27,9 @@ STORAGE_DTYPES = {
 }
 
 
-class PtFileError(ValueError):
-    """The file is not a torch archive of plain tensors; the message says why (data.py names the file)."""
+#: What this module raises: the file is not a torch archive of plain tensors; the message says why
+#: (:func:`services.worker.data.load_partition` adds the file's name).
+PtFileError = PartitionError
 
 
 class _Storage:

@@ -86,7 +86,7 @@ def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: py
     assert main([]) == 0
     listing = capsys.readouterr().out
     plan = ["demo", "serve", "stop", "submit", "status", "cancel", "report", "sweep", "rendezvous", "runtime",
-            "worker", "convert-checkpoint", "deploy"]
+            "worker", "convert-checkpoint", "export", "deploy"]
     assert sorted(COMMANDS) == sorted(plan) and all(name in listing for name in plan)
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
