@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,7 @@ class LeanPredictor:
         self._compiled = core.compile_model(model, "CPU", config)
         self._queue = openvino.AsyncInferQueue(self._compiled, self.streams)
         self._output = self._compiled.output(0)
+        self._lock = threading.Lock()  # one queue and callback: callers in threads take turns
 
     def predict(self, images: np.ndarray, magnitudes: np.ndarray, batch_size: int = 512,
                 after_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -145,16 +147,17 @@ class LeanPredictor:
         def done(request: Any, span: tuple[int, int]) -> None:
             out[span[0]:span[1]] = request.get_tensor(self._output).data.reshape(-1)
 
-        self._queue.set_callback(done)
-        for batch_start in range(0, total, batch_size):
-            batch_stop = min(batch_start + batch_size, total)
-            for start in range(batch_start, batch_stop, step):
-                stop = min(start + step, batch_stop)
-                self._queue.start_async({"images": images[start:stop], "magnitudes": magnitudes[start:stop]},
-                                        (start, stop))
-            self._queue.wait_all()
-            if after_batch is not None:
-                after_batch(batch_stop)
+        with self._lock:
+            self._queue.set_callback(done)
+            for batch_start in range(0, total, batch_size):
+                batch_stop = min(batch_start + batch_size, total)
+                for start in range(batch_start, batch_stop, step):
+                    stop = min(start + step, batch_stop)
+                    self._queue.start_async({"images": images[start:stop], "magnitudes": magnitudes[start:stop]},
+                                            (start, stop))
+                self._queue.wait_all()
+                if after_batch is not None:
+                    after_batch(batch_stop)
         return out
 
 

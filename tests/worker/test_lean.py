@@ -185,3 +185,20 @@ def test_the_export_matches_the_torch_model_within_bounds(exported: Exported) ->
     verified = exported.manifest["verified"]
     assert verified["engine"] == "openvino" and verified["precision"] == "fp32"
     assert verified["mean_abs_diff"] < 1e-4 and verified["max_abs_diff"] < 1e-2
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_the_lean_predictor_matches_the_model_across_batch_edges(exported: Exported, tiny_model, tmp_path: Path,
+                                                                 streams: int) -> None:
+    from services.worker.lean import LeanPredictor
+    from services.worker.synthetic import partition
+
+    (tmp_path / "m.onnx").write_bytes(exported.onnx)
+    data = partition(9, 70)
+    with torch.inference_mode():
+        expected = tiny_model([torch.from_numpy(data.images), torch.from_numpy(data.magnitudes)]).reshape(-1).numpy()
+    seen: list[int] = []
+    predicted = LeanPredictor(tmp_path / "m.onnx", threads=2, streams=streams).predict(
+        data.images, data.magnitudes, batch_size=32, after_batch=seen.append)  # 70 = 32 + 32 + 6
+    assert seen == [32, 64, 70] and predicted.shape == (70,) and predicted.dtype == np.float32
+    assert np.abs(predicted - expected).max() < 1e-4
