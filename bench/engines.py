@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import write_report
+from _harness import OUT, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"25MB": 1278, "100MB": 5113}
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
     from services.worker.demo_assets import demo_checkpoint, demo_partitions
     from services.worker.engines import cpu_has_bf16
 
