@@ -57,9 +57,11 @@ def available_threads() -> int:
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
-#: ``auto``'s rule: whether the CPU has native bf16 -> the engine whose cold rank (start-up plus
-#: inference, 25MB and 100MB partitions) was fastest in ``bench/engines.py`` (README, "Which engine
-#: is the default").
+#: ``auto``'s rule: whether the CPU has native bf16 -> the engine with the shortest cold rank
+#: (start-up plus inference) at 25MB, the users' partitions, unless another is shorter at both 25MB
+#: and 100MB, as measured by ``bench/engines.py`` (README, "Which engine is the default"). OpenVINO
+#: on both: without bf16 it is shortest at both sizes; with bf16 at 25MB, while at 100MB it, ONNX
+#: Runtime and torch bf16-mlp were within each other's spread on a busy machine.
 AUTO_RULE: dict[bool, str] = {False: LEAN, True: LEAN}
 
 
