@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/collectives.py
 	$(PY) bench/lambda_runtime.py
 	$(PY) bench/inference.py
+	$(PY) bench/engines.py
 	$(PY) bench/worker_invocation.py
 	$(PY) bench/coordinator.py
 	$(PY) bench/job_overhead.py

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("services.local.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
     "worker": ("services.local.runtime.cli", "the same as `cosmic runtime` (its former name)"),
     "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
+    "export": ("services.worker.export", "export a state_dict for the lean engine (a cold start without torch)"),
     "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
     "stop": ("services.local.cli", "stop the embedded stack of this cache folder, its S3 saved for the next start"),
     "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),

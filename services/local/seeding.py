@@ -54,6 +54,10 @@ def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), coun
     store.ensure_bucket(bucket)
     checkpoint = Path(assets["checkpoint"])
     uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
+    # its export beside it (the lean engine's; the manifest last, as the worker reads it first)
+    uploads += [(beside, f"{MODEL_FOLDER}/Fine_Tune_Model/{beside.name}")
+                for beside in (checkpoint.with_name(checkpoint.name + ".onnx"),
+                               checkpoint.with_name(checkpoint.name + ".onnx.json")) if beside.is_file()]
     keys: dict[str, list[str]] = {}
     for size, paths in assets["partitions"].items():
         keys[size] = [f"{size}/{Path(path).name}" for path in paths]

@@ -69,9 +69,11 @@ FIT_STEPS = 400
 
 
 def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: int = 3072) -> Path:
-    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none."""
+    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none, and its
+    export for the lean engine beside it (made if missing or made from another checkpoint)."""
     path = (root or cache_dir()) / "checkpoints" / CHECKPOINT_NAME
     if path.exists():
+        _export(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     model, metrics = fit(steps=steps, samples=samples)
@@ -79,7 +81,21 @@ def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: i
     torch.save(model.state_dict(), partial)
     partial.replace(path)
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _export(path)
     return path
+
+
+def _export(checkpoint: Path) -> None:
+    """Export the demo checkpoint unless its export is current; without the export extra the demo
+    runs on torch, and says so (the worker logs ``export_missing`` too)."""
+    try:
+        from services.worker import export
+    except ModuleNotFoundError as exc:
+        event(log, "demo_checkpoint_not_exported", logging.WARNING, missing=exc.name,
+              hint="pip install 'cosmic-rendezvous[export]'")
+        return
+    if not export.current(checkpoint):
+        export.export(checkpoint)
 
 
 def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[str, float]]:
@@ -87,13 +103,15 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
     torch.manual_seed(seed)
     model = RedshiftModel().eval()
     train, held_out = partition(10_001, samples), partition(10_002, 512)
+    images = torch.from_numpy(train.images)
     started = time.monotonic()
     with torch.inference_mode():
-        image_features = torch.cat([model.vit(train.images), model.cnn(train.images)], dim=1)
+        image_features = torch.cat([model.vit(images), model.cnn(images)], dim=1)
     image_features = image_features.clone()  # a normal tensor, usable in autograd
     trainable = [*model.magnitudes.parameters(), *model.head.parameters()]
     optimiser = torch.optim.Adam(trainable, lr=1e-4)
-    magnitudes, targets = train.magnitudes.float(), train.redshifts.float()  # type: ignore[union-attr]
+    magnitudes = torch.from_numpy(train.magnitudes).float()
+    targets = torch.from_numpy(train.redshifts).float()  # type: ignore[arg-type]
     for _ in range(steps):
         batch = torch.randint(0, samples, (256,))
         features = torch.cat([image_features[batch], model.magnitudes(magnitudes[batch])], dim=1)
@@ -102,8 +120,8 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
         loss.backward()
         optimiser.step()
     with torch.inference_mode():
-        predicted = model([held_out.images, held_out.magnitudes]).squeeze(1)
-    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts.numpy())  # type: ignore[union-attr]
+        predicted = model([torch.from_numpy(held_out.images), torch.from_numpy(held_out.magnitudes)]).squeeze(1)
+    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts)  # type: ignore[arg-type]
     metrics.update(steps=float(steps), seconds=round(time.monotonic() - started, 1))
     event(log, "demo_checkpoint_fitted", **{k: round(v, 4) for k, v in metrics.items()})
     return model, metrics

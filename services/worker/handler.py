@@ -28,7 +28,8 @@ from services.worker.native import run_native  # noqa: E402
 from services.worker.outcome import record_outcome  # noqa: E402
 from services.worker.selftest import run_selftest  # noqa: E402
 
-#: Seconds the imports (torch above all) took in this sandbox: part of every cold start.
+#: Seconds the imports took in this sandbox: part of every cold start (torch is not among them:
+#: the native path imports it only to run a checkpoint that has no export).
 IMPORT_S = time.perf_counter() - _IMPORT_STARTED
 log = logging.getLogger("cosmic.worker.handler")
 
@@ -40,7 +41,8 @@ class _Sandbox:
         logs.configure()
         self.settings = worker_settings.load()
         self.store = S3Store()
-        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision)
+        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision,
+                                 self.settings.engine)
         self.invocations = 0
 
 

@@ -64,7 +64,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
                                 else "superseded")
             infer_s = time.perf_counter() - started
             if part.redshifts is not None:
-                truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
+                truths.append(part.redshifts.astype(np.float32, copy=False))
             progress.partition_done(len(part))
             tally.add_partition(fetched.key, len(part), job.batch_size, fetched.download_s, fetched.parse_s, infer_s)
             log_event(log, "partition_done", key=fetched.key, samples=len(part),
@@ -90,7 +90,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     tally.upload_s = time.perf_counter() - started
     peak_mb = peak_rss_mb()
     runtime = {**runtime, "memory_size_mb": configured_memory_mb(),
-               "elapsed_s": round(time.perf_counter() - invocation_started, 4),
+               "elapsed_s": round(time.perf_counter() - invocation_started, 4), "engine": loaded.predictor.engine,
                "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
                "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
     document = rank_document(job, tally, status="succeeded", cold_start=loaded.cold, peak_mb=peak_mb,

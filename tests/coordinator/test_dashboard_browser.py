@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from services.client.screenshots import shot, wait_for
-from tests.coordinator.conftest import Api, Servers
+from tests.common import Api, Servers
 
 TOKEN = "browser-test-token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}

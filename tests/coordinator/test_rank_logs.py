@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.coordinator.conftest import Api, Servers
+from tests.common import Api, Servers
 
 
 def test_each_attempt_keeps_its_log_tail(api: Api, stack: Servers) -> None:

@@ -87,7 +87,7 @@ def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: py
     assert main([]) == 0
     listing = capsys.readouterr().out
     plan = ["demo", "serve", "stop", "submit", "status", "cancel", "retry", "logs", "report", "sweep", "data",
-            "rendezvous", "runtime", "worker", "convert-checkpoint", "deploy", "plan"]
+            "rendezvous", "runtime", "worker", "convert-checkpoint", "export", "deploy", "plan"]
     assert sorted(COMMANDS) == sorted(plan) and all(name in listing for name in plan)
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

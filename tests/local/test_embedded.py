@@ -120,6 +120,9 @@ def _check_seed(stack: embedded.Stack, cache: Path, monkeypatch: pytest.MonkeyPa
     assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 0
     files["2"].write_bytes(b"changed, so uploaded again")
     assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 1
+    for suffix in (".onnx", ".onnx.json"):  # the checkpoint's export goes beside it
+        files["checkpoint"].with_name("demo.pt" + suffix).write_bytes(b"export")
+    assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 2
 
 
 @pytest.mark.e2e

@@ -53,8 +53,9 @@ def invoke(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cal
 def expected_predictions(world: World, model: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     parts = [load_partition(world.store.get(world.bucket, key).data, key) for key in keys]
     with torch.inference_mode():
-        predicted = [model([p.images, p.magnitudes]).reshape(-1).numpy() for p in parts]
-    return np.concatenate(predicted), np.concatenate([p.redshifts.numpy() for p in parts])
+        predicted = [model([torch.from_numpy(p.images), torch.from_numpy(p.magnitudes)]).reshape(-1).numpy()
+                     for p in parts]
+    return np.concatenate(predicted), np.concatenate([p.redshifts for p in parts])
 
 
 def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, invoke, tiny_model) -> None:
