@@ -13,7 +13,6 @@ REJECTION_REASONS = {
     "server_full": "the overall connection cap (derived from the fd limit) was reached",
     "source_limit": "the per-source-address connection cap was reached",
     "accept_failed": "accept() itself failed, typically out of file descriptors (counts attempts)",
-    "gone_before_accept": "the client reset before the server could read its address",
     "empty_name": "the first read held no bytes before a NUL",
     "name_too_long": "the name (the first read up to its first NUL) was over 100 bytes",
     "unexpected_data": "the client sent bytes after its name",
