@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 import signal
 import socket
@@ -54,6 +55,21 @@ def connection_cap(requested: int) -> tuple[int, int]:
         except (ValueError, OSError):
             pass  # some sandboxes refuse; the soft limit then stands and the cap follows it
     return max(1, min(requested, soft - FD_RESERVE)), soft
+
+
+def per_source_cap(budget: int, share: float, floor: int, ceiling: int) -> int:
+    """How many open connections one source address may hold: a share of the budget, with a floor.
+
+    Two rules meet here. Fairness: one source (a host, or a NAT) may hold only ``share`` of the
+    connection budget, so the others keep the rest: with the hard descriptor limit at 2,048 the
+    budget is 2,016 and one source gets 1,008, where a flat cap of 10,000 let it take all.
+    Service: a job whose ranks all come from one address (one NAT, or the embedded stack on
+    127.0.0.1) holds one connection per rank waiting for a partner, so one source must still
+    get enough for a whole job: ``floor`` connections at least, however small the budget (below
+    ``floor / share`` the floor wins, and one source can again fill the server: raise the
+    descriptor limit there). ``ceiling`` (``max_per_source``) bounds it from above.
+    """
+    return max(1, min(ceiling, budget, max(floor, math.ceil(share * budget))))
 
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -99,9 +115,11 @@ class RendezvousServer:
         loop = asyncio.get_running_loop()
         settings = self.settings
         cap, fd_limit = connection_cap(settings.max_connections)
+        source_cap = per_source_cap(cap, settings.per_source_share, settings.per_source_floor,
+                                    settings.max_per_source)
         self._listener = listening_socket(settings.host, settings.port, settings.backlog)
         self._hub = hub = Hub(self._listener, self.metrics, connection_cap=cap,
-                              per_source_cap=settings.max_per_source, name_timeout=settings.name_timeout,
+                              per_source_cap=source_cap, name_timeout=settings.name_timeout,
                               waiter_ttl=settings.waiter_ttl, loop=loop)
         loop.set_exception_handler(self._on_loop_error)
         loop.add_reader(hub.fileno(), hub.poll)
@@ -112,7 +130,7 @@ class RendezvousServer:
               health=":".join(map(str, self.health_address)) if self._health else "off",
               connection_cap=cap, fd_limit=fd_limit, loop=type(loop).__module__.split(".")[0],
               name_timeout=settings.name_timeout, waiter_ttl=settings.waiter_ttl,
-              max_per_source=settings.max_per_source)
+              per_source_cap=source_cap)
 
     def _schedule_sweep(self) -> None:
         assert self._hub is not None
@@ -129,7 +147,7 @@ class RendezvousServer:
         hub = self._hub
         assert hub is not None
         return self.metrics.render(waiters=len(hub.waiting), open_connections=hub.open,
-                                   connection_cap=hub.connection_cap)
+                                   connection_cap=hub.connection_cap, per_source_cap=hub.per_source_cap)
 
     @property
     def serving(self) -> bool:
