@@ -15,6 +15,8 @@ while another is loaded:
 * ``streams/asyncio``: ``bench/streams_baseline.py``, the plain asyncio-streams version
 * ``tcpunchd`` (only with ``--tcpunchd PATH``): a binary built elsewhere from TCPunch's public
   source; restarted for every measurement, since a reset client kills it (SIGPIPE)
+* ``LABEL`` (with ``--also LABEL=DIR``, repeatable): our server (uvloop) from another checkout,
+  e.g. ``git worktree add /tmp/before <commit>``, to measure what a change bought in one run
 
 Loads: 1 and 4 load threads with ``--concurrency`` pairs in flight each (throughput; latency is
 then mostly queueing), and one light load of 1 thread, 1 pair in flight (latency of an idle
@@ -147,7 +149,7 @@ def measure(server: Server, loadgen: Path, seconds: float, threads: int, concurr
             "p99_ms": result["p99_ms"], "error_kinds": {k: v for k, v in result["error_kinds"].items() if v}}
 
 
-def variants(tcpunchd: Path | None) -> dict[str, Callable[[], Server]]:
+def variants(tcpunchd: Path | None, also: list[str]) -> dict[str, Callable[[], Server]]:
     """How to start each variant; the C baseline first."""
     py = sys.executable
     found: dict[str, Callable[[], Server]] = {
@@ -157,6 +159,11 @@ def variants(tcpunchd: Path | None) -> dict[str, Callable[[], Server]]:
         "streams/asyncio": lambda: start_printing(
             [py, str(BENCH / "streams_baseline.py"), "--host", HOST, "--port", "0"], "streams/asyncio"),
     }
+    for item in also:
+        if "=" not in item:
+            raise SystemExit(f"--also needs LABEL=DIR, got {item!r}")
+        label, _, tree = item.partition("=")
+        found[label] = lambda label=label, tree=tree: start_ours("uvloop", label, tree=Path(tree).resolve())
     if tcpunchd is not None:
         found["tcpunchd"] = lambda: start_tcpunchd(tcpunchd)
     return found
@@ -164,7 +171,8 @@ def variants(tcpunchd: Path | None) -> dict[str, Callable[[], Server]]:
 
 def rounds(args: argparse.Namespace, loadgen: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Every load on every variant, ``args.rounds`` times, the variants' order rotated each round."""
-    starters = variants(args.tcpunchd)
+    starters = {label: start for label, start in variants(args.tcpunchd, args.also).items()
+                if label not in args.skip or label == BASELINE}
     servers = {label: start() for label, start in starters.items() if label != "tcpunchd"}
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {load: {v: [] for v in starters} for load, _, _ in LOADS}
     order = list(starters)
@@ -232,6 +240,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="pairs in flight per load thread (default 64)")
     parser.add_argument("--waiters", type=int, default=10_000, help="waiters for the memory check; 0 skips it")
     parser.add_argument("--tcpunchd", type=Path, default=None, help="a tcpunchd binary to measure as well")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                        help="our server from another checkout (a git worktree), to compare versions")
+    parser.add_argument("--skip", action="append", default=[], metavar="LABEL", help="leave a variant out")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 50 or not 0 < args.seconds <= 60 or not 1 <= args.concurrency <= 10_000:
         parser.error("rounds 1..50, seconds 0..60, concurrency 1..10000")
