@@ -64,9 +64,10 @@ def per_source_cap(budget: int, share: float, floor: int, ceiling: int) -> int:
     connection budget, so the others keep the rest: with the hard descriptor limit at 2,048 the
     budget is 2,016 and one source gets 1,008, where a flat cap of 10,000 let it take all.
     Service: a job whose ranks all come from one address (one NAT, or the embedded stack on
-    127.0.0.1) holds one connection per rank waiting for a partner, so one source must still
-    get enough for a whole job: ``floor`` connections at least, however small the budget (below
-    ``floor / share`` the floor wins, and one source can again fill the server: raise the
+    127.0.0.1) holds one connection per link being paired, until the partner arrives: one or
+    two per rank at a time in an allreduce, so a job fits while its ranks pairing at once fit in
+    the share, and one source gets ``floor`` connections at least, however small the budget
+    (below ``floor / share`` the floor wins, and one source can again fill the server: raise the
     descriptor limit there). ``ceiling`` (``max_per_source``) bounds it from above.
     """
     return max(1, min(ceiling, budget, max(floor, math.ceil(share * budget))))
