@@ -62,8 +62,7 @@ class ServerSettings:
     per_source_floor: int = 256
     #: Listen backlog; bursts of a whole job's ranks arrive within milliseconds.
     backlog: int = 4096
-    #: Event loop of the health port and the signals (the pairing thread runs its own epoll loop):
-    #: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
+    #: Event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
     loop: str = "auto"
 
     def __post_init__(self) -> None:
