@@ -4,9 +4,8 @@ Why not one asyncio Protocol per connection: a pairing is two connections that e
 one read and one or two writes, so the event loop's per-connection machinery (a transport, a
 protocol, a reader registration, callbacks scheduled for ``connection_made`` and
 ``connection_lost``, ``TCP_NODELAY``, the peer name fetched again) cost more than the pairing
-itself; ``bench/rendezvous_profile.py`` shows where. Here one thread (:meth:`Hub.run`) waits on
-this engine's own epoll set, once per wake-up, and every wake-up handles every ready connection;
-the event loop, on the main thread, keeps the health port and the signals:
+itself; ``bench/rendezvous_profile.py`` shows where. Here the event loop sees only one
+descriptor, this engine's epoll set, and every wake-up handles every ready connection:
 
 * accepts are batched (up to :data:`ACCEPT_BATCH` a wake-up), after the batch's other events, so
   that a waiter whose close is in the same batch is forgotten before a newcomer could meet it;
@@ -15,10 +14,7 @@ the event loop, on the main thread, keeps the health port and the signals:
 * the second client of a pair gets message 1 and message 2 in one 16-byte write (the bytes on the
   wire are the same two messages), and the pair is closed without unregistering (closing a
   descriptor takes it out of the epoll set);
-* nothing is scheduled per connection: deadlines are :class:`ExpiryBuckets`, swept by the same
-  loop every ``sweep_interval``.
-
-Only this thread changes the hub's state; the health port only reads counters and sizes.
+* nothing is scheduled per connection: deadlines are :class:`ExpiryBuckets` swept by the server.
 
 Every hardening rule of :mod:`.server` is kept here, and ``tests/rendezvous`` checks each one.
 """
@@ -26,6 +22,7 @@ Every hardening rule of :mod:`.server` is kept here, and ``tests/rendezvous`` ch
 from __future__ import annotations
 
 import _socket
+import asyncio
 import errno
 import logging
 import select
@@ -108,11 +105,12 @@ class Hub:
     """The waiting table, the limits and the deadlines, over one epoll set."""
 
     def __init__(self, listener: socket.socket, metrics: Metrics, *, connection_cap: int, per_source_cap: int,
-                 name_timeout: float, waiter_ttl: float) -> None:
+                 name_timeout: float, waiter_ttl: float, loop: asyncio.AbstractEventLoop) -> None:
         self.listener = listener
         self.metrics = metrics
         self.connection_cap = connection_cap
         self.per_source_cap = per_source_cap
+        self.loop = loop
         self.waiting: dict[bytes, Connection] = {}
         self.per_source: dict[str, int] = {}
         self.open = 0
@@ -123,13 +121,6 @@ class Hub:
         self._forget = getattr(self._epoll, "forget", None)
         self._listen_fd = listener.fileno()
         self._epoll.register(self._listen_fd, _READ)
-        self._resume_accepting_at: float | None = None
-        # request_stop() writes a byte here, from any thread, to end run()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_fd = self._wake_reader.fileno()
-        self._epoll.register(self._wake_fd, _READ)
-        self._stopping = False
-        self.closed_at_stop = 0
         # Deadlines are kept within an eighth of their timeout (at most a second late).
         self.naming: ExpiryBuckets[Connection] = ExpiryBuckets(name_timeout, min(1.0, name_timeout / 8))
         self.waiter_deadlines: ExpiryBuckets[Connection] = ExpiryBuckets(waiter_ttl, min(1.0, waiter_ttl / 8))
@@ -138,39 +129,16 @@ class Hub:
         self._log_timeout = RateLimitedEvent(log, "connection_timed_out", level=logging.INFO)
         self._log_accept_failure = RateLimitedEvent(log, "accept_failed", level=logging.ERROR)
 
-    # -- the loop ------------------------------------------------------------------------
-    def run(self) -> None:
-        """Serve on the calling thread until :meth:`request_stop`, then close every client.
+    def fileno(self) -> int:
+        """The epoll set's descriptor: readable whenever a connection or the listener is ready."""
+        return self._epoll.fileno()
 
-        One blocking epoll wait per wake-up (no event loop in between), the deadline sweep every
-        ``sweep_interval``. An unexpected error is logged and the loop goes on, as asyncio's would.
-        """
-        poll, monotonic = self._epoll.poll, time.monotonic
-        next_sweep = monotonic() + self.sweep_interval
-        while not self._stopping:
-            try:
-                self._wake(poll(max(0.0, next_sweep - monotonic()), EVENT_BATCH))
-                now = monotonic()
-                if now >= next_sweep:
-                    next_sweep = now + self.sweep_interval
-                    self.sweep()
-            except Exception as error:  # one bad wake-up must not end the server
-                event(log, "loop_error", logging.ERROR, message="pairing loop", error=repr(error))
-        self.closed_at_stop = self.close_all()
-
-    def request_stop(self) -> None:
-        """End :meth:`run` soon; safe from any thread."""
-        self._stopping = True
-        try:
-            self._wake_writer.send(b"\0", _SEND)
-        except OSError:
-            pass  # already woken, or already stopped
-
-    def _wake(self, events: list[tuple[int, int]]) -> None:
-        """Handle every ready connection, then accept."""
+    # -- one wake-up ---------------------------------------------------------------------
+    def poll(self) -> None:
+        """Handle every ready connection, then accept; called by the event loop's reader."""
         accept = False
         conns = self._conns
-        for fd, _ in events:
+        for fd, _ in self._epoll.poll(0, EVENT_BATCH):
             conn = conns.get(fd)
             if conn is not None:
                 self._readable(conn)
@@ -200,7 +168,7 @@ class Hub:
         self.metrics.rejected["accept_failed"] += 1
         self._log_accept_failure(error=repr(error), pause_s=ACCEPT_PAUSE)
         self._epoll.unregister(self._listen_fd)
-        self._resume_accepting_at = time.monotonic() + ACCEPT_PAUSE  # the sweep resumes it
+        self.loop.call_later(ACCEPT_PAUSE, self._epoll.register, self._listen_fd, _READ)
 
     # -- connection events ---------------------------------------------------------------
     def _admit(self, sock: _socket.socket, source: str, port: int) -> None:
@@ -326,9 +294,6 @@ class Hub:
     def sweep(self) -> None:
         """Close every connection whose name or partner is overdue (called every sweep_interval)."""
         now = time.monotonic()
-        if self._resume_accepting_at is not None and now >= self._resume_accepting_at:
-            self._resume_accepting_at = None
-            self._epoll.register(self._listen_fd, _READ)
         for conn in self.naming.pop_expired(now):
             self._expire(conn, "name")
         for conn in self.waiter_deadlines.pop_expired(now):
@@ -347,6 +312,4 @@ class Hub:
             self._close(conn)
         self.metrics.rejected["shutdown"] += len(conns)
         self._epoll.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
         return len(conns)

@@ -13,9 +13,9 @@ stalls, and each has a test:
 * a peer that resets mid-reply is the transport's error alone: the loop goes on;
 * SIGTERM closes the listener and every open client without a word, and exits cleanly.
 
-The connections live in :class:`.hub.Hub`'s own epoll set, served by one thread that waits on
-it once per wake-up and sweeps every deadline periodically; the event loop (uvloop when
-installed) on the main thread serves the health port and the signals.
+The connections live in :class:`.hub.Hub`'s own epoll set, which the event loop watches as one
+descriptor; one periodic sweep handles every deadline. The event loop (uvloop when installed)
+serves the health port, the signals and the sweep.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import math
 import resource
 import signal
 import socket
-import threading
 from typing import Any
 
 from services.logs import event
@@ -40,8 +39,6 @@ log = logging.getLogger("cosmic.rendezvous")
 #: Descriptors kept back from the connection cap for listeners, the health port, the event
 #: loop's own and the logs, so that the cap is reached before accept() runs out.
 FD_RESERVE = 32
-#: Seconds stop() waits for the pairing thread to close its clients.
-STOP_TIMEOUT = 5.0
 
 
 def connection_cap(requested: int) -> tuple[int, int]:
@@ -103,7 +100,7 @@ class RendezvousServer:
         self._hub: Hub | None = None
         self._listener: socket.socket | None = None
         self._health: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -124,20 +121,25 @@ class RendezvousServer:
         self._listener = listening_socket(settings.host, settings.port, settings.backlog)
         self._hub = hub = Hub(self._listener, self.metrics, connection_cap=cap,
                               per_source_cap=source_cap, name_timeout=settings.name_timeout,
-                              waiter_ttl=settings.waiter_ttl)
+                              waiter_ttl=settings.waiter_ttl, loop=loop)
         loop.set_exception_handler(self._on_loop_error)
+        loop.add_reader(hub.fileno(), hub.poll)
         if settings.health_port >= 0:
             self._health = await health.start(settings.health_host, settings.health_port, self)
-        self._thread = threading.Thread(target=hub.run, name="rendezvous-pairing", daemon=True)
-        self._thread.start()
+        self._schedule_sweep()
         event(log, "listening", host=self.address[0], port=self.address[1],
               health=":".join(map(str, self.health_address)) if self._health else "off",
               connection_cap=cap, fd_limit=fd_limit, loop=type(loop).__module__.split(".")[0],
               name_timeout=settings.name_timeout, waiter_ttl=settings.waiter_ttl,
               per_source_cap=source_cap)
 
+    def _schedule_sweep(self) -> None:
+        assert self._hub is not None
+        self._hub.sweep()
+        self._sweeper = asyncio.get_running_loop().call_later(self._hub.sweep_interval, self._schedule_sweep)
+
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        # An exception escaping a callback (the health port's) is logged as one event, and the
+        # An exception escaping a callback (the hub's included) is logged as one event, and the
         # loop goes on: no anonymous traceback, no dead server.
         event(log, "loop_error", logging.ERROR, message=str(context.get("message", "")),
               error=repr(context.get("exception")))
@@ -154,11 +156,12 @@ class RendezvousServer:
 
     async def stop(self) -> None:
         """Stop listening, close every client without a reply, stop the sweep and the health port."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         closed = 0
-        if self._hub is not None and self._thread is not None:
-            self._hub.request_stop()  # the pairing thread closes every client, then ends
-            await asyncio.to_thread(self._thread.join, STOP_TIMEOUT)
-            closed = self._hub.closed_at_stop
+        if self._hub is not None:
+            asyncio.get_running_loop().remove_reader(self._hub.fileno())
+            closed = self._hub.close_all()
         if self._listener is not None:
             self._listener.close()
         if self._health is not None:
