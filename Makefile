@@ -23,6 +23,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/rendezvous_server.py
+	$(PY) bench/allreduce_links.py
 	$(PY) bench/pair_latency.py
 	$(PY) bench/collectives.py
 	$(PY) bench/lambda_runtime.py
