@@ -50,6 +50,9 @@ READ_MARGIN_S = 60.0
 SCALING_BURST = 1000
 #: ... per this many seconds.
 SCALING_PERIOD_S = 10.0
+#: The longest pause between two tries of a throttled call: capacity that frees is taken within
+#: about this long (a 20 s cap, as for errors, left ranks idle 3-13 s after a sandbox freed: bench/faults.py).
+THROTTLE_MAX_DELAY_S = 4.0
 #: How long a throttled call may wait when the caller gives no deadline.
 DEFAULT_THROTTLE_WAIT_S = 3600.0
 
@@ -173,7 +176,7 @@ class Invoker:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code in _THROTTLED_CODES or status == 429:
                     self.stats.add(throttles=1)
-                    delay = self._backoff(throttled)
+                    delay = full_jitter(throttled, self.base_delay_s, THROTTLE_MAX_DELAY_S)
                     left = deadline - time.monotonic()
                     if on_throttled is not None:
                         on_throttled(True)

@@ -58,8 +58,10 @@ class Coordinator:
         bucket = self.jobs.bucket_for(request.bucket)
         if idempotency:
             existing = self.jobs.lookup_idempotent(bucket, idempotency)
-            if existing is not None:
+            if existing is not None and self.jobs.locate(existing) is not None:
                 return existing, False, []
+            if existing is not None:  # a coordinator killed between the key and the manifest: no such job
+                self.jobs.forget_idempotent(bucket, idempotency)
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
         rendezvous, warnings = self._rendezvous_address()

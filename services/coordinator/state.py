@@ -320,6 +320,10 @@ class JobStore:
         existing = self._document(bucket, record) or {}
         return str(existing.get("job_id", job_id)) if isinstance(existing, dict) else job_id
 
+    def forget_idempotent(self, bucket: str, key: str) -> None:
+        """Drop the key's record (it names a job that was never written)."""
+        self.store.delete(bucket, idempotency_key(key))
+
     def lookup_idempotent(self, bucket: str, key: str) -> str | None:
         for folder in (IDEMPOTENCY, LEGACY_IDEMPOTENCY):
             existing = self._document(bucket, idempotency_key(key, folder))

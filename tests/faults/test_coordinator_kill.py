@@ -57,6 +57,25 @@ def test_killed_at_submit_leaves_nothing_behind_and_the_retried_submit_runs_once
     assert time.monotonic() - started < 60
 
 
+def test_a_key_left_by_a_coordinator_killed_before_its_manifest_is_no_phantom_job(api: Api,
+                                                                                  stack: FaultStack) -> None:
+    """Killed between recording the Idempotency-Key and writing the manifest (one PUT apart, too
+    narrow to land a kill in): the key names a job that never was. The client's retry with that key
+    gets a job that exists and runs, not a 202 for an id that then answers 404."""
+    from services.coordinator.state import JobStore
+
+    payload = _job(stack)
+    key, phantom = f"key-{payload['result_path']}", "j20990101t000000-0000000000"
+    JobStore(stack.store, stack.bucket).idempotent_job(stack.bucket, key, phantom)  # what the kill left
+    status, body = api.call("POST", "/jobs", payload, headers={"Idempotency-Key": key})
+    assert status == 202 and body["job_id"] != phantom, body
+    api.wait(body["job_id"], timeout=120)
+    finished(api, stack, body["job_id"], str(payload["result_path"]), state="succeeded",
+             winners=dict.fromkeys(ALL, 1), invoked=dict.fromkeys(ALL, 1), objects=job_objects(ALL))
+    again = api.call("POST", "/jobs", payload, headers={"Idempotency-Key": key})[1]
+    assert again["job_id"] == body["job_id"], "the key now names the job that ran"
+
+
 def _post(api: Api, payload: dict[str, object]) -> Any:
     """``POST /jobs`` as a client that retries with one Idempotency-Key; the error if none answered."""
     try:
