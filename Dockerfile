@@ -1,9 +1,13 @@
 # syntax=docker/dockerfile:1
-# Three images from this one repository, one target each (issue #7):
+# Three images from this one repository, one target each (issue #7), and a lean worker (issue 15):
 #
 #   docker build --target rendezvous  -t cosmic-rendezvous  .
 #   docker build --platform linux/amd64 --provenance=false --target coordinator -t cosmic-coordinator .
 #   docker build --platform linux/amd64 --provenance=false --target worker -t cosmic-worker .
+#   docker build --platform linux/amd64 --provenance=false --target worker-lean -t cosmic-worker-lean .
+#
+# worker-lean is the worker without torch, for native-only deployments (`cosmic deploy
+# --worker-image worker-lean`): it runs exported models (`cosmic export`) and has no `script` mode.
 #
 # The worker, and the coordinator (Step Functions runs its plan and summarize handlers as
 # Lambdas, infra/stepfunctions.yaml), are built for linux/amd64 with --provenance=false:
@@ -80,8 +84,9 @@ CMD ["--host", "0.0.0.0", "--port", "8000"]
 # ---------------------------------------------------------------------------------------------
 # worker: the inference handler on AWS's Lambda base image (Amazon Linux 2023)
 # ---------------------------------------------------------------------------------------------
-# Size, estimated (not measured here: no Docker engine): base ~600 MB + CPU torch ~700 MB +
-# numpy/boto3/safetensors/awslambdaric ~100 MB = ~1.4 GB uncompressed, under Lambda's 10 GB limit.
+# Size, estimated from the installed trees (not measured here: no Docker engine): base ~600 MB +
+# the worker extra's 1,153 MB (CPU torch 757, openvino 185, sympy 75, numpy 71, boto3 and the
+# rest) = ~1.75 GB uncompressed, under Lambda's 10 GB limit.
 # It stays root: Lambda runs the function as its own unprivileged user with a read-only /var/task,
 # and the base image has no useradd. Under compose the same image also runs the local runtime
 # (`python3 -m services.local.runtime`, see compose.yaml) and the demo-data seeding.
@@ -102,4 +107,27 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
 COPY services/ ${LAMBDA_TASK_ROOT}/services/
 # the base image's ENTRYPOINT is /lambda-entrypoint.sh: on Lambda the runtime interface client,
 # elsewhere the bundled runtime interface emulator (on :8080, answering to AWS_LAMBDA_FUNCTION_NAME)
+CMD ["services.worker.handler.handler"]
+
+# ---------------------------------------------------------------------------------------------
+# worker-lean: the same handler without torch, for deployments that run native mode only
+# ---------------------------------------------------------------------------------------------
+# Native mode runs the checkpoint's export (`cosmic export`: {checkpoint}.onnx and its manifest)
+# on OpenVINO and never imports torch, so a cold start skips torch's 1-2 s import. A checkpoint
+# without an export, and the legacy `script` mode, fail here naming what to do: deploy `worker`
+# for those. Size, estimated from the installed trees (no Docker engine here): base ~600 MB +
+# the worker-lean extra's 288 MB (openvino 185, numpy 71, botocore 23, the rest) = ~0.9 GB.
+FROM ${LAMBDA_PYTHON} AS worker-lean
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=${LAMBDA_TASK_ROOT} \
+    AWS_LAMBDA_FUNCTION_NAME=cosmic-worker \
+    COSMIC_WORKER_ENGINE=openvino
+WORKDIR ${LAMBDA_TASK_ROOT}
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['optional-dependencies']['worker-lean']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/pyproject.toml
+COPY services/ ${LAMBDA_TASK_ROOT}/services/
 CMD ["services.worker.handler.handler"]

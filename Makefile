@@ -23,10 +23,12 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/rendezvous_server.py
+	$(PY) bench/allreduce_links.py
 	$(PY) bench/pair_latency.py
 	$(PY) bench/collectives.py
 	$(PY) bench/lambda_runtime.py
 	$(PY) bench/inference.py
+	$(PY) bench/engines.py
 	$(PY) bench/worker_invocation.py
 	$(PY) bench/coordinator.py
 	$(PY) bench/job_overhead.py

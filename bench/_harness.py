@@ -44,12 +44,12 @@ class Server:
     log: Path
 
 
-def spawn(cmd: list[str], log: Path, stdout: int = subprocess.DEVNULL) -> Child:
+def spawn(cmd: list[str], log: Path, stdout: int = subprocess.DEVNULL, cwd: Path = REPO) -> Child:
     """Start a child whose stderr goes to ``log``; every child is killed when the bench exits.
 
     ``child.stop()`` sends SIGTERM, then SIGKILL after STOP_TIMEOUT: a stuck server must not outlive the bench.
     """
-    child = start(cmd, name=log.stem, log=log, stdout=stdout, cwd=REPO, stop_timeout=STOP_TIMEOUT)
+    child = start(cmd, name=log.stem, log=log, stdout=stdout, cwd=cwd, stop_timeout=STOP_TIMEOUT)
     _children.append(child)
     return child
 
@@ -67,13 +67,18 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> str:
         return response.read().decode()
 
 
-def start_ours(loop: str, label: str, *extra: str) -> Server:
-    """Our server on ``loop``, ready: its /healthz answers (it starts listening before that port)."""
+def start_ours(loop: str, label: str, *extra: str, tree: Path = REPO) -> Server:
+    """Our server on ``loop``, ready: its /healthz answers (it starts listening before that port).
+
+    ``tree``: another checkout of the repository (a ``git worktree`` of an older commit) whose
+    ``services`` to run: ``python -m`` puts the working directory first on the import path.
+    """
     log = OUT / f"{label.replace('/', '-')}.stderr.log"
     for _ in range(3):
         port, health_port = free_ports(2)
         child = spawn(python("services.rendezvous", "--host", HOST, "--port", str(port), "--health-host", HOST,
-                             "--health-port", str(health_port), "--loop", loop, "--log-level", "WARNING", *extra), log)
+                             "--health-port", str(health_port), "--loop", loop, "--log-level", "WARNING", *extra), log,
+                      cwd=tree)
         try:
             child.wait_ready(functools.partial(healthz, health_port, HOST), STARTUP_TIMEOUT)
         except ChildError:

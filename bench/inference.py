@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = fit(steps=args.fit_steps, samples=2048)
     model.eval()
     data = partition(77, args.samples)
-    truth = data.redshifts.numpy()  # type: ignore[union-attr]
+    truth = data.redshifts
+    data = type(data)(torch.from_numpy(data.images), torch.from_numpy(data.magnitudes), None)  # the legacy loop's
     runs = configurations(model)
     predictions = {}
     for name, run in runs.items():  # warm-up batch, then the predictions the accuracy columns use

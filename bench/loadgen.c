@@ -16,8 +16,13 @@
  * short back-off the slot starts a new pairing. Nothing blocks: every wait is bounded by the
  * SECONDS deadline, and a pairing stuck for PAIR_TIMEOUT_S is abandoned as an error.
  *
+ * Each successful pairing's latency (from the first connect to the second EOF) goes into a
+ * histogram of 1 us buckets up to HIST_US (the last bucket holds everything slower), merged over
+ * the threads at the end for p50 and p99.
+ *
  * Output, one JSON line on stdout at the end:
- *   {"pairings": N, "errors": E, "elapsed_s": S, "pairings_per_s": R, ..., "error_kinds": {...}}
+ *   {"pairings": N, "errors": E, "elapsed_s": S, "pairings_per_s": R, "p50_ms": .., "p99_ms": ..,
+ *    ..., "error_kinds": {...}}
  *
  * Build: gcc -O2 -Wall -Wextra -pthread -o loadgen loadgen.c
  */
@@ -43,6 +48,7 @@
 #define BACKOFF_S 0.005       /* pause of a slot after an error, so that failing connects cannot spin */
 #define SCAN_INTERVAL_S 0.005 /* how often back-offs and stalled pairings are looked at */
 #define MAX_EVENTS 512
+#define HIST_US 100000        /* latency histogram: 1 us buckets up to 100 ms */
 
 enum conn_state { C_CLOSED, C_CONNECTING, C_READING, C_DONE };
 
@@ -91,6 +97,7 @@ typedef struct {
     uint64_t pairings;
     uint64_t errors;
     uint64_t kinds[K_COUNT];
+    uint32_t *hist;          /* HIST_US + 1 buckets of pairing latency */
     int epfd;
     slot_t *slots;
     pthread_t thread;
@@ -204,6 +211,8 @@ static void finish_pair(worker_t *w, slot_t *s, double now) {
         return;
     }
     w->pairings++;
+    double us = (now - s->started) * 1e6;
+    w->hist[us < HIST_US ? (int)us : HIST_US]++;
     s->busy = 0;
     s->resume_at = now; /* next pairing right away */
 }
@@ -302,6 +311,18 @@ static void *run_worker(void *arg) {
     return NULL;
 }
 
+/* The latency below which a fraction q of the pairings finished, in ms (bucket upper bounds). */
+static double percentile_ms(const uint64_t *hist, uint64_t total, double q) {
+    if (total == 0) return 0.0;
+    uint64_t want = (uint64_t)(q * (double)total), seen = 0;
+    if (want < 1) want = 1;
+    for (int i = 0; i <= HIST_US; i++) {
+        seen += hist[i];
+        if (seen >= want) return (i + 1) / 1000.0;
+    }
+    return HIST_US / 1000.0;
+}
+
 static int usage(const char *argv0) {
     fprintf(stderr, "usage: %s HOST PORT SECONDS THREADS CONCURRENCY\n", argv0);
     return 2;
@@ -340,25 +361,30 @@ int main(int argc, char **argv) {
         w->deadline = deadline;
         w->server = server;
         w->slots = calloc((size_t)concurrency, sizeof *w->slots);
+        w->hist = calloc(HIST_US + 1, sizeof *w->hist);
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (!w->slots || w->epfd < 0 || pthread_create(&w->thread, NULL, run_worker, w) != 0) {
+        if (!w->slots || !w->hist || w->epfd < 0 || pthread_create(&w->thread, NULL, run_worker, w) != 0) {
             perror("loadgen: cannot start a worker");
             break;
         }
         started++;
     }
     uint64_t pairings = 0, errors = 0, kinds[K_COUNT] = {0};
+    uint64_t *hist = calloc(HIST_US + 1, sizeof *hist);
+    if (!hist) return 1;
     for (int t = 0; t < started; t++) {
         pthread_join(workers[t].thread, NULL);
+        for (int i = 0; i <= HIST_US; i++) hist[i] += workers[t].hist[i];
         pairings += workers[t].pairings;
         errors += workers[t].errors;
         for (int k = 0; k < K_COUNT; k++) kinds[k] += workers[t].kinds[k];
     }
     double elapsed = now_s() - start;
     printf("{\"pairings\": %llu, \"errors\": %llu, \"elapsed_s\": %.3f, \"pairings_per_s\": %.1f, "
-           "\"threads\": %d, \"concurrency\": %d, \"error_kinds\": {",
+           "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"threads\": %d, \"concurrency\": %d, \"error_kinds\": {",
            (unsigned long long)pairings, (unsigned long long)errors, elapsed,
-           elapsed > 0 ? (double)pairings / elapsed : 0.0, started, concurrency);
+           elapsed > 0 ? (double)pairings / elapsed : 0.0, percentile_ms(hist, pairings, 0.50),
+           percentile_ms(hist, pairings, 0.99), started, concurrency);
     for (int k = 0; k < K_COUNT; k++)
         printf("%s\"%s\": %llu", k ? ", " : "", KIND_NAMES[k], (unsigned long long)kinds[k]);
     printf("}}\n");

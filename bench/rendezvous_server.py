@@ -1,40 +1,49 @@
-"""Throughput and memory of the rendezvous server, against a plain asyncio-streams baseline.
+"""Throughput, CPU per pairing and latency of the rendezvous server, as ratios to a C server of
+tcpunchd's design measured in the same run.
 
-Why this shape: the server is one event loop, so its throughput is pairings per second of one
-core; measuring it needs a client that costs far less than the server (``loadgen.c``, compiled
-here into ``bench/out/``) and a baseline measured in the same run on the same (noisy) machine,
-so that the result is a ratio that survives the machine changing under us.
+Why this shape: the server replaces TCPunch's C++ ``tcpunchd``, so the question is how it does
+against a server of that design, and on a shared, noisy machine only a ratio to a baseline
+measured in the same run, rounds interleaved, means anything. The load comes from ``loadgen.c``
+(it costs far less than any server here); both C programs are compiled by this script with
+``cc`` into ``bench/out/`` (never committed).
 
-Variants, each a separate process on free loopback ports:
+Variants, each a separate process on a free loopback port, all started first and left idle
+while another is loaded:
 
-a. our server (``python -m services.rendezvous``) on uvloop
-b. our server on asyncio's own loop
-c. ``bench/streams_baseline.py`` on asyncio: the ratio column divides by this one
-d. the same baseline on uvloop
+* ``c/tcpunch-design``: ``bench/tcpunch_baseline.c``; every ratio divides by this one
+* ``ours/uvloop`` (the default) and ``ours/asyncio``: ``python -m services.rendezvous``
+* ``streams/asyncio``: ``bench/streams_baseline.py``, the plain asyncio-streams version
+* ``tcpunchd`` (only with ``--tcpunchd PATH``): a binary built elsewhere from TCPunch's public
+  source; restarted for every measurement, since a reset client kills it (SIGPIPE)
+* ``LABEL`` (with ``--also LABEL=DIR``, repeatable): our server (uvloop) from another checkout,
+  e.g. ``git worktree add /tmp/before <commit>``, to measure what a change bought in one run
 
-Each runs loadgen with 1, then 2 load threads for ``--seconds``. Then our server (uvloop)
-holds 10,000 waiters at once, to measure resident memory per waiter and check that every
-waiter is forgotten when its client goes. Results: a table on stdout and
-``bench/out/rendezvous_server.json``.
+Loads: 1 and 4 load threads with ``--concurrency`` pairs in flight each (throughput; latency is
+then mostly queueing), and one light load of 1 thread, 1 pair in flight (latency of an idle
+server). Each round measures every load on every variant, the variants in a rotated order; the
+table gives median (min-max) over the rounds of pairings/s, the ratio to the C baseline of the
+same round and load, the server's CPU time per pairing (user + system from /proc/PID/stat), and
+the load generator's p50/p99 pairing latency. The load average is printed before and after.
 
-Run: ``.venv/bin/python bench/rendezvous_server.py [--seconds 5] [--concurrency 64] [--waiters 10000]``
+Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/rendezvous_server.py [--rounds 5]
+[--seconds 3] [--concurrency 64] [--waiters 10000] [--tcpunchd /tmp/tcpunch/tcpunchd]``.
+Results: tables on stdout and ``bench/out/rendezvous_server.json``; then the memory check of
+``bench/rendezvous_memory.py`` unless ``--waiters 0``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import resource
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +55,21 @@ from _harness import (
     STARTUP_TIMEOUT,
     Server,
     children_killed_on_exit,
-    http_get,
     spawn,
     start_ours,
     write_report,
 )
 
+from services.ports import free_port
 
-def start_baseline(uvloop: bool, label: str) -> Server:
-    """The streams baseline on a port it picks; ready once it prints ``listening HOST PORT``."""
-    cmd = [sys.executable, str(BENCH / "streams_baseline.py"), "--host", HOST, "--port", "0"]
-    if uvloop:
-        cmd.append("--uvloop")
+BASELINE = "c/tcpunch-design"
+#: (label, load threads, pairs in flight per thread); None means --concurrency
+LOADS: tuple[tuple[str, int, int | None], ...] = (("1 thread", 1, None), ("4 threads", 4, None),
+                                                   ("light", 1, 1))
+
+
+def start_printing(cmd: list[str], label: str) -> Server:
+    """A server that prints ``listening HOST PORT`` on stdout once it accepts (``--port 0`` / ``0``)."""
     log = OUT / f"{label.replace('/', '-')}.stderr.log"
     child = spawn(cmd, log, stdout=subprocess.PIPE)
     stdout = child.process.stdout
@@ -75,42 +87,37 @@ def start_baseline(uvloop: bool, label: str) -> Server:
     match = re.match(rb"listening \S+ (\d+)", line)
     if not match:
         child.stop()
-        raise RuntimeError(f"{label}: baseline did not start (said {line!r}); see {log}")
+        raise RuntimeError(f"{label}: did not start (said {line!r}); see {log}")
     return Server(label, child, int(match.group(1)), None, log)
 
 
-# -- measurements ----------------------------------------------------------------------------
-def build_loadgen() -> Path:
-    """Compile loadgen.c into bench/out/ unless the binary is newer than the source."""
-    source, binary = BENCH / "loadgen.c", OUT / "loadgen"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(binary), str(source)],
-                       check=True, timeout=120)
-    return binary
+def start_tcpunchd(binary: Path) -> Server:
+    """The real tcpunchd on a free port (it takes the port as its only argument; stdout discarded)."""
+    port = free_port()
+    child = spawn([str(binary), str(port)], OUT / "tcpunchd.stderr.log")
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()  # a bare probe: the first is harmless
+            return Server("tcpunchd", child, port, None, OUT / "tcpunchd.stderr.log")
+        except OSError:
+            time.sleep(0.05)
+    child.stop()
+    raise RuntimeError("tcpunchd did not start")
+
+
+def build(source: str, binary: str, *flags: str) -> Path:
+    """Compile ``bench/<source>`` into ``bench/out/<binary>`` with cc unless it is newer than the source."""
+    src, out = BENCH / source, OUT / binary
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-Wall", "-Wextra", *flags, "-o", str(out), str(src)], check=True, timeout=120)
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of a process in KiB."""
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-    assert match, "no VmRSS"
-    return int(match.group(1))
-
-
-def scrape(server: Server) -> dict[str, float]:
-    """Our server's /metrics as ``{name{labels}: value}``."""
-    assert server.health_port is not None
-    samples: dict[str, float] = {}
-    for line in http_get(server.health_port, "/metrics").splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def run_loadgen(binary: Path, port: int, seconds: float, threads: int, concurrency: int) -> dict[str, Any]:
@@ -123,234 +130,145 @@ def run_loadgen(binary: Path, port: int, seconds: float, threads: int, concurren
     return json.loads(lines[-1])
 
 
-@dataclass
-class Row:
-    """One line of the throughput table."""
+def measure(server: Server, loadgen: Path, seconds: float, threads: int, concurrency: int,
+            may_die: bool = False) -> dict[str, Any]:
+    """One loadgen run against ``server``, with the server's CPU time over it.
 
-    variant: str
-    threads: int
-    pairings: int
-    pairings_per_s: float
-    errors: int
-    error_kinds: dict[str, int]
-    elapsed_s: float
-    server_cpu_pct: float
-    server_pairings: int | None = None
-    ratio: float | None = None
+    ``may_die``: tcpunchd dies of SIGPIPE when loadgen resets its pairs in flight at the end; its
+    CPU time is still read (an unreaped child's /proc entry stays).
+    """
+    cpu = cpu_seconds(server.child.pid)
+    result = run_loadgen(loadgen, server.port, seconds, threads, concurrency)
+    cpu = cpu_seconds(server.child.pid) - cpu
+    if not may_die and not server.child.running():
+        raise RuntimeError(f"{server.label} died during the run; see {server.log}")
+    pairings = int(result["pairings"])
+    return {"pairings_per_s": float(result["pairings_per_s"]), "pairings": pairings,
+            "errors": int(result["errors"]), "cpu_us_per_pairing": 1e6 * cpu / pairings if pairings else None,
+            "cpu_pct": 100.0 * cpu / float(result["elapsed_s"]), "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "error_kinds": {k: v for k, v in result["error_kinds"].items() if v}}
 
 
-def measure(server: Server, binary: Path, seconds: float, concurrency: int) -> list[Row]:
-    """Load ``server`` with 1 then 2 loadgen threads; check our server's own count when it has one."""
+def variants(tcpunchd: Path | None, also: list[str]) -> dict[str, Callable[[], Server]]:
+    """How to start each variant; the C baseline first."""
+    py = sys.executable
+    found: dict[str, Callable[[], Server]] = {
+        BASELINE: lambda: start_printing([str(build("tcpunch_baseline.c", "tcpunch_baseline")), HOST, "0"], BASELINE),
+        "ours/uvloop": lambda: start_ours("uvloop", "ours/uvloop"),
+        "ours/asyncio": lambda: start_ours("asyncio", "ours/asyncio"),
+        "streams/asyncio": lambda: start_printing(
+            [py, str(BENCH / "streams_baseline.py"), "--host", HOST, "--port", "0"], "streams/asyncio"),
+    }
+    for item in also:
+        if "=" not in item:
+            raise SystemExit(f"--also needs LABEL=DIR, got {item!r}")
+        label, _, tree = item.partition("=")
+        found[label] = lambda label=label, tree=tree: start_ours("uvloop", label, tree=Path(tree).resolve())
+    if tcpunchd is not None:
+        found["tcpunchd"] = lambda: start_tcpunchd(tcpunchd)
+    return found
+
+
+def rounds(args: argparse.Namespace, loadgen: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every load on every variant, ``args.rounds`` times, the variants' order rotated each round."""
+    starters = {label: start for label, start in variants(args.tcpunchd, args.also).items()
+                if label not in args.skip or label == BASELINE}
+    servers = {label: start() for label, start in starters.items() if label != "tcpunchd"}
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {load: {v: [] for v in starters} for load, _, _ in LOADS}
+    order = list(starters)
+    for index in range(args.rounds):
+        for load, threads, concurrency in LOADS:
+            for label in order[index % len(order):] + order[:index % len(order)]:
+                server = servers[label] if label in servers else starters[label]()
+                sample = measure(server, loadgen, args.seconds, threads, concurrency or args.concurrency,
+                                 may_die=label not in servers)
+                if label not in servers:
+                    server.child.stop()
+                samples[load][label].append(sample)
+                time.sleep(0.3)  # let the last connections of the run drain
+            base = samples[load][BASELINE][-1]["pairings_per_s"]
+            for label in starters:
+                last = samples[load][label][-1]
+                last["ratio"] = last["pairings_per_s"] / base if base else None
+        print(f"  round {index + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.2f}", flush=True)
+    for server in servers.values():
+        server.child.stop()
+    return samples
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``median (min-max)`` of the values."""
+    if not values:
+        return "-"
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One row per load and variant: medians and ranges over the rounds."""
     rows = []
-    for threads in (1, 2):
-        before = scrape(server)["rendezvous_pairings_total"] if server.health_port else None
-        cpu = cpu_seconds(server.child.pid)
-        result = run_loadgen(binary, server.port, seconds, threads, concurrency)
-        cpu = cpu_seconds(server.child.pid) - cpu
-        after = scrape(server)["rendezvous_pairings_total"] if server.health_port else None
-        kinds = {k: v for k, v in result["error_kinds"].items() if v}
-        rows.append(Row(server.label, threads, int(result["pairings"]), float(result["pairings_per_s"]),
-                        int(result["errors"]), kinds, float(result["elapsed_s"]),
-                        100.0 * cpu / float(result["elapsed_s"]),
-                        None if before is None or after is None else int(after - before)))
-        print(f"  {server.label:<18} threads={threads}  {rows[-1].pairings_per_s:>9,.0f} pairings/s  "
-              f"errors={rows[-1].errors}  server CPU {rows[-1].server_cpu_pct:.0f}%", flush=True)
-        time.sleep(0.5)  # let the last connections of the run drain
+    for load, by_variant in samples.items():
+        base_cpu = statistics.median(s["cpu_us_per_pairing"] for s in by_variant[BASELINE])
+        for label, runs in by_variant.items():
+            cpu = [s["cpu_us_per_pairing"] for s in runs if s["cpu_us_per_pairing"]]
+            rows.append({"load": load, "variant": label,
+                         "pairings_per_s": spread([s["pairings_per_s"] for s in runs], ",.0f"),
+                         "ratio": spread([s["ratio"] for s in runs if s["ratio"]], ".2f"),
+                         "cpu_us_per_pairing": spread(cpu, ".0f"),
+                         "cpu_ratio": f"{statistics.median(cpu) / base_cpu:.2f}" if cpu and base_cpu else "-",
+                         "p50_ms": spread([s["p50_ms"] for s in runs], ".3f"),
+                         "p99_ms": spread([s["p99_ms"] for s in runs], ".3f"),
+                         "errors": sum(s["errors"] for s in runs)})
     return rows
 
 
-VARIANTS = (
-    ("ours/uvloop", lambda: start_ours("uvloop", "ours/uvloop")),
-    ("ours/asyncio", lambda: start_ours("asyncio", "ours/asyncio")),
-    ("baseline/asyncio", lambda: start_baseline(False, "baseline/asyncio")),
-    ("baseline/uvloop", lambda: start_baseline(True, "baseline/uvloop")),
-)
-BASELINE = "baseline/asyncio"
-
-
-def throughput(binary: Path, seconds: float, concurrency: int) -> tuple[list[Row], dict[str, dict[str, Any]]]:
-    """Every variant in turn, one at a time so that they never compete for the two cores."""
-    rows: list[Row] = []
-    servers: dict[str, dict[str, Any]] = {}
-    for label, start in VARIANTS:
-        server = start()
-        try:
-            rows += measure(server, binary, seconds, concurrency)
-        finally:
-            code = server.child.stop()
-        servers[label] = {"exit_code": code, **summarize_log(server.log)}
-    base = {row.threads: row.pairings_per_s for row in rows if row.variant == BASELINE}
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\n{args.rounds} rounds of {args.seconds:g} s per load and variant, {args.concurrency} pairs in flight per "
+          f"load thread (light: 1); median (min-max) over rounds; ratio = pairings/s / {BASELINE}'s in the same round; "
+          "CPU ratio = median CPU/pairing / the baseline's")
+    head = ("load", "variant", "pairings/s", "ratio", "CPU us/pairing", "CPU ratio", "p50 ms", "p99 ms", "errors")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
-        row.ratio = row.pairings_per_s / base[row.threads] if base.get(row.threads) else None
-    return rows, servers
-
-
-_NOISE = ("Traceback", "Unhandled exception", "transport:", " ")
-_STAMP = re.compile(r"^\S+Z (\w+ +\S+ )")
-
-
-def summarize_log(log: Path) -> dict[str, object]:
-    """What a server wrote on stderr: line and traceback counts, and its distinct headlines.
-
-    Headlines are log events without timestamp and exception lines, so that a few thousand lines
-    of tracebacks read as "ConnectionResetError x70".
-    """
-    lines = log.read_text(errors="replace").splitlines()
-    headlines = Counter(_STAMP.sub(r"\1", line.split(" suppressed_since_last=")[0])
-                        for line in lines if line and not line.startswith(_NOISE))
-    return {"stderr_lines": len(lines), "tracebacks": sum(line.startswith("Traceback") for line in lines),
-            "headlines": dict(headlines.most_common(5)), "stderr_log": str(log.relative_to(REPO))}
-
-
-# -- memory ----------------------------------------------------------------------------------
-def raise_fd_limit(needed: int) -> int:
-    """Raise our soft descriptor limit to the hard one; returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    if soft < needed:
-        print(f"  warning: descriptor limit {soft} < {needed}", flush=True)
-    return soft
-
-
-def wait_for_gauge(server: Server, name: str, value: float, timeout: float) -> tuple[bool, float]:
-    """Poll /metrics until ``name`` equals ``value``; returns (reached, seconds waited)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if scrape(server).get(name) == value:
-            return True, time.monotonic() - start
-        time.sleep(0.05)
-    return False, time.monotonic() - start
-
-
-def open_waiters(port: int, count: int, timeout: float) -> tuple[list[socket.socket], int]:
-    """``count`` clients, each named distinctly, each having read its message 1; returns (sockets, bad replies).
-
-    Blocking sockets with a timeout keep this a plain loop; loopback connects take microseconds,
-    and the overall deadline bounds it whatever the server does.
-    """
-    clients: list[socket.socket] = []
-    deadline = time.monotonic() + timeout
-    try:
-        for i in range(count):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"opened only {i} of {count} waiters in {timeout:g} s")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            clients.append(sock)
-            sock.settimeout(5.0)
-            sock.connect((HOST, port))
-            sock.sendall(f"rss-{i}".encode())
-        bad = 0
-        for sock in clients:
-            reply = sock.recv(8, socket.MSG_WAITALL)
-            bad += reply[4:6] != sock.getsockname()[1].to_bytes(2, "big")
-        return clients, bad
-    except BaseException:
-        close_with_reset(clients)
-        raise
-
-
-def close_with_reset(clients: list[socket.socket]) -> None:
-    """Close with an RST (SO_LINGER 0).
-
-    A FIN would leave thousands of TIME_WAIT entries on client ports, which is what makes
-    connect-first clients fail to bind (PROTOCOL.md), and this machine is shared with tests.
-    """
-    for sock in clients:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()
-
-
-def memory(waiters: int) -> dict[str, object]:
-    """RSS of our server (uvloop) idle and holding ``waiters`` waiters; the gauge must return to 0."""
-    raise_fd_limit(waiters + 256)
-    # Every client comes from 127.0.0.1, so lift the per-source cap (meant for NATs) above the count.
-    server = start_ours("uvloop", "ours/uvloop-rss", "--max-per-source", str(waiters * 2))
-    clients: list[socket.socket] = []
-    try:
-        time.sleep(0.5)
-        idle = rss_kib(server.child.pid)
-        started = time.monotonic()
-        clients, bad = open_waiters(server.port, waiters, timeout=90.0)
-        opened_s = time.monotonic() - started
-        reached, _ = wait_for_gauge(server, "rendezvous_waiters", waiters, timeout=30.0)
-        loaded = rss_kib(server.child.pid)
-        gauge_full = scrape(server).get("rendezvous_waiters")
-        close_with_reset(clients)
-        clients = []
-        emptied, drain_s = wait_for_gauge(server, "rendezvous_waiters", 0, timeout=30.0)
-        final = scrape(server)
-        after = rss_kib(server.child.pid)
-    finally:
-        close_with_reset(clients)
-        server.child.stop()
-    return {"waiters": waiters, "gauge_reached": reached, "gauge_at_full": gauge_full, "bad_replies": bad,
-            "open_s": round(opened_s, 2), "idle_rss_kib": idle, "loaded_rss_kib": loaded,
-            "rss_per_waiter_bytes": round((loaded - idle) * 1024 / waiters),
-            "gauge_back_to_zero": emptied, "drain_s": round(drain_s, 2),
-            "open_connections_after": final.get("rendezvous_open_connections"),
-            "waiters_gone_total": final.get("rendezvous_waiters_gone_total"), "rss_after_close_kib": after}
-
-
-# -- report ----------------------------------------------------------------------------------
-def print_table(rows: list[Row], seconds: float, concurrency: int) -> None:
-    print(f"\nThroughput: loadgen {seconds:g} s per row, {concurrency} pairs in flight per load thread, "
-          f"ratio against {BASELINE} at the same load threads")
-    print(f"{'variant':<18} {'load thr':>8} {'pairings/s':>11} {'pairings':>9} {'errors':>7} "
-          f"{'ratio':>6} {'srv CPU':>8} {'srv count':>10}")
-    for row in rows:
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
-        count = str(row.server_pairings) if row.server_pairings is not None else "-"
-        print(f"{row.variant:<18} {row.threads:>8} {row.pairings_per_s:>11,.0f} {row.pairings:>9} "
-              f"{row.errors:>7} {ratio:>6} {row.server_cpu_pct:>7.0f}% {count:>10}")
-        if row.error_kinds:
-            print(f"{'':<18} errors by kind: {row.error_kinds}")
-
-
-def print_servers(servers: dict[str, dict[str, Any]]) -> None:
-    print("\nServer processes (stderr, including the end of each run, when loadgen resets its pairs in flight):")
-    for label, info in servers.items():
-        print(f"  {label:<18} exit {info['exit_code']}, {info['stderr_lines']} stderr lines, "
-              f"{info['tracebacks']} tracebacks ({info['stderr_log']})")
-        for headline, count in info["headlines"].items():
-            print(f"  {'':<18}   x{count}: {headline[:150]}")
-
-
-def print_memory(mem: dict[str, object]) -> None:
-    print(f"\nMemory: ours/uvloop holding {mem['waiters']:,} waiters (distinct names, all from {HOST})")
-    print(f"  opened in {mem['open_s']} s; gauge reached {mem['waiters']}: {mem['gauge_reached']}; "
-          f"bad message-1 replies: {mem['bad_replies']}")
-    print(f"  VmRSS idle {mem['idle_rss_kib']:,} KiB -> loaded {mem['loaded_rss_kib']:,} KiB: "
-          f"{mem['rss_per_waiter_bytes']:,} bytes per waiter (user space only; kernel socket memory not included)")
-    print(f"  after closing them all (RST): waiters gauge back to 0: {mem['gauge_back_to_zero']} "
-          f"in {mem['drain_s']} s; open connections {mem['open_connections_after']}; "
-          f"waiters_gone_total {mem['waiters_gone_total']}; VmRSS {mem['rss_after_close_kib']:,} KiB")
+        print("| " + " | ".join(str(row[key]) for key in ("load", "variant", "pairings_per_s", "ratio",
+                                                           "cpu_us_per_pairing", "cpu_ratio", "p50_ms", "p99_ms",
+                                                           "errors")) + " |")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="loadgen duration per row (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each measuring every variant (default 5)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="loadgen duration per measurement (default 3)")
     parser.add_argument("--concurrency", type=int, default=64, help="pairs in flight per load thread (default 64)")
-    parser.add_argument("--waiters", type=int, default=10_000, help="waiters held for the memory test")
-    return parser.parse_args(argv)
+    parser.add_argument("--waiters", type=int, default=10_000, help="waiters for the memory check; 0 skips it")
+    parser.add_argument("--tcpunchd", type=Path, default=None, help="a tcpunchd binary to measure as well")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                        help="our server from another checkout (a git worktree), to compare versions")
+    parser.add_argument("--skip", action="append", default=[], metavar="LABEL", help="leave a variant out")
+    args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 50 or not 0 < args.seconds <= 60 or not 1 <= args.concurrency <= 10_000:
+        parser.error("rounds 1..50, seconds 0..60, concurrency 1..10000")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     with children_killed_on_exit():
-        binary = build_loadgen()
-        print(f"loadgen: {binary.relative_to(REPO)}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}",
-              flush=True)
-        rows, servers = throughput(binary, args.seconds, args.concurrency)
-        print_table(rows, args.seconds, args.concurrency)
-        print_servers(servers)
-        mem = memory(args.waiters)
-        print_memory(mem)
-    write_report("rendezvous_server", {"seconds": args.seconds, "concurrency": args.concurrency,
-                                       "rows": [asdict(row) for row in rows], "servers": servers, "memory": mem})
+        loadgen = build("loadgen.c", "loadgen", "-pthread")
+        before = os.getloadavg()
+        print(f"loadgen: {loadgen.relative_to(REPO)}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
+              f"load average {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}", flush=True)
+        samples = rounds(args, loadgen)
+    rows = summarize(samples)
+    print_table(rows, args)
+    after = os.getloadavg()
+    print(f"\nload average after: {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}")
+    write_report("rendezvous_server", {"rounds": args.rounds, "seconds": args.seconds,
+                                        "concurrency": args.concurrency, "load_before": before, "load_after": after,
+                                        "rows": rows, "samples": samples})
+    if args.waiters:
+        import rendezvous_memory
+
+        return rendezvous_memory.main(["--waiters", str(args.waiters)])
     return 0
 
 

@@ -7,7 +7,12 @@ partition size, the invocation's peak memory (the REPORT line's Max Memory Used)
 legacy worker's loop on the same partition and weights, run in a fresh process in the same run
 (``bench/legacy_worker.py``), whose time is the baseline of the ratios.
 
-Run: ``.venv/bin/python bench/worker_invocation.py [--sizes 25MB 50MB 75MB 100MB] [--warm 3]``
+The cold start is measured per engine (``--engines``, default the lean engine and torch fp32,
+today's path): the checkpoint's export is uploaded beside it, and each round starts a fresh
+runtime per engine (``COSMIC_WORKER_ENGINE``), rounds interleaved; the cold split (Init
+Duration, model load from local disk, inference) is reported as min/median/max over the rounds.
+
+Run: ``.venv/bin/python bench/worker_invocation.py [--sizes 25MB 50MB 75MB 100MB] [--warm 3] [--cold-rounds 3]``
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from services.local.s3server import S3Server
 from services.worker.demo_assets import demo_checkpoint, demo_partitions
 
 BUCKET = "cosmic-bench"
+HANDLER = "services.worker.handler.handler"
 
 
 def invoke(endpoint: str, event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -54,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["25MB", "50MB", "75MB", "100MB"])
     parser.add_argument("--warm", type=int, default=3, help="warm invocations of the 25MB partition (median)")
+    parser.add_argument("--engines", nargs="+", default=["openvino", "torch-fp32"],
+                        help="COSMIC_WORKER_ENGINE values whose cold starts are compared (the first one's "
+                             "warm invocations and memory are reported)")
+    parser.add_argument("--cold-rounds", type=int, default=3, help="fresh runtimes per engine, interleaved")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     print("preparing demo checkpoint and partitions (cached after the first run) ...", flush=True)
@@ -67,22 +77,31 @@ def main(argv: list[str] | None = None) -> int:
         store = boto3.client("s3", region_name="us-east-1")
         store.create_bucket(Bucket=BUCKET)
         store.upload_file(str(checkpoint), BUCKET, "model/demo.pt")
+        for suffix in (".onnx", ".onnx.json"):  # the export, made beside the demo checkpoint
+            store.upload_file(str(checkpoint) + suffix, BUCKET, "model/demo.pt" + suffix)
         for size, path in partitions.items():
             store.upload_file(str(path), BUCKET, f"{size}/1.pt")
-        proc, endpoint = start_runtime(1, "worker-invocation", handler="services.worker.handler.handler")
-        try:
-            def event(size: str) -> dict[str, Any]:
-                return {"version": 1, "job_id": "bench", "rank": 0, "world_size": 1, "data_bucket": BUCKET,
-                        "partitions": [f"{size}/1.pt"], "result_bucket": BUCKET, "result_path": f"bench/{size}",
-                        "batch_size": 512, "checkpoint": {"bucket": BUCKET, "key": "model/demo.pt"}}
 
-            first = args.sizes[0]
-            cold, cold_report = invoke(endpoint, event(first))
-            warm_runs = [invoke(endpoint, event(first)) for _ in range(args.warm)]
-            warm, warm_report = sorted(warm_runs, key=lambda run: run[1]["Duration"])[len(warm_runs) // 2]
-            memory = {size: invoke(endpoint, event(size))[1]["Max Memory Used"] for size in args.sizes}
-        finally:
-            proc.stop()
+        def event(size: str) -> dict[str, Any]:
+            return {"version": 1, "job_id": "bench", "rank": 0, "world_size": 1, "data_bucket": BUCKET,
+                    "partitions": [f"{size}/1.pt"], "result_bucket": BUCKET, "result_path": f"bench/{size}",
+                    "batch_size": 512, "checkpoint": {"bucket": BUCKET, "key": "model/demo.pt"}}
+
+        first = args.sizes[0]
+        colds: dict[str, list[tuple[dict[str, Any], dict[str, float]]]] = {engine: [] for engine in args.engines}
+        for round_index in range(args.cold_rounds):
+            for engine in args.engines:
+                os.environ["COSMIC_WORKER_ENGINE"] = engine  # the runtime's sandboxes inherit it
+                proc, endpoint = start_runtime(1, f"worker-invocation-{engine}", handler=HANDLER)
+                try:
+                    colds[engine].append(invoke(endpoint, event(first)))
+                    if round_index == 0 and engine == args.engines[0]:
+                        warm_runs = [invoke(endpoint, event(first)) for _ in range(args.warm)]
+                        warm, warm_report = sorted(warm_runs, key=lambda run: run[1]["Duration"])[len(warm_runs) // 2]
+                        memory = {size: invoke(endpoint, event(size))[1]["Max Memory Used"] for size in args.sizes}
+                finally:
+                    proc.stop()
+        cold, cold_report = sorted(colds[args.engines[0]], key=lambda run: run[1]["Duration"])[args.cold_rounds // 2]
     baseline = {size: legacy(path, checkpoint) for size, path in partitions.items()}
 
     timings = warm["timings_s"]
@@ -96,8 +115,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<12} {fields['Duration']:>9.0f} {t['download'] * 1e3:>9.0f} {t['parse'] * 1e3:>7.0f} "
               f"{t['load'] * 1e3:>7.0f} {t['infer'] * 1e3:>7.0f} {t['upload'] * 1e3:>7.0f}")
     imports_ms = cold["timings_s"].get("import", 0) * 1e3
-    print(f"cold start: sandbox init {cold_report.get('Init Duration', 0):.0f} ms, imports {imports_ms:.0f} ms, "
-          f"model load {cold['timings_s']['load'] * 1e3:.0f} ms")
+    print(f"cold start ({args.engines[0]}): sandbox init {cold_report.get('Init Duration', 0):.0f} ms, imports "
+          f"{imports_ms:.0f} ms, model load {cold['timings_s']['load'] * 1e3:.0f} ms")
+    print(f"\ncold starts, {args.cold_rounds} interleaved rounds (median, min-max), {first}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'engine':<16} {'init ms':>18} {'model load ms':>20} {'init + load ms':>20} {'infer ms':>18} "
+          f"{'total ms':>20}")
+    cold_split: dict[str, dict[str, list[float]]] = {}
+    for engine, runs in colds.items():
+        split = {"init": [fields.get("Init Duration", 0.0) for _, fields in runs],
+                 "load": [body["timings_s"]["load"] * 1e3 for body, _ in runs],
+                 "infer": [body["timings_s"]["infer"] * 1e3 for body, _ in runs],
+                 "total": [fields.get("Init Duration", 0.0) + fields["Duration"] for _, fields in runs]}
+        split["init_plus_load"] = [a + b for a, b in zip(split["init"], split["load"], strict=True)]
+        cold_split[engine] = split
+
+        def cell(values: list[float]) -> str:
+            return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+        print(f"{engine:<16} {cell(split['init']):>18} {cell(split['load']):>20} {cell(split['init_plus_load']):>20} "
+              f"{cell(split['infer']):>18} {cell(split['total']):>20}")
+    report["cold_by_engine"] = cold_split
     print(f"not inference in a warm invocation: {not_inference:.1%} (target < 15%)")
     print(f"legacy loop on the same partition: load {base['load_s'] * 1e3:.0f} ms + infer {base['infer_s'] * 1e3:.0f} "
           f"ms = {base_total * 1e3:.0f} ms; warm invocation is {base_total / (warm_report['Duration'] / 1e3):.2f}x "

@@ -24,3 +24,9 @@ def s3_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
     """``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else None (AWS itself)."""
     environ = os.environ if environ is None else environ
     return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+
+
+def lambda_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
+    """``AWS_ENDPOINT_URL_LAMBDA``, else ``AWS_ENDPOINT_URL``, else None (AWS itself)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("AWS_ENDPOINT_URL_LAMBDA") or environ.get("AWS_ENDPOINT_URL") or None

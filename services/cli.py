@@ -19,13 +19,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("services.local.runtime.cli", "run the local Lambda runtime (Invoke API, warm sandboxes)"),
     "worker": ("services.local.runtime.cli", "the same as `cosmic runtime` (its former name)"),
     "convert-checkpoint": ("services.worker.convert", "convert a legacy pickled model to a safetensors state_dict"),
+    "export": ("services.worker.export", "export a state_dict for the lean engine (a cold start without torch)"),
     "serve": ("services.coordinator.cli", "run the coordinator's HTTP API (--embedded: with a local stack)"),
     "stop": ("services.local.cli", "stop the embedded stack of this cache folder, its S3 saved for the next start"),
     "submit": ("services.client.submit", "submit a job to the coordinator and follow it"),
     "status": ("services.client.status", "a job's progress, or the list of jobs"),
     "cancel": ("services.client.cancel", "cancel a job: its ranks stop within about a second"),
+    "retry": ("services.client.retry", "re-run the failed ranks of a failed job"),
+    "logs": ("services.client.logs", "the log tail of a rank's invocation"),
     "report": ("services.client.report", "a job's cost and duration report, and its plots"),
     "sweep": ("services.client.sweep", "jobs over world sizes and partition sizes, and their table"),
+    "data": ("services.client.data", "make partitions (legacy layout), upload them to S3, list what is there"),
+    "plan": ("services.client.plan", "predict time and cost per Lambda memory and world size; the cheapest by a "
+                                     "deadline"),
     "deploy": ("services.deploy.cli", "build and push the images, deploy the stacks to AWS, smoke test"),
 }
 

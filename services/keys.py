@@ -19,6 +19,11 @@ def predictions_key(result_path: str, rank: int) -> str:
     return f"{result_path}/predictions/{rank}.npy"
 
 
+#: Samples per legacy partition size (shared/LEGACY.md): the size labels users' prefixes carry
+#: (``100MB/{i}.pt``). Here, not in the worker, so that the CLI and the planner's errors can name
+#: them without torch.
+SAMPLES_PER_PARTITION = {"25MB": 1278, "50MB": 2556, "75MB": 3834, "100MB": 5113}
+
 #: The file forms a partition may take, by suffix (see services/worker/data.py).
 _PARTITION = re.compile(r"(?:^|/)(\d+)\.(pt|npz|safetensors)$")
 
@@ -68,3 +73,15 @@ def outcome_key(result_path: str, job_id: str, rank: int, attempt: int) -> str:
 def collective_summary_key(result_path: str) -> str:
     """Rank 0's summary of the job, computed over the communicator."""
     return f"{result_path}/summary_collective.json"
+
+
+def progress_prefix(result_path: str, job_id: str) -> str:
+    """Where a job's ranks report their progress: one small object per rank under it."""
+    return f"{result_path}/_progress/{job_id}/"
+
+
+def progress_key(result_path: str, job_id: str, rank: int) -> str:
+    """The rank's progress record (:class:`services.progress.RankProgress`), rewritten as it works:
+    ``{result_path}/_progress/{job_id}/rank-{rank}.json``, under the result path the worker role may write
+    (``rank-``: nothing that looks for ``.../{rank}.json`` results takes it for one)."""
+    return f"{progress_prefix(result_path, job_id)}rank-{rank}.json"

@@ -13,12 +13,14 @@ credentials explicitly; whatever they leave out, boto3 resolves from the environ
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import botocore.session
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as TransportError
@@ -126,6 +128,29 @@ class S3Store:
             self.client.download_file(bucket, key, path)
         except (ClientError, BotoCoreError) as exc:
             raise self._failed("download", bucket, key, exc) from None
+
+    def upload(self, path: str | os.PathLike[str], bucket: str, key: str) -> None:
+        """Stream a file to ``key`` (multipart, parallel parts for large partitions)."""
+        try:
+            self.client.upload_file(os.fspath(path), bucket, key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failed("upload to", bucket, key, exc) from None
+        except S3UploadFailedError as exc:  # boto3's transfer wraps S3's answer in text
+            raise StoreError(f"cannot upload to s3://{bucket}/{key}: {exc}", bucket=bucket, key=key) from None
+
+    def upload_changed(self, bucket: str, files: Sequence[tuple[str | os.PathLike[str], str]]) -> int:
+        """Upload each ``(path, key)`` unless an object of the same size is already there (one
+        listing per folder, not a request per file); returns how many were uploaded."""
+        present: dict[str, dict[str, int]] = {}
+        uploaded = 0
+        for path, key in files:
+            folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+            if folder not in present:
+                present[folder] = {name: size for name, _, size in self.objects(bucket, folder)}
+            if present[folder].get(key) != os.path.getsize(path):
+                self.upload(path, bucket, key)
+                uploaded += 1
+        return uploaded
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:

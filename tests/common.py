@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import secrets
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from services.local.processes import Child
     from services.s3store import S3Store
     from services.worker.model import RedshiftModel
 
@@ -96,3 +100,84 @@ def seed_bucket(store: S3Store, name_prefix: str, count: int, model: RedshiftMod
     checkpoint_key = "Anomaly Detection/Fine_Tune_Model/tiny.pt"
     store.put(bucket, checkpoint_key, buffer.getvalue())
     return bucket, keys, checkpoint_key
+
+
+@dataclass
+class Servers:
+    """Endpoints of the servers a coordinator needs, and the seeded bucket (the coordinator's and the
+    fault matrix's ``stack`` fixtures).
+
+    Not :class:`services.local.stack.Stack`: these are the tests' own servers, sharing the session's
+    S3 server and running a test handler around the real worker, started and stopped with the tests."""
+
+    s3: str
+    lambda_endpoint: str
+    rendezvous: str
+    bucket: str
+    store: S3Store
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL_LAMBDA": self.lambda_endpoint,
+                "COSMIC_RENDEZVOUS_ENDPOINT": self.rendezvous, "COSMIC_STATE_BUCKET": self.bucket,
+                "COSMIC_WORKER_TIMEOUT": "120", **extra}
+
+    def payload(self, **fields: Any) -> dict[str, Any]:
+        """The users' legacy payload, pointed at the seeded bucket."""
+        return {"bucket": self.bucket, "file_limit": "3", "batch_size": 32, "object_type": "folder",
+                "S3_object_name": "Anomaly Detection", "script": "/tmp/Anomaly Detection/Inference/inference.py",
+                "result_path": f"results/{secrets.token_hex(4)}", "data_bucket": self.bucket, "data_prefix": "tiny",
+                **fields}
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(self.store.keys(self.bucket, prefix))
+
+
+@dataclass
+class Api:
+    """A coordinator child process and a small JSON client for it."""
+
+    url: str
+    child: Child
+    log: Path
+    token: str = ""
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, content, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as error:
+            status, content, kind = error.code, error.read(), error.headers.get("Content-Type", "")
+        return status, (json.loads(content) if "json" in kind else content)
+
+    def submit(self, payload: dict[str, Any], **headers: str) -> str:
+        status, body = self.call("POST", "/jobs", payload, headers=headers)
+        assert status == 202, body
+        return str(body["job_id"])
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        from services.coordinator.state import TERMINAL
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.call("GET", f"/jobs/{job_id}")
+            assert status == 200, body
+            if body["state"] in TERMINAL:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not finish within {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.child.kill()
+
+    def wait_for_ranks(self, job_id: str, succeeded: int, timeout: float = 60) -> None:
+        """Until ``succeeded`` ranks of the job have: a point mid-job to break something at."""
+        deadline = time.monotonic() + timeout
+        while self.call("GET", f"/jobs/{job_id}")[1]["ranks_by_state"].get("succeeded", 0) < succeeded:
+            assert time.monotonic() < deadline, f"job {job_id} did not reach {succeeded} finished ranks"
+            time.sleep(0.05)

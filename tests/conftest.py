@@ -10,6 +10,10 @@ Every test has exactly one kind, a marker, so that ``pytest -m unit`` runs in se
 * ``e2e``: the whole system at once (coordinator, runtime with the real worker, rendezvous, S3),
   or a command that starts all of it (``cosmic demo``, ``cosmic deploy`` against moto).
 
+Beside its kind, every test under ``tests/faults/`` carries the ``faults`` marker (the fault
+matrix: real processes killed, real servers stopped), so ``pytest -m faults`` runs it alone and
+``pytest -m "not faults"`` leaves it out.
+
 A fixture that starts something says so by requesting the ``integration`` (or ``e2e``) fixture,
 so every test that uses it, directly or through other fixtures, gets that kind without anyone
 remembering to mark it. A test that starts something itself carries the marker (on the test, or
@@ -26,6 +30,7 @@ import socketserver
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +38,12 @@ import pytest
 from tests.common import CREDENTIALS
 
 KINDS = ("unit", "integration", "e2e")  # in order: a test's kind is at least what its fixtures imply
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults: the fault matrix (tests/faults/): a real process killed or a real "
+                                       "server stopped mid-job, and what the job ends as")
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +60,8 @@ def e2e() -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problems = []
     for item in items:
+        if FAULTS in item.path.parents:
+            item.add_marker("faults")
         marked = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
         implied = max((KINDS.index(kind) for kind in KINDS[1:] if kind in item.fixturenames), default=0)
         if len(marked) > 1:

@@ -74,9 +74,22 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._json("DELETE", f"/jobs/{_segment(job_id)}"))
 
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Re-run the failed ranks of a failed job; its status after the request."""
+        return dict(self._json("POST", f"/jobs/{_segment(job_id)}/retry"))
+
+    def logs(self, job_id: str, rank: int) -> dict[str, Any]:
+        """One rank's attempts, each with the log tail Lambda returned for it."""
+        return dict(self._json("GET", f"/jobs/{_segment(job_id)}/ranks/{int(rank)}/logs"))
+
     def report(self, job_id: str, fmt: str = "json") -> Any:
         """The JSON summary as a dict for ``json``; the text for ``md`` and ``csv``."""
         raw = self._request("GET", f"/jobs/{_segment(job_id)}/report?format={urllib.parse.quote(fmt)}")
+        return json.loads(raw) if fmt == "json" else raw.decode()
+
+    def plan(self, body: dict[str, Any], fmt: str = "json") -> Any:
+        """``POST /plans``: the plan as a dict for ``json``, its markdown for ``md``."""
+        raw = self._request("POST", f"/plans?format={urllib.parse.quote(fmt)}", body)
         return json.loads(raw) if fmt == "json" else raw.decode()
 
     def plot(self, job_id: str, name: str) -> bytes:
@@ -161,7 +174,10 @@ def describe(detail: Any) -> str:
 
 
 class Progress:
-    """One line: ``job <id> [#####.....] 2/4 ranks done  running  12.3 s``.
+    """One line: ``job <id> [#####.....] 96/192 samples, 25.2/s, ETA 4 s; 2/4 ranks done  running  12.3 s``.
+
+    The bar counts samples once the workers report them (``progress`` in ``GET /jobs/{id}``), and
+    ranks done until then (or from a coordinator without progress).
 
     On a terminal it is redrawn in place; into a file or a pipe it is printed every
     :attr:`every` seconds and when the state changes, so that logs stay readable.
@@ -181,9 +197,20 @@ class Progress:
         world = max(int(status.get("world_size") or 0), 1)
         counts = status.get("ranks_by_state") or {}
         done = sum(int(counts.get(state, 0)) for state in TERMINAL)
-        filled = self.width * done // world
         failed = f", {counts['failed']} failed" if counts.get("failed") else ""
-        return (f"job {self.job_id} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{world} ranks done{failed}"
+        ranks = f"{done}/{world} ranks done{failed}"
+        progress = status.get("progress") or {}
+        expected = progress.get("samples_expected")
+        if expected:
+            samples = int(progress.get("samples_done") or 0)
+            filled = min(self.width * samples // expected, self.width)
+            rate, eta = progress.get("samples_per_s"), progress.get("eta_s")
+            counted = f"{samples:,}/{expected:,} samples" + (f", {rate:,.1f}/s" if rate else "") \
+                + (f", ETA {eta:.0f} s" if eta is not None and status.get("state") not in TERMINAL else "")
+            ranks = f"{counted}; {ranks}"
+        else:
+            filled = self.width * done // world
+        return (f"job {self.job_id} [{'#' * filled}{'.' * (self.width - filled)}] {ranks}"
                 f"  {status.get('state', '?')}  {time.monotonic() - self.started:.1f} s")
 
     def update(self, status: dict[str, Any]) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import handles_errors
 from services.client.status import describe_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", help="the job to cancel")
+    parser.add_argument("job_id", type=argtypes.job_id, help="the job to cancel")
     parser.add_argument("--wait", action="store_true",
                         help="wait until the job is cancelled (its running ranks stop within about a second)")
 

@@ -1,7 +1,7 @@
 """What the ``cosmic`` job commands share: error handling, payloads, report files, and the sweep.
 
-The commands themselves are small modules (``submit``, ``status``, ``cancel``, ``report``,
-``sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
+The commands themselves are small modules (``submit``, ``status``, ``cancel``, ``retry``, ``logs``,
+``report``, ``sweep``), each with ``add_arguments``/``run`` as :mod:`services.cli` expects. They talk to
 the coordinator through :class:`~services.client.api.ApiClient` only, so they work the
 same against ``cosmic serve --embedded`` on this machine and a coordinator deployed elsewhere;
 ``cosmic demo`` reuses :func:`sweep`. Nothing here imports torch.
@@ -23,6 +23,9 @@ from services.client.errors import CliError, CommandError
 #: The base payload of ``cosmic sweep`` when none is given: the legacy payload, on the demo data.
 EXAMPLE_PAYLOAD = Path(__file__).resolve().parents[2] / "examples" / "payload.json"
 PLOT_NAMES = ("predicted_vs_true", "duration_cost", "timeline")
+#: Where a sweep's jobs write, in the payload's data bucket: under ``result``, the prefix the
+#: worker role may write on AWS (infra/worker.yaml's ResultsPrefix), as ``results/`` is.
+SWEEP_RESULTS = "results/sweep"
 REPORT_FORMATS = ("md", "csv", "json")
 
 
@@ -115,8 +118,8 @@ def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], worl
     """One job per (partition size, world size), one after the other so they do not compete for cores.
 
     Each job reads ``{mb}MB/`` (all its partitions unless ``file_limit``) and writes under
-    ``sweep/{mb}MB/ws{n}``. Writes ``sweep.md``, ``sweep.csv`` (the seed table), each job's JSON
-    report under ``jobs/`` and ``duration_cost.png`` into ``out``.
+    ``results/sweep/{mb}MB/ws{n}`` (:data:`SWEEP_RESULTS`). Writes ``sweep.md``, ``sweep.csv`` (the
+    seed table), each job's JSON report under ``jobs/`` and ``duration_cost.png`` into ``out``.
     """
     cells = [Cell(mb, n) for mb in partition_mb for n in world_sizes]
     limit = str(file_limit) if file_limit else "all"  # the coordinator counts what is there
@@ -124,7 +127,8 @@ def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], worl
     result = SweepResult(cells)
     for index, cell in enumerate(cells, start=1):
         payload = {**base, "data_prefix": f"{cell.partition_mb}MB", "file_limit": limit,
-                   "result_path": f"sweep/{cell.partition_mb}MB/ws{cell.world_size}", "world_size": cell.world_size}
+                   "result_path": f"{SWEEP_RESULTS}/{cell.partition_mb}MB/ws{cell.world_size}",
+                   "world_size": cell.world_size}
         say(f"  job {index}/{len(cells)}: {limit} partitions of {cell.partition_mb}MB "
             f"on {cell.world_size} rank{'s' if cell.world_size > 1 else ''}")
         _run_cell(client, cell, payload, progress)
@@ -134,7 +138,9 @@ def sweep(client: ApiClient, base: dict[str, Any], partition_mb: list[int], worl
             result.paths.append(path)
         if cell.state != "succeeded":
             say(f"  job {cell.job_id or '-'} {cell.state}: {cell.error or 'see `cosmic status`'}")
-    result.rows = [_seed_row(cell.summary) for cell in cells if cell.summary is not None]
+    result.rows = [{**_seed_row(cell.summary), "partitions": cell.summary.get("partitions"),
+                    "cold_starts": cell.summary["invocations"].get("cold_starts")}
+                   for cell in cells if cell.summary is not None]
     if result.rows:
         result.table = _write_table(result, out)
     return result
@@ -165,7 +171,7 @@ def _seed_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_table(result: SweepResult, out: Path) -> str:
-    from services.coordinator.plots import duration_and_cost_vs_world_size
+    from services.coordinator.plots import duration_and_cost_vs_world_size, to_png
     from services.coordinator.report import render_table
 
     for name, fmt in (("sweep.md", "md"), ("sweep.csv", "csv")):
@@ -173,6 +179,6 @@ def _write_table(result: SweepResult, out: Path) -> str:
         path.write_text(render_table(result.rows, fmt))
         result.paths.append(path)
     plot = out / "duration_cost.png"
-    plot.write_bytes(duration_and_cost_vs_world_size(result.rows))
+    plot.write_bytes(to_png(duration_and_cost_vs_world_size(result.rows)))
     result.paths.append(plot)
     return render_table(result.rows, "text")

@@ -5,7 +5,10 @@ server, the local Lambda runtime, the rendezvous server), seeded with the demo p
 checkpoint; the coordinator as its own process behind its HTTP API (with a random token); and a
 sweep over world sizes through the same client ``cosmic sweep`` uses, each job's ranks linked by
 the communicator to agree on a collective summary. It ends with the seed table users made by
-hand, and the reports and plots under ``--out``. Everything it started is stopped on the way out.
+hand, and the reports and plots under ``--out``. The coordinator's dashboard is up for the whole
+run at the URL it prints (``--keep`` leaves everything up after the sweep, until Ctrl-C), and where
+Chromium and selenium are installed it takes screenshots of it. Everything it started is stopped on
+the way out.
 
 A stack already running in the cache folder (``cosmic serve --embedded``) is used, not replaced,
 and left running; it is resized only when it has too few sandboxes and nothing else uses it. The
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services import argtypes
 from services.local.processes import Child, ChildError, python, start
 
 #: The partition size the demo data has (the smallest of the legacy study's).
@@ -34,14 +38,20 @@ COORDINATOR_START_TIMEOUT = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4],
+    parser.add_argument("--world-sizes", type=argtypes.positive, nargs="+", default=[1, 2, 4],
                         help="one job per world size (default 1 2 4)")
-    parser.add_argument("--partitions", type=int, default=4, help="25MB partitions each job reads (default 4)")
+    parser.add_argument("--partitions", type=argtypes.positive, default=4,
+                        help="25MB partitions each job reads (default 4)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="reports and plots go here (results/)")
-    parser.add_argument("--sandboxes", type=int, default=None,
+    parser.add_argument("--sandboxes", type=argtypes.positive, default=None,
                         help="worker sandboxes: at least the largest world size, as the communicator needs every "
                              "rank at once (default: what a running stack has if enough, else 4 or the largest "
                              "world size)")
+    parser.add_argument("--memory-mb", type=int, default=None,
+                        help="the sandboxes' configured Lambda memory, 128..10240 MB: it sets each sandbox's CPU share "
+                             "as Lambda does (1769 MB: one vCPU; default: what a running stack has, else 10240)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the coordinator, its dashboard and the stack up after the sweep, until Ctrl-C")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, sandboxes: int) -> str | None:
     if min(args.world_sizes) < 1 or args.partitions < 1:
         return "world sizes and --partitions must be at least 1"
+    if args.memory_mb is not None and not 128 <= args.memory_mb <= 10240:
+        return f"--memory-mb must be within 128..10240 (Lambda's sizes), got {args.memory_mb}"
     if sandboxes < max(args.world_sizes):
         return (f"--sandboxes {sandboxes} is below the largest world size {max(args.world_sizes)}: "
                 "a job's ranks must all run at once to form the communicator")
@@ -81,13 +93,15 @@ def _demo(args: argparse.Namespace) -> bool:
 
     print(f"[1/5] the embedded stack: moto's S3 server, the local Lambda runtime, the rendezvous server "
           f"(logs in {stack_dir()})", flush=True)
-    stack = ensure_stack(sandboxes=args.sandboxes, at_least=max(args.world_sizes), user="cosmic demo")
+    stack = ensure_stack(sandboxes=args.sandboxes, at_least=max(args.world_sizes), user="cosmic demo",
+                         memory_mb=args.memory_mb)
     coordinator: Child | None = None
     state_bucket = f"cosmic-demo-{secrets.token_hex(4)}"
     try:
         stack.export()
         how = "attached to the running one, left running at the end" if stack.reattached else "started"
-        print(f"      {how}: S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint} ({stack.sandboxes} sandboxes), "
+        print(f"      {how}: S3 {stack.s3_endpoint}, Lambda {stack.lambda_endpoint} ({stack.sandboxes} sandboxes of "
+              f"{stack.memory_mb} MB), "
               f"rendezvous {stack.rendezvous_endpoint}")
         print(f"[2/5] seeding S3 with {args.partitions} partitions of {PARTITION_MB}MB and the demo checkpoint "
               "(the first run makes them: about a minute, once)", flush=True)
@@ -98,7 +112,11 @@ def _demo(args: argparse.Namespace) -> bool:
         _state_bucket(stack, state_bucket, create=True)
         coordinator, url = _start_coordinator(token, state_bucket, stack_dir() / "coordinator.log")
         client = ApiClient(url, token)
-        return _sweep(client, args)
+        ok = _sweep(client, args)
+        _screenshots(url, token, args.out)
+        if args.keep:
+            _keep(url, token)
+        return ok
     finally:
         if coordinator is not None:
             coordinator.stop()
@@ -151,7 +169,33 @@ def _start_coordinator(token: str, state_bucket: str, log_path: Path) -> tuple[C
     except ChildError as exc:
         coordinator.stop()
         raise EmbeddedError(str(exc), service="coordinator") from None
+    print(f"      dashboard: {url}/#token={token}\n"  # once it answers: the link works from here to the end
+          "      (the link signs the browser in once; the token stays in this terminal, not in the server's logs)",
+          flush=True)
     return coordinator, url
+
+
+def _keep(url: str, token: str) -> None:
+    """Wait for Ctrl-C with everything up, so the dashboard can be looked at after the sweep."""
+    print(f"\n--keep: the dashboard stays up at {url}/#token={token} until Ctrl-C", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\n      Ctrl-C: stopping", flush=True)
+
+
+def _screenshots(url: str, token: str, out: Path) -> None:
+    """The dashboard's pages as PNGs under ``out/screenshots`` where Chromium and selenium are installed."""
+    from services.client.errors import BrowserUnavailable
+    from services.client.screenshots import take
+
+    try:
+        paths = take(url, token, out / "screenshots")
+    except BrowserUnavailable as exc:
+        print(f"      (no screenshots of the dashboard: {exc})")
+        return
+    print("      screenshots of the dashboard: " + ", ".join(str(path) for path in paths))
 
 
 def _sweep(client: Any, args: argparse.Namespace) -> bool:

@@ -8,6 +8,8 @@ Not named ``ClientError``: botocore's is, and both meet in the commands that rea
     ├── ApiError                    the API refused or failed a request (``status``, ``detail`` as it sent it)
     │   └── CoordinatorUnreachable  nothing answered at ``url`` (``cosmic serve --embedded``?)
     ├── JobTimeout                  ``ApiClient.wait`` gave up before job ``job_id`` ended (also a TimeoutError)
+    ├── DataStoreError              S3 refused or did not answer a ``cosmic data`` call (``bucket``, ``key``)
+    ├── BrowserUnavailable          no headless Chromium, chromedriver or selenium here for screenshots
     └── CommandError                a problem the user fixes (a payload file, a partition count): exit 2
 """
 
@@ -46,5 +48,18 @@ class JobTimeout(CliError, TimeoutError):
         self.state = state
 
 
+class DataStoreError(CliError):
+    """S3 refused or did not answer a call the data commands made; ``bucket`` and ``key`` say where."""
+
+    def __init__(self, message: str, *, bucket: str, key: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.key = key
+
+
 class CommandError(CliError):
     """A problem the user fixes (a payload file, a missing partition count): printed, exit 2."""
+
+
+class BrowserUnavailable(CliError):
+    """No browser to take the dashboard's screenshots with; the message says what is missing."""

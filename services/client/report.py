@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import REPORT_FORMATS, handles_errors, write_report_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_id", help="the job's id (`cosmic status` lists them)")
+    parser.add_argument("job_id", type=argtypes.job_id, help="the job's id (`cosmic status` lists them)")
     parser.add_argument("--format", choices=REPORT_FORMATS, default="md", help="what to print (default md)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write report.md, report.csv, report.json and the plots (PNG) into this folder")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from services import argtypes
 from services.client.api import ApiClient
 from services.client.commands import handles_errors, load_payload
 
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("payload", type=Path, help="the job payload (JSON), e.g. examples/payload.json")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="follow the job to its end and print its report (default: wait)")
-    parser.add_argument("--idempotency-key", default=None,
+    parser.add_argument("--idempotency-key", default=None, type=argtypes.idempotency_key,
                         help="the same key returns the same job instead of starting a second one")
 
 

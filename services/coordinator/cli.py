@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from services import envconfig, logs
+from services import argtypes, envconfig, logs
 from services.coordinator import config
 from services.logs import event
 
@@ -26,13 +26,17 @@ log = logging.getLogger("cosmic.coordinator.cli")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="env COSMIC_COORDINATOR_HOST; default 127.0.0.1")
-    parser.add_argument("--port", type=int, default=None, help="env COSMIC_COORDINATOR_PORT; default 8000")
+    parser.add_argument("--port", type=argtypes.port, default=None, help="env COSMIC_COORDINATOR_PORT; default 8000")
     parser.add_argument("--embedded", action="store_true",
                         help="start (or reattach to) the local S3 server, Lambda runtime and rendezvous server")
-    parser.add_argument("--sandboxes", type=int, default=None,
+    parser.add_argument("--sandboxes", type=argtypes.positive, default=None,
                         help="embedded: worker sandboxes (default 4, or what the running stack has); another count "
                              "restarts the stack's runtime alone, keeping S3 and the rendezvous")
-    parser.add_argument("--snapshot-interval", type=float, default=60.0,
+    parser.add_argument("--memory-mb", type=argtypes.positive, default=None,
+                        help="embedded: the sandboxes' configured Lambda memory, 128..10240 MB, which sets each "
+                             "sandbox's CPU share as Lambda does (1769 MB: one vCPU); env COSMIC_RUNTIME_MEMORY_MB; "
+                             "default what the running stack has, else 10240; another size restarts its runtime")
+    parser.add_argument("--snapshot-interval", type=argtypes.seconds, default=60.0,
                         help="embedded: seconds between saves of S3 to the cache folder (0: only on `cosmic stop`)")
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     parser.add_argument("--log-level", default=None)
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         from services.local.stack import EmbeddedError, ensure_stack
 
         try:
-            stack = ensure_stack(sandboxes=args.sandboxes, user="cosmic serve")
+            stack = ensure_stack(sandboxes=args.sandboxes, user="cosmic serve", memory_mb=args.memory_mb)
         except EmbeddedError as exc:
             print(f"cosmic serve: {exc}", file=sys.stderr)
             return 1

@@ -7,16 +7,19 @@
     ├── NotFound               404: what the request names does not exist (also a LookupError)
     │   ├── JobNotFound        no job has this ``job_id``
     │   ├── ReportNotFound     the job ended without a summary; ``reason`` says why
-    │   └── PlotNotFound       no ``plot`` of that name, or the job has nothing for it to draw
+    │   ├── PlotNotFound       no ``plot`` of that name, or the job has nothing for it to draw
+    │   └── RankNotFound       the job has no ``rank`` of that number
     ├── JobConflict            409: another job (``holder``) writes to the result path, or the job's ``state``
     │                          forbids the action
     ├── StorageFailed          502: S3 refused or failed a call; ``code``, ``bucket``, ``key`` from the StoreError
     │   └── UnknownBucket      422: S3 says NoSuchBucket, a bucket the request names does not exist
     ├── DependencyUnavailable  503: S3 or Lambda gave no answer (refused, timed out); ``service``, ``endpoint``
     ├── PlanError              422: the request cannot be planned; ``field``, ``reason`` (also a FieldError)
+    ├── FilterError            400: a dashboard list filter that cannot be used (also a ValueError)
     ├── BadPayload             the Step Functions input is not a job payload; ``field`` (also a FieldError)
     ├── ManifestError          a job manifest in S3 cannot be read; ``field`` is its path (also a FieldError)
-    └── PricesError            the price file cannot be used; ``path``, ``field`` (also a FieldError)
+    ├── PricesError            the price file cannot be used; ``path``, ``field`` (also a FieldError)
+    └── CalibrationError       the planner's calibration file cannot be used; ``path``, ``field`` (also a FieldError)
 """
 
 from __future__ import annotations
@@ -72,6 +75,14 @@ class PlotNotFound(NotFound):
     def __init__(self, message: str, *, job_id: str, plot: str) -> None:
         super().__init__(message, job_id=job_id)
         self.plot = plot
+
+
+class RankNotFound(NotFound):
+    """The job has no rank of that number (ranks are ``0..world_size-1``)."""
+
+    def __init__(self, message: str, *, job_id: str, rank: int) -> None:
+        super().__init__(message, job_id=job_id)
+        self.rank = rank
 
 
 class JobConflict(CoordinatorError):
@@ -147,6 +158,12 @@ class PlanError(CoordinatorError, FieldError):
         return [{"loc": ["body", self.field], "msg": self.reason, "type": "plan_error"}]
 
 
+class FilterError(CoordinatorError, ValueError):
+    """A filter of the dashboard's job list that cannot be used; the page shows why beside the form."""
+
+    http_status = 400
+
+
 class BadPayload(CoordinatorError, FieldError):
     """The state machine's input is not a job payload; ``field`` is the first field at fault."""
 
@@ -166,5 +183,14 @@ class PricesError(CoordinatorError, FieldError):
 
     def __init__(self, path: Path, field_name: str, reason: str) -> None:
         self.what = f"bad price file {path}"
+        super().__init__(field_name, reason)
+        self.path = path
+
+
+class CalibrationError(CoordinatorError, FieldError):
+    """The planner's calibration file cannot be used; ``field`` names the offending field, ``path`` the file."""
+
+    def __init__(self, path: Path, field_name: str, reason: str) -> None:
+        self.what = f"bad calibration file {path}"
         super().__init__(field_name, reason)
         self.path = path

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import io
+import os
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from services.aws import aws_region
+from services.aws import aws_region, lambda_endpoint
 from services.contracts import JobState, RankState
 from services.coordinator import summary
 from services.coordinator.manifest import Manifest
@@ -88,7 +90,8 @@ def invocations(ranks: dict[int, RankRecord]) -> list[summary.Invocation]:
                 billed_duration_ms=float(report.get("billed_duration_ms") or 0),
                 memory_size_mb=float(report.get("memory_size_mb") or 128),
                 max_memory_used_mb=float(report.get("max_memory_used_mb") or 0), error=attempt.error,
-                init_duration_ms=report.get("init_duration_ms")))
+                init_duration_ms=report.get("init_duration_ms"), cpu_vcpus=report.get("cpu_vcpus"),
+                cpu_enforced_by=report.get("cpu_enforced_by")))
     return found
 
 
@@ -102,6 +105,32 @@ def ending_state(manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
     if RankState.CANCELLED in states or RankState.PENDING in states:
         return JobState.CANCELLED
     return JobState.SUCCEEDED
+
+
+#: Host names that mean the Lambda endpoint is this machine: its ranks share this machine's CPUs.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def execution(invocations: list[summary.Invocation], documents: list[dict[str, Any]],
+              endpoint: str | None = None) -> dict[str, Any]:
+    """Where the ranks ran, for the report's shared-CPU note (the summary's ``execution``).
+
+    ``local``: the Lambda endpoint is on loopback, so the ranks ran on this machine and ``host_cpus``
+    is theirs; ``ranks_at_once``: the most attempts whose spans overlapped; ``threads_per_rank``: the
+    most threads a rank's inference used (its result document's ``runtime.threads``).
+    """
+    endpoint = endpoint if endpoint is not None else lambda_endpoint()
+    local = bool(endpoint) and urllib.parse.urlsplit(endpoint).hostname in LOOPBACK
+    edges = sorted([(inv.started_at, 1) for inv in invocations] + [(inv.ended_at, -1) for inv in invocations],
+                   key=lambda edge: (edge[0], edge[1]))  # an end before a start at the same instant
+    running = at_once = 0
+    for _, step in edges:
+        running += step
+        at_once = max(at_once, running)
+    threads = [doc.get("runtime", {}).get("threads") for doc in documents if isinstance(doc.get("runtime"), dict)]
+    threads = [count for count in threads if isinstance(count, int) and count > 0]
+    return {"local": local, "host_cpus": os.cpu_count() if local else None, "ranks_at_once": at_once,
+            "threads_per_rank": max(threads, default=None)}
 
 
 @dataclass(frozen=True)
@@ -142,7 +171,9 @@ def write_summary(store: S3Store, prices: Prices, manifest: Manifest, ranks: dic
         # per rank: its partitions and the checkpoint's HEAD are GETs; predictions, labels, result are PUTs
         s3_gets=sum(len(e.partitions) for e in manifest.events) + 2 * manifest.world_size,
         s3_puts=3 * manifest.world_size, warnings=manifest.warnings, state=ending_state(manifest, ranks))
-    document = summary.summarize(facts, invocations(ranks), documents, predictions, labels, collective, prices)
+    attempts = invocations(ranks)
+    document = summary.summarize(facts, attempts, documents, predictions, labels, collective, prices)
+    document["execution"] = execution(attempts, documents)  # type: ignore[typeddict-unknown-key]
     store.put_json(data_bucket, f"{result_path}/combined_data.json", summary.combined_data(documents))
     store.put_json(data_bucket, f"{result_path}/summary.json", document)
     return WrittenSummary(f"s3://{data_bucket}/{result_path}/summary.json", document)

@@ -40,6 +40,8 @@ log = logging.getLogger("cosmic.coordinator.invoke")
 _REPORT_FIELDS = {"Duration": "duration_ms", "Billed Duration": "billed_duration_ms", "Memory Size": "memory_size_mb",
                   "Max Memory Used": "max_memory_used_mb", "Init Duration": "init_duration_ms"}
 _REPORT = re.compile(r"(Duration|Billed Duration|Memory Size|Max Memory Used|Init Duration): ([\d.]+)")
+#: The local runtime's own field (AWS's REPORT has none): the CPU the sandbox had and what enforced it.
+_CPU = re.compile(r"\tCPU: ([\d.]+) vCPU by ([\w-]+)")
 _THROTTLED_CODES = {"TooManyRequestsException"}
 _RETRYABLE_CODES = {"ServiceException", "EC2ThrottledException", "ThrottlingException",
                     "ResourceNotReadyException", "Throttling", "RequestLimitExceeded"}
@@ -48,17 +50,24 @@ READ_MARGIN_S = 60.0
 SCALING_BURST = 1000
 #: ... per this many seconds.
 SCALING_PERIOD_S = 10.0
+#: The longest pause between two tries of a throttled call: capacity that frees is taken within
+#: about this long (a 20 s cap, as for errors, left ranks idle 3-13 s after a sandbox freed: bench/faults.py).
+THROTTLE_MAX_DELAY_S = 4.0
 #: How long a throttled call may wait when the caller gives no deadline.
 DEFAULT_THROTTLE_WAIT_S = 3600.0
 
 
-def parse_report(log_tail: str) -> dict[str, float | None]:
-    """The figures of the last REPORT line in a log tail (None for those absent)."""
-    report = {name: None for name in _REPORT_FIELDS.values()}
+def parse_report(log_tail: str) -> dict[str, float | str | None]:
+    """The figures of the last REPORT line in a log tail (None for those absent); on the local runtime
+    also ``cpu_vcpus`` and ``cpu_enforced_by`` (``cgroup-v1``, ``affinity``, ...)."""
+    report: dict[str, float | str | None] = {name: None for name in _REPORT_FIELDS.values()}
     line = next((line for line in reversed(log_tail.splitlines()) if line.startswith("REPORT")), "")
     for label, value in _REPORT.findall(line):
         report[_REPORT_FIELDS[label]] = float(value)
-    return report  # type: ignore[return-value]
+    cpu = _CPU.search(line)
+    if cpu:
+        report["cpu_vcpus"], report["cpu_enforced_by"] = float(cpu[1]), cpu[2]
+    return report
 
 
 class TokenBucket:
@@ -89,9 +98,11 @@ class Outcome:
     ok: bool
     response: dict[str, Any] | None = None
     error: str | None = None
-    report: dict[str, float | None] = field(default_factory=dict)
+    report: dict[str, float | str | None] = field(default_factory=dict)
     #: Seconds spent waiting out throttling (429) before the invocation ran, or until the deadline.
     throttled_s: float = 0.0
+    #: The invocation's log tail (``LogResult``: Lambda's last 4 KB), empty when Lambda sent none.
+    log_tail: str = ""
 
 
 @dataclass
@@ -165,7 +176,7 @@ class Invoker:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code in _THROTTLED_CODES or status == 429:
                     self.stats.add(throttles=1)
-                    delay = self._backoff(throttled)
+                    delay = full_jitter(throttled, self.base_delay_s, THROTTLE_MAX_DELAY_S)
                     left = deadline - time.monotonic()
                     if on_throttled is not None:
                         on_throttled(True)
@@ -215,10 +226,11 @@ class Invoker:
             self.stats.add(function_errors=1)
             message = answer.get("errorMessage") if isinstance(answer, dict) else str(answer)
             kind = answer.get("errorType", response["FunctionError"]) if isinstance(answer, dict) else "Error"
-            return Outcome(False, error=f"{kind}: {message}", report=report)
+            return Outcome(False, error=f"{kind}: {message}", report=report, log_tail=tail)
         if not isinstance(answer, dict):
-            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report)
-        return Outcome(True, response=answer, report=report)
+            return Outcome(False, error=f"the worker answered {str(answer)[:200]!r}, not a result", report=report,
+                           log_tail=tail)
+        return Outcome(True, response=answer, report=report, log_tail=tail)
 
     def _backoff(self, retry: int) -> float:
         return full_jitter(retry, self.base_delay_s, self.max_delay_s)

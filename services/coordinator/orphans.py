@@ -10,8 +10,8 @@ plus the function's timeout, plus the invoker's read margin, by which Lambda has
 - its outcome object (:mod:`services.worker.outcome`: failed, cancelled, superseded): as if it had
   answered so, and the rank goes on as it would have (a failed one is retried);
 - neither by the deadline: ``lost`` (its sandbox died with it), and the rank runs again; nor even
-  the ``running`` it writes as it starts, ``start_grace_s`` after it was sent: ``lost`` too, at
-  once (the coordinator died between recording the attempt and sending it).
+  the progress record it writes as it starts (:mod:`services.progress`), ``start_grace_s`` after it
+  was sent: ``lost`` too, at once (the coordinator died between recording the attempt and sending it).
 
 Why wait rather than re-invoke at once and let the orphan notice it was superseded: the orphan
 has already paid for its start-up and usually most of its work, so its result is the cheapest
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.contracts import AttemptState, WorkerEvent
-from services.keys import outcome_key, result_key
+from services.coordinator.state import Attempt, RankRecord
+from services.keys import outcome_key, progress_key, result_key
 from services.s3store import S3Store, StoreError
 
 #: Seconds between two looks for an orphan's word.
 POLL_S = 1.0
-_WORDS = {state.value: state for state in
-          (AttemptState.RUNNING, AttemptState.FAILED, AttemptState.CANCELLED, AttemptState.SUPERSEDED)}
+_ENDINGS = {state.value: state for state in (AttemptState.FAILED, AttemptState.CANCELLED, AttemptState.SUPERSEDED)}
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def worker_report(elapsed_s: Any, memory_mb: Any) -> dict[str, float | None]:
 
 
 def word_of(store: S3Store, event: WorkerEvent, attempt: int) -> Word | None:
-    """The word in S3 of the rank's ``attempt`` (``running`` while it runs), or of whichever attempt
-    of the rank succeeded; None when it has said nothing."""
+    """The word in S3 of the rank's ``attempt`` (``running`` once its progress record says it started),
+    or of whichever attempt of the rank succeeded; None when it has said nothing."""
     key = result_key(event.result_path, event.rank)
     document = _document(store, event.result_bucket, key)
     if (isinstance(document, dict) and document.get("job_id") == event.job_id
@@ -74,10 +74,14 @@ def word_of(store: S3Store, event: WorkerEvent, attempt: int) -> Word | None:
                     worker_report(runtime.get("elapsed_s"), runtime.get("memory_size_mb")), key)
     key = outcome_key(event.result_path, event.job_id, event.rank, attempt)
     outcome = _document(store, event.result_bucket, key)
-    if isinstance(outcome, dict) and outcome.get("job_id") == event.job_id and outcome.get("status") in _WORDS:
+    if isinstance(outcome, dict) and outcome.get("job_id") == event.job_id and outcome.get("status") in _ENDINGS:
         error = outcome.get("error")
-        return Word(_WORDS[outcome["status"]], attempt, str(error) if error else None,
+        return Word(_ENDINGS[outcome["status"]], attempt, str(error) if error else None,
                     worker_report(outcome.get("elapsed_s"), outcome.get("memory_size_mb")), key)
+    key = progress_key(event.result_path, event.job_id, event.rank)
+    progress = _document(store, event.result_bucket, key)
+    if isinstance(progress, dict) and progress.get("job_id") == event.job_id and progress.get("attempt") == attempt:
+        return Word(AttemptState.RUNNING, attempt, None, {}, key)  # it started, and has not ended
     return None
 
 
@@ -111,3 +115,17 @@ def await_word(store: S3Store, event: WorkerEvent, attempt: int, sent_at: float,
 
 def _lost(attempt: int, why: str) -> Word:
     return Word(AttemptState.LOST, attempt, f"the coordinator stopped while this attempt ran, and {why}", {}, "")
+
+
+def in_flight(record: RankRecord) -> bool:
+    """Whether the rank's last attempt may have been sent and never answered, as a restarted
+    coordinator finds it: running, or waiting out throttling (it may have been sent again since)."""
+    return bool(record.attempts) and record.attempts[-1].state in (AttemptState.RUNNING, AttemptState.THROTTLED)
+
+
+def hear(attempt: Attempt, word: Word) -> None:
+    """Take an attempt's word in S3 as its answer (a killed coordinator missed the real one)."""
+    attempt.state, attempt.error, attempt.ended_at = word.state, word.error, time.time()
+    if word.source:  # (a lost attempt said nothing: nothing to bill it by)
+        attempt.report, attempt.report_source = word.report, "worker"
+        attempt.response = {"recovered_from": word.source}

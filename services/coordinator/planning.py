@@ -19,7 +19,7 @@ from services.contracts import Checkpoint, WorkerEvent, split_endpoint
 from services.coordinator.capacity import Capacity
 from services.coordinator.errors import PlanError
 from services.coordinator.payload import RESERVED_PREFIX, JobRequest
-from services.keys import control_key, partition_number
+from services.keys import SAMPLES_PER_PARTITION, control_key, partition_number
 from services.s3store import S3Store
 
 
@@ -58,9 +58,7 @@ def choose_partitions(store: S3Store, request: JobRequest) -> list[Partition]:
     if not available:
         folders = [f.rstrip("/") for f in store.folders(request.data_bucket)
                    if f.rstrip("/") != RESERVED_PREFIX][:20]  # never suggest what would be refused
-        hint = f"prefixes that exist: {', '.join(folders)}" if folders else "the bucket has no prefixes"
-        raise PlanError("data_prefix", f"no partitions ({{i}}.pt) under s3://{request.data_bucket}/"
-                                       f"{request.data_prefix}/; {hint}")
+        raise PlanError("data_prefix", missing_partitions(request.data_bucket, request.data_prefix, folders))
     wanted = request.partitions_wanted
     if wanted is None:
         return available
@@ -68,6 +66,20 @@ def choose_partitions(store: S3Store, request: JobRequest) -> list[Partition]:
         raise PlanError("file_limit", f"{wanted} partitions asked for, but "
                                       f"s3://{request.data_bucket}/{request.data_prefix}/ holds {len(available)}")
     return available[:wanted]
+
+
+def missing_partitions(bucket: str, prefix: str, folders: list[str]) -> str:
+    """Why a prefix cannot be planned, and how to fill it: the key pattern filled in with the prefix
+    (``100MB/1.pt``, not a template), what exists instead, and the ``cosmic data`` commands."""
+    prefix = prefix.strip("/")
+    exists = f"prefixes that exist: {', '.join(folders)}" if folders else "the bucket has no prefixes"
+    size = partition_label(prefix)
+    size_option = size if size in SAMPLES_PER_PARTITION else "|".join(SAMPLES_PER_PARTITION)
+    return (f"no partitions under s3://{bucket}/{prefix}/: a job reads {prefix}/1.pt, {prefix}/2.pt, ... "
+            f"(numbered from 1; .npz and .safetensors also); {exists}. Make and upload them with "
+            f"`cosmic data generate --size {size_option} --count N` and "
+            f"`cosmic data upload data/{size if size in SAMPLES_PER_PARTITION else '<size>'} --prefix {prefix} "
+            f"--bucket {bucket}`; `cosmic data ls --bucket {bucket}` lists what is there")
 
 
 def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,17 @@ class Prices:
 def load_prices(path: str | Path | None = None) -> Prices:
     """The prices in ``path`` (default: ``prices.json`` beside this module), validated."""
     where = Path(path) if path is not None else DEFAULT_PATH
+    return _parse(where, read_json(where, PricesError))
+
+
+def read_json(where: Path, error: Callable[[Path, str, str], Exception]) -> Any:
+    """A data file's JSON; ``error(where, "file", reason)`` raised when it cannot be read or parsed."""
     try:
-        raw = json.loads(where.read_text(encoding="utf-8"))
+        return json.loads(where.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise PricesError(where, "file", f"cannot read it: {exc}") from None
+        raise error(where, "file", f"cannot read it: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise PricesError(where, "file", f"not valid JSON: {exc}") from None
-    return _parse(where, raw)
+        raise error(where, "file", f"not valid JSON: {exc}") from None
 
 
 def _parse(where: Path, raw: Any) -> Prices:

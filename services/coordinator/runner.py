@@ -39,7 +39,7 @@ from services.coordinator.finish import ending_state
 from services.coordinator.invoker import READ_MARGIN_S, Invoker, Outcome
 from services.coordinator.journal import RankJournal
 from services.coordinator.manifest import Manifest
-from services.coordinator.orphans import Word, await_word, word_of
+from services.coordinator.orphans import await_word, hear, in_flight, word_of
 from services.coordinator.speculation import CHECK_S, stragglers
 from services.coordinator.state import Attempt, JobStore, RankRecord
 from services.keys import commit_key
@@ -136,7 +136,9 @@ class JobRunner:
         self._complete()
 
     def _fan_out(self, events: tuple[WorkerEvent, ...]) -> None:
-        todo = deque(rank for rank, record in self.ranks.items() if record.state != RankState.SUCCEEDED)
+        unfinished = [rank for rank, record in self.ranks.items() if record.state != RankState.SUCCEEDED]
+        # attempts a killed coordinator left running hold capacity already: await them first
+        todo = deque(sorted(unfinished, key=lambda rank: not in_flight(self.ranks[rank])))
         started_at = self.manifest.started_at if self.manifest.started_at is not None else time.time()
         gang = len(todo) if self.manifest.communicator else 1  # the communicator's ranks must all meet
         self.queue.enter(self.job_id)
@@ -221,31 +223,19 @@ class JobRunner:
 
     def _settle_interrupted(self, record: RankRecord, event: WorkerEvent) -> None:
         """A rank not known finished after a restart. Its result in S3 settles it (the journal's
-        last segment may not have been flushed); an attempt that was waiting out throttling never
-        ran (lost); one that was running may still be: :meth:`_run_rank` awaits its word."""
+        last segment may not have been flushed); an attempt that was running, or waiting out
+        throttling (it may have been sent again since), may still be: :meth:`_run_rank` awaits its word."""
         last = record.attempts[-1] if record.attempts else None
         word = word_of(self.jobs.store, event, last.attempt if last else 1)
         if word is not None and word.state == AttemptState.SUCCEEDED:
             if last is None or last.attempt != word.attempt:
                 last = Attempt(attempt=word.attempt, started_at=time.time())
                 record.attempts.append(last)
-            self._hear(last, word)
+            hear(last, word)
             self._save(record, RankState.SUCCEEDED)
-        elif last is not None and last.state == AttemptState.THROTTLED:
-            last.state, last.ended_at = AttemptState.LOST, time.time()
-            last.error = "the coordinator stopped while this attempt waited out throttling: it never ran"
-            self._save(record, RankState.PENDING)
         else:
             return
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
-
-    @staticmethod
-    def _hear(attempt: Attempt, word: Word) -> None:
-        """Take an attempt's word in S3 as its answer (a killed coordinator missed the real one)."""
-        attempt.state, attempt.error, attempt.ended_at = word.state, word.error, time.time()
-        if word.source:  # (a lost attempt said nothing: nothing to bill it by)
-            attempt.report, attempt.report_source = word.report, "worker"
-            attempt.response = {"recovered_from": word.source}
 
     def _await_orphan(self, record: RankRecord, event: WorkerEvent) -> bool:
         """Wait for the word of the attempt a killed coordinator left running, until its deadline;
@@ -255,7 +245,7 @@ class JobRunner:
         log_event(log, "orphan_awaited", attempt=attempt.attempt, seconds_left=round(until - time.time(), 1))
         word = await_word(self.jobs.store, event, attempt.attempt, attempt.started_at,
                           min(until, time.time() + self._seconds_left()), self.orphan_grace_s)
-        self._hear(attempt, word)
+        hear(attempt, word)
         log_event(log, "orphan_settled", attempt=attempt.attempt, state=attempt.state)
         if attempt.state == AttemptState.SUCCEEDED:
             self._save(record, RankState.SUCCEEDED)
@@ -272,7 +262,7 @@ class JobRunner:
         record = self.ranks[rank]
         budget = self.manifest.max_attempts
         tried = 0
-        if record.attempts and record.attempts[-1].state == AttemptState.RUNNING:  # in flight when we were killed
+        if in_flight(record):  # left running when the previous coordinator was killed
             if self._await_orphan(record, event):
                 return
             tried = 1
@@ -313,15 +303,13 @@ class JobRunner:
 
     def _invoke(self, record: RankRecord, attempt: Attempt, event: WorkerEvent) -> Outcome:
         def throttled(waiting: bool) -> None:
-            """Throttling is waiting: shown on the attempt, and the call that runs starts its time
-            (in S3 before the call is sent again, as every start is)."""
+            """Throttling is waiting: shown on the attempt, and the call that runs starts its time.
+            (Not waited into S3: a restart takes a throttled attempt as possibly sent, too.)"""
             with self._records_lock:
                 attempt.state = AttemptState.THROTTLED if waiting else AttemptState.RUNNING
                 if not waiting:
                     attempt.started_at = time.time()
-                change = self._save(record, record.state)
-            if not waiting:
-                self._durable(change)
+                self._save(record, record.state)
 
         return self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
                                    on_throttled=throttled)
@@ -332,6 +320,7 @@ class JobRunner:
         with self._records_lock:
             attempt.ended_at, attempt.report = time.time(), outcome.report
             attempt.throttled_s = round(outcome.throttled_s, 3)
+            attempt.log_tail = outcome.log_tail or None
             if status in (AttemptState.SUCCEEDED, AttemptState.CANCELLED, AttemptState.SUPERSEDED):
                 attempt.state = AttemptState(status)
                 attempt.response = outcome.response if status == AttemptState.SUCCEEDED else None

@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 from services.contracts import JobState
-from services.coordinator import finish, plots, report
+from services.coordinator import finish, plots, progress, report, timeline
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
 from services.coordinator.durable import PatientStore
-from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, ReportNotFound
+from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, RankNotFound, ReportNotFound
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
 from services.coordinator.payload import JobRequest
@@ -29,6 +29,10 @@ from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
 
 log = logging.getLogger("cosmic.coordinator")
+
+
+#: How many recent jobs the duration/cost plot of one job looks through for jobs like it.
+SCALING_JOBS = 50
 
 
 class Coordinator:
@@ -46,6 +50,7 @@ class Coordinator:
         self._invokers: dict[str, Invoker] = {}
         self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
+        self.progress = progress.ProgressReader(self.store)
 
     # -- submit -----------------------------------------------------------------------------
     def submit(self, request: JobRequest, idempotency: str | None = None) -> tuple[str, bool, list[str]]:
@@ -53,8 +58,10 @@ class Coordinator:
         bucket = self.jobs.bucket_for(request.bucket)
         if idempotency:
             existing = self.jobs.lookup_idempotent(bucket, idempotency)
-            if existing is not None:
+            if existing is not None and self.jobs.locate(existing) is not None:
                 return existing, False, []
+            if existing is not None:  # a coordinator killed between the key and the manifest: no such job
+                self.jobs.forget_idempotent(bucket, idempotency)
         partitions = choose_partitions(self.store, request)
         job_id = new_job_id()
         rendezvous, warnings = self._rendezvous_address()
@@ -247,7 +254,7 @@ class Coordinator:
             counts[str(record.state)] = counts.get(str(record.state), 0) + 1
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
-        return {
+        return progress.annotate({
             "job_id": job_id, "state": manifest.state,
             "queue_position": runner.queue.position(job_id) if queued else None,
             "submitted_at": manifest.submitted_at,
@@ -259,10 +266,12 @@ class Coordinator:
             "warnings": list(manifest.warnings) + [f"skipped: {note}" for note in self.jobs.unreadable.get(job_id, [])],
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
                 {"attempt": a.attempt, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at,
-                 "error": a.error, "throttled_s": a.throttled_s, "duration_ms": a.report.get("duration_ms"),
-                 "max_memory_used_mb": a.report.get("max_memory_used_mb")} for a in list(r.attempts)]}
+                 "error": a.error, "throttled_s": a.throttled_s,
+                 **{name: a.report.get(name) for name in ("duration_ms", "init_duration_ms", "max_memory_used_mb",
+                                                          "cpu_vcpus", "cpu_enforced_by")}} for a in list(r.attempts)]}
                 for r in list(records.values())] if ranks else None,
-        }
+        }, self.progress.records(request.data_bucket, request.result_path, job_id, manifest.finished_at),
+            {event.rank: len(event.partitions) for event in manifest.events})
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         listed = []
@@ -276,8 +285,24 @@ class Coordinator:
                 listed.append({"job_id": job_id, "state": "unreadable", "error": str(exc)})
                 continue
             listed.append({"job_id": job_id, "state": manifest.state, "submitted_at": manifest.submitted_at,
-                           "world_size": manifest.world_size, "result_path": manifest.request.result_path})
+                           "world_size": manifest.world_size, "result_path": manifest.request.result_path,
+                           "partitions": len(manifest.partitions), "finished_at": manifest.finished_at,
+                           "summary_key": manifest.summary_key})
         return listed
+
+    def logs(self, job_id: str, rank: int) -> dict[str, Any]:
+        """Each attempt of one rank with the log tail Lambda returned for it (None: not returned yet)."""
+        bucket, manifest = self._manifest(job_id)
+        if not 0 <= rank < manifest.world_size:
+            raise RankNotFound(f"job {job_id} has ranks 0 to {manifest.world_size - 1}, not {rank}",
+                               job_id=job_id, rank=rank)
+        runner = self._runners.get(job_id)
+        ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
+        record = ranks.get(rank)
+        attempts = record.attempts if record is not None else []
+        return {"job_id": job_id, "rank": rank, "state": record.state if record is not None else "pending",
+                "attempts": [{"attempt": a.attempt, "state": a.state, "started_at": a.started_at,
+                              "ended_at": a.ended_at, "error": a.error, "log_tail": a.log_tail} for a in attempts]}
 
     def summary(self, job_id: str) -> dict[str, Any]:
         _bucket, manifest = self._manifest(job_id)
@@ -294,19 +319,49 @@ class Coordinator:
         return document
 
     def plot(self, job_id: str, name: str) -> bytes:
+        """The named figure as PNG; the timeline is drawn while the job runs too, the others from its report."""
         if name not in plots.PLOTS:
             raise PlotNotFound(f"no plot named {name!r}; there are {', '.join(plots.PLOTS)}", job_id=job_id, plot=name)
         bucket, manifest = self._manifest(job_id)
+        if name == "timeline":
+            runner = self._runners.get(job_id)
+            ranks = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
+            if not any(record.attempts for record in ranks.values()):
+                raise PlotNotFound(f"job {job_id} has no attempt yet to plot", job_id=job_id, plot=name)
+            return plots.to_png(plots.rank_timeline(timeline.bars(ranks, time.time()), manifest.submitted_at))
         document = self._summary(job_id, manifest)
         if name == "predicted_vs_true":
             predictions, labels = finish.result_arrays(self.store, manifest)
             if predictions is None or labels is None:
                 raise PlotNotFound(f"job {job_id} has no labelled predictions to plot", job_id=job_id, plot=name)
-            return plots.predicted_vs_true(predictions, labels)
-        if name == "duration_cost":
-            return plots.duration_and_cost_vs_world_size([report.seed_table_row(document)])
-        ranks = self.jobs.ranks(bucket, job_id, manifest.world_size)
-        return plots.rank_timeline(finish.invocations(ranks), manifest.submitted_at)
+            return plots.to_png(plots.predicted_vs_true(predictions, labels))
+        return plots.to_png(plots.duration_and_cost_vs_world_size(self._scaling_rows(job_id, manifest, document)))
+
+    def _scaling_rows(self, job_id: str, manifest: Manifest, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """This job's table row and those of recent succeeded jobs like it (same function, data bucket,
+        batch size and number of partitions: a sweep's other world sizes and partition sizes), so that
+        the duration/cost plot of one job is a line, not a dot. At most :data:`SCALING_JOBS` are read;
+        of jobs at the same partition size and world size only the newest is drawn."""
+        rows = [report.seed_table_row(document)]
+        seen = {(rows[0]["partition"], rows[0]["world_size"])}
+        request = manifest.request
+        for _, other_id in self.jobs.job_ids()[:SCALING_JOBS]:
+            if other_id == job_id:
+                continue
+            try:
+                _, other = self._manifest(other_id)
+                if (other.state != JobState.SUCCEEDED or other.function != manifest.function
+                        or other.request.data_bucket != request.data_bucket
+                        or other.request.batch_size != request.batch_size
+                        or len(other.partitions) != len(manifest.partitions)):
+                    continue
+                if (other.partition_label, other.world_size) in seen:
+                    continue
+                rows.append(report.seed_table_row(self._summary(other_id, other)))
+                seen.add((other.partition_label, other.world_size))
+            except (JobNotFound, ReportNotFound, ManifestError):  # gone, unreadable or never summarised: not drawn
+                continue
+        return rows
 
     def _finish(self, bucket: str, manifest: Manifest, ranks: dict[int, RankRecord]) -> str:
         """Write the job's summary (the runner's ``finish``); returns its ``s3://`` URI."""

@@ -95,8 +95,9 @@ class Attempt:
     error: str | None = None
     #: Seconds spent waiting out throttling (429); ``started_at`` is when the call that ran was sent.
     throttled_s: float = 0.0
-    #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms.
-    report: dict[str, float | None] = field(default_factory=dict)
+    #: From Lambda's REPORT line: duration_ms, billed_duration_ms, memory_size_mb, max_memory_used_mb, init_duration_ms;
+    #: from the local runtime's, also cpu_vcpus and cpu_enforced_by (the CPU the sandbox had).
+    report: dict[str, float | str | None] = field(default_factory=dict)
     #: The worker's answer (WorkerResult) when it succeeded.
     response: dict[str, Any] | None = None
     #: A backup of a slow rank (the payload's ``speculate``), run beside the rank's attempt.
@@ -104,6 +105,8 @@ class Attempt:
     #: Where ``report`` comes from: ``lambda`` (its REPORT line) or ``worker`` (the worker's own
     #: elapsed time and configured memory, for an attempt whose answer a killed coordinator missed).
     report_source: str = "lambda"
+    #: The invocation's log tail as Lambda returned it (at most 4 KB), for ``cosmic logs JOB RANK``.
+    log_tail: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The attempt as JSON-ready data, what ``dataclasses.asdict`` gives, ~20x faster: a journal
@@ -113,7 +116,7 @@ class Attempt:
                 "state": self.state, "error": self.error, "throttled_s": self.throttled_s,
                 "report": dict(self.report),
                 "response": dict(self.response) if self.response is not None else None,
-                "speculative": self.speculative, "report_source": self.report_source}
+                "speculative": self.speculative, "report_source": self.report_source, "log_tail": self.log_tail}
 
 
 @dataclass
@@ -327,6 +330,10 @@ class JobStore:
             return job_id
         existing = self._document(bucket, record) or {}
         return str(existing.get("job_id", job_id)) if isinstance(existing, dict) else job_id
+
+    def forget_idempotent(self, bucket: str, key: str) -> None:
+        """Drop the key's record (it names a job that was never written)."""
+        self.store.delete(bucket, idempotency_key(key))
 
     def lookup_idempotent(self, bucket: str, key: str) -> str | None:
         for folder in (IDEMPOTENCY, LEGACY_IDEMPOTENCY):

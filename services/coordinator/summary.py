@@ -7,7 +7,8 @@ checked by hand in a test.
 Cost is what AWS would bill, at list prices: billed duration x *configured* memory, for every
 attempt (failed ones are billed too), plus one request per attempt, plus the job's S3 requests.
 Beside it stands the legacy formula users' seed table used (requests x mean duration x memory
-*used*), labelled as such: it is about 3x too low at 10,240 MB, and showing both explains the gap.
+*used*), labelled as such: at 10,240 MB it reads several times too low, and the report gives the
+ratio of the two on each job, so showing both explains the gap.
 
 The numbers only: :mod:`.report` renders them as tables and text.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from services.accuracy import redshift_metrics
 from services.contracts import AttemptState
+from services.coordinator import unitcost
 from services.coordinator.pricing import Prices
 
 #: The attempt states an invocation that was billed can end in (a superseded one ran, and is billed too).
@@ -33,7 +35,7 @@ AGREEMENT_ATOL = 1e-9
 SCHEMA = "cosmic.summary/1"
 COST_BASIS = "billed duration x configured memory for every attempt (failed ones too), plus Lambda and S3 requests"
 LEGACY_BASIS = ("requests x mean duration x memory used (GB) x GB-s price, the seed table's formula; Lambda bills "
-                "configured memory and billed duration, so it is about 3x too low")
+                "configured memory and billed duration, so it reads low (the report gives the ratio per job)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Invocation:
     max_memory_used_mb: float
     error: str | None = None
     init_duration_ms: float | None = None
+    #: The CPU the sandbox had, vCPUs, and what enforced it: the local runtime's REPORT says; AWS's does not.
+    cpu_vcpus: float | None = None
+    cpu_enforced_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -180,6 +185,12 @@ class Summary(TypedDict):
     gb_seconds: float
     cost: Cost
     legacy_cost: LegacyCost
+    cpu: unitcost.CpuHad
+    #: Billed seconds x the vCPUs each attempt had, summed: what samples_per_vcpu_s divides by.
+    vcpu_seconds: float
+    samples_per_vcpu_s: float | None
+    usd_per_million_samples: float | None
+    legacy_usd_per_million_samples: float | None
     accuracy: dict[str, float | None] | None
     collective: Collective
     failed_ranks: list[FailedRank]
@@ -231,6 +242,8 @@ def summarize(facts: JobFacts, invocations: list[Invocation], rank_documents: li
         "gb_seconds": gb_seconds(invocations),
         "cost": job_cost(facts, invocations, prices),
         "legacy_cost": legacy_cost(invocations, prices, facts.architecture),
+        **unitcost.efficiency(invocations, samples, job_cost(facts, invocations, prices)["total"],
+                              legacy_cost(invocations, prices, facts.architecture)["total"]),
         "accuracy": accuracy,
         "collective": collective_agreement(accuracy, samples, collective),
         "failed_ranks": failed_ranks(invocations),

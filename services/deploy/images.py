@@ -24,12 +24,24 @@ from botocore.exceptions import ClientError
 from services.deploy.errors import ImageError
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The three images by role; the worker's role is built from the target the settings choose.
 TARGETS = ("rendezvous", "worker", "coordinator")
 ENGINE_API_VERSION = "1.41"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PLATFORM = "linux/amd64"  # Lambda and the Fargate task definitions are x86_64
 #: What the Dockerfile copies into the images; anything else cannot change them.
 BUILD_INPUTS = ("Dockerfile", "pyproject.toml", "services")
+
+
+def build_target(role: str, worker_image: str = "worker") -> str:
+    """The Dockerfile target of ``role``: the worker's is ``worker`` or ``worker-lean``."""
+    return worker_image if role == "worker" else role
+
+
+def target_tag(target: str, tag: str) -> str:
+    """The tag ``target`` is pushed under: both worker images share the worker repository, so the
+    lean one is told apart by a ``-lean`` suffix (and neither overwrites the other)."""
+    return f"{tag}-lean" if target == "worker-lean" else tag
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def check_templates(d: Deployment) -> str:
     d.templates = {name: templates.load(name) for name in names}
     dockerfile = (images.ROOT / "Dockerfile").read_text()
     stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, flags=re.MULTILINE | re.IGNORECASE))
-    missing = [target for target in images.TARGETS if target not in stages]
+    wanted = [images.build_target(role, d.settings.worker_image) for role in images.TARGETS]
+    missing = [target for target in wanted if target not in stages]
     if missing:
         raise templates.TemplateError(f"the Dockerfile has no stage {', '.join(missing)}", template="Dockerfile")
     for name in names:  # what is known before any stack exists; the rest is checked as it becomes known
@@ -197,34 +198,37 @@ def deploy_stack(part: str) -> Callable[[Deployment], str]:
 
 def push_images(d: Deployment) -> str:
     d.image_tag = d.settings.image_tag or images.source_tag()
+    targets = {role: images.build_target(role, d.settings.worker_image) for role in images.TARGETS}
+    tags = {role: images.target_tag(target, d.image_tag) for role, target in targets.items()}
     if d.dry_run:
         if not d.settings.build:
-            return f"would check that ECR holds {', '.join(images.TARGETS)} as :{d.image_tag} (--no-build)"
-        return (f"would build {', '.join(images.TARGETS)} ({images.PLATFORM}) with the docker SDK "
+            return f"would check that ECR holds {', '.join(targets.values())} as :{d.image_tag} (--no-build)"
+        return (f"would build {', '.join(targets.values())} ({images.PLATFORM}) with the docker SDK "
                 f"{images.docker_sdk_version()} and push them as :{d.image_tag} unless ECR has them")
     ecr = d.client("ecr")
-    repositories = {target: d.output("storage", f"{target.capitalize()}RepositoryUri") or ""
-                    for target in images.TARGETS}
-    digests = {target: images.find_image(ecr, repositories[target], d.image_tag) for target in images.TARGETS}
-    missing = [target for target, digest in digests.items() if digest is None]
+    repositories = {role: d.output("storage", f"{role.capitalize()}RepositoryUri") or "" for role in images.TARGETS}
+    digests = {role: images.find_image(ecr, repositories[role], tags[role]) for role in images.TARGETS}
+    missing = [role for role, digest in digests.items() if digest is None]
     if missing and not d.settings.build:
-        raise images.ImageError(f"--no-build, but ECR has no :{d.image_tag} of {', '.join(missing)}")
+        raise images.ImageError(f"--no-build, but ECR has no :{d.image_tag} of "
+                                f"{', '.join(targets[role] for role in missing)}")
     if missing:
         client = images.docker_client()
         credentials = images.ecr_credentials(ecr)
         client.login(username=credentials["username"], password=credentials["password"],
                      registry=credentials["serveraddress"])
-        for target in missing:
-            local = images.build_image(client, target, d.image_tag, lambda line: d.progress(f"  {line}"))
-            images.push_image(client, local, repositories[target], d.image_tag, credentials,
+        for role in missing:
+            local = images.build_image(client, targets[role], tags[role], lambda line: d.progress(f"  {line}"))
+            images.push_image(client, local, repositories[role], tags[role], credentials,
                               lambda line: d.progress(f"  {line}"))
-            digests[target] = images.find_image(ecr, repositories[target], d.image_tag)
-            if digests[target] is None:
-                raise images.ImageError(f"ECR has no {repositories[target]}:{d.image_tag} after the push")
-    d.images = {target: images.ImageRef(target, repositories[target], d.image_tag, digest or "")
-                for target, digest in digests.items()}
-    kept = [t for t in images.TARGETS if t not in missing]
-    return (f"built and pushed {', '.join(missing)}" if missing else "") + ("; " if missing and kept else "") + (
+            digests[role] = images.find_image(ecr, repositories[role], tags[role])
+            if digests[role] is None:
+                raise images.ImageError(f"ECR has no {repositories[role]}:{tags[role]} after the push")
+    d.images = {role: images.ImageRef(targets[role], repositories[role], tags[role], digest or "")
+                for role, digest in digests.items()}
+    built = [targets[role] for role in missing]
+    kept = [targets[role] for role in images.TARGETS if role not in missing]
+    return (f"built and pushed {', '.join(built)}" if built else "") + ("; " if built and kept else "") + (
         f"{', '.join(kept)} already in ECR" if kept else "") + f" (:{d.image_tag})"
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from services import envconfig
 
 ENV_PREFIX = "COSMIC_DEPLOY_"
+#: The worker's two images (Dockerfile targets): with torch, and without (native mode on exports only).
+WORKER_IMAGES = ("worker", "worker-lean")
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # storage.yaml's NamePrefix: bucket and repository names
 _DOMAIN = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\.?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -52,6 +54,9 @@ class DeploySettings:
     worker_memory_mb: int = 10240
     worker_timeout_s: int = 900
     worker_ephemeral_mb: int = 512
+    #: The worker's Dockerfile target: ``worker`` (torch: native and ``script`` modes) or
+    #: ``worker-lean`` (no torch: native mode on exported models, a cold start 1-2 s shorter).
+    worker_image: str = "worker"
     #: Image tag to push and deploy; empty: ``src-`` and a digest of what the images are built from,
     #: so an unchanged tree is neither rebuilt nor redeployed.
     image_tag: str = ""
@@ -103,6 +108,8 @@ class DeploySettings:
         for field, (low, high) in limits.items():
             if not low <= getattr(self, field) <= high:
                 raise bad(field, f"{getattr(self, field)} is outside Lambda's {low}..{high}")
+        if self.worker_image not in WORKER_IMAGES:
+            raise bad("worker_image", f"{self.worker_image!r} must be one of {', '.join(WORKER_IMAGES)}")
         if self.image_tag and not _TAG.match(self.image_tag):
             raise bad("image_tag", f"{self.image_tag!r} is not an image tag")
         for field in ("poll_s", "stack_timeout_s", "record_wait_s"):

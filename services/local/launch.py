@@ -62,7 +62,7 @@ class Service:
         return listening(self.port)
 
 
-def start_services(folder: Path, sandboxes: int) -> tuple[Service, Service, Service]:
+def start_services(folder: Path, sandboxes: int, memory_mb: int) -> tuple[Service, Service, Service]:
     """S3, the runtime and the rendezvous, started at once on free ports and ready; EmbeddedError
     naming the service that did not start (what did start is stopped)."""
     started: list[Service] = []
@@ -71,7 +71,7 @@ def start_services(folder: Path, sandboxes: int) -> tuple[Service, Service, Serv
         s3_port, runtime_port, pair_port, health_port = free_ports(4)
         s3 = _spawn(folder, started, "s3", python("moto.server", "-H", "127.0.0.1", "-p", str(s3_port)),
                     s3_port, "moto.server", child_env(None, MOTO_PORT=str(s3_port)))
-        runtime = _spawn_runtime(folder, started, runtime_port, s3_port, sandboxes)
+        runtime = _spawn_runtime(folder, started, runtime_port, s3_port, sandboxes, memory_mb)
         rendezvous = _spawn(folder, started, "rendezvous",
                             python("services.rendezvous", "--host", "127.0.0.1", "--port", str(pair_port),
                                    "--health-host", "127.0.0.1", "--health-port", str(health_port)),
@@ -88,14 +88,14 @@ def start_services(folder: Path, sandboxes: int) -> tuple[Service, Service, Serv
     return started[0], started[1], started[2]
 
 
-def start_runtime(folder: Path, s3_port: int, sandboxes: int, ports: Iterable[int]) -> Service:
+def start_runtime(folder: Path, s3_port: int, sandboxes: int, memory_mb: int, ports: Iterable[int]) -> Service:
     """The runtime alone, ready, on the first of ``ports`` it can have (0: a free one)."""
     error: ChildError | None = None
     for wanted in ports:
         started: list[Service] = []
         port = wanted or free_ports(1)[0]
         try:
-            child = _spawn_runtime(folder, started, port, s3_port, sandboxes)
+            child = _spawn_runtime(folder, started, port, s3_port, sandboxes, memory_mb)
             child.wait_ready(lambda port=port: dry_run(port), READY_TIMEOUT["runtime"], poll=0.1)
             return started[0]
         except ChildError as exc:
@@ -125,10 +125,11 @@ def child_env(s3_endpoint: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def _spawn_runtime(folder: Path, started: list[Service], port: int, s3_port: int, sandboxes: int) -> Child:
+def _spawn_runtime(folder: Path, started: list[Service], port: int, s3_port: int, sandboxes: int,
+                   memory_mb: int) -> Child:
     return _spawn(folder, started, "runtime",
                   python("services.local.runtime", "--host", "127.0.0.1", "--port", str(port),
-                         "--sandboxes", str(sandboxes), "--function", WORKER_FUNCTION),
+                         "--sandboxes", str(sandboxes), "--memory-mb", str(memory_mb), "--function", WORKER_FUNCTION),
                   port, "services.local.runtime", child_env(f"http://127.0.0.1:{s3_port}"))
 
 

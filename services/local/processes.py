@@ -170,6 +170,15 @@ def healthz(port: int, host: str = "127.0.0.1") -> bool:
 
 
 # -- processes known by pid ------------------------------------------------------------------------
+def started_ticks(pid: int, proc: Path = Path("/proc")) -> str:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), "" when it is gone or
+    unknown: with the pid, it tells a process from a later one that reuses its pid."""
+    try:
+        return (proc / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie; reaps our own children that have exited."""
     child = _CHILDREN.get(pid)

@@ -54,19 +54,15 @@ def seed_store(store: Any, bucket: str, sizes: tuple[str, ...] = ("25MB",), coun
     store.ensure_bucket(bucket)
     checkpoint = Path(assets["checkpoint"])
     uploads = [(checkpoint, f"{MODEL_FOLDER}/Fine_Tune_Model/{checkpoint.name}")]
+    # its export beside it (the lean engine's; the manifest last, as the worker reads it first)
+    uploads += [(beside, f"{MODEL_FOLDER}/Fine_Tune_Model/{beside.name}")
+                for beside in (checkpoint.with_name(checkpoint.name + ".onnx"),
+                               checkpoint.with_name(checkpoint.name + ".onnx.json")) if beside.is_file()]
     keys: dict[str, list[str]] = {}
     for size, paths in assets["partitions"].items():
         keys[size] = [f"{size}/{Path(path).name}" for path in paths]
         uploads += [(Path(path), key) for path, key in zip(paths, keys[size], strict=True)]
-    present: dict[str, dict[str, int]] = {}  # one listing per folder
-    uploaded = 0
-    for path, key in uploads:
-        folder = key.rsplit("/", 1)[0] + "/"
-        if folder not in present:
-            present[folder] = {name: size for name, _, size in store.objects(bucket, folder)}
-        if present[folder].get(key) != path.stat().st_size:
-            store.client.upload_file(str(path), bucket, key)
-            uploaded += 1
+    uploaded = store.upload_changed(bucket, uploads)
     event(log, "embedded_seeded", bucket=bucket, objects=len(uploads), uploaded=uploaded)
     return Seeded(bucket, uploads[0][1], keys, uploaded)
 

@@ -17,6 +17,8 @@ communicator needs all its ranks at once, so a job's world size must not exceed 
 Asking a running stack for another count restarts the runtime alone, on the same port (S3 and the
 rendezvous keep their processes, ports and data), and only when no other live command uses the
 stack: a coordinator's invocations in flight would be cut off, so then it refuses, saying who uses it.
+The same holds for the sandboxes' configured memory (``memory_mb``), which sets their CPU share
+(1,769 MB: one vCPU, :mod:`services.local.runtime.cpushare`).
 
 S3 survives a stop: :meth:`Stack.stop` saves what moto's in-memory server holds to
 ``<cache>/embedded/s3-snapshot/`` and the next start puts it back (:mod:`services.local.snapshot`).
@@ -38,6 +40,7 @@ from typing import Any
 
 from services import envconfig
 from services.cache import cache_dir
+from services.function import MAX_MEMORY_MB, MIN_MEMORY_MB
 from services.local import snapshot
 from services.local.errors import EmbeddedError
 from services.local.filelock import locked
@@ -52,7 +55,7 @@ from services.local.launch import (
     start_services,
     stop_services,
 )
-from services.local.processes import alive
+from services.local.processes import alive, started_ticks
 from services.local.runtime.config import RuntimeSettings
 from services.local.s3server import s3_answers
 from services.logs import event
@@ -75,7 +78,7 @@ class User:
     command: str
 
     def alive(self) -> bool:
-        return alive(self.pid) and _process_started(self.pid) == self.started
+        return alive(self.pid) and started_ticks(self.pid) == self.started
 
     def describe(self) -> str:
         return f"pid {self.pid} ({self.command})"
@@ -90,6 +93,8 @@ class Stack:
     rendezvous: Service
     sandboxes: int
     started_at: float
+    #: The sandboxes' configured memory, MB: Lambda's CPU share follows it.
+    memory_mb: int = field(default_factory=lambda: RuntimeSettings().memory_mb)
     users: tuple[User, ...] = field(default=(), compare=False)
     reattached: bool = field(default=False, compare=False)
 
@@ -123,8 +128,8 @@ class Stack:
 
     def describe(self) -> str:
         return (f"S3 pid {self.s3.pid} on port {self.s3.port}, runtime pid {self.runtime.pid} on port "
-                f"{self.runtime.port} with {self.sandboxes} sandboxes, rendezvous pid {self.rendezvous.pid} on "
-                f"port {self.rendezvous.port}")
+                f"{self.runtime.port} with {self.sandboxes} sandboxes of {self.memory_mb} MB, rendezvous pid "
+                f"{self.rendezvous.pid} on port {self.rendezvous.port}")
 
     def export(self, environ: dict[str, str] | None = None) -> None:
         """Point boto3 and the coordinator at this stack (credentials and region only where unset)."""
@@ -166,7 +171,7 @@ class Stack:
             return _stop(self, timeout, require_saved)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "sandboxes": self.sandboxes, "started_at": self.started_at,
+        return {"version": 1, "sandboxes": self.sandboxes, "memory_mb": self.memory_mb, "started_at": self.started_at,
                 "users": [asdict(user) for user in self.users],
                 **{service.name: asdict(service) for service in self.services}}
 
@@ -175,6 +180,7 @@ class Stack:
         return cls(s3=Service(**document["s3"]), runtime=Service(**document["runtime"]),
                    rendezvous=Service(**document["rendezvous"]), sandboxes=int(document["sandboxes"]),
                    started_at=float(document["started_at"]),
+                   memory_mb=int(document.get("memory_mb") or RuntimeSettings().memory_mb),
                    users=tuple(User(**user) for user in document.get("users", [])))
 
 
@@ -200,7 +206,7 @@ def _record_path() -> Path:
 
 
 def ensure_stack(sandboxes: int | None = None, *, at_least: int | None = None, fresh: bool = False,
-                 user: str | None = None) -> Stack:
+                 user: str | None = None, memory_mb: int | None = None) -> Stack:
     """The running stack, reattached when its recorded processes are alive, else started anew (S3
     restored from the last snapshot). A running stack is never stopped here.
 
@@ -210,12 +216,17 @@ def ensure_stack(sandboxes: int | None = None, *, at_least: int | None = None, f
     with fewer sandboxes is resized to it, one with more is used as it is; a new one gets
     ``max(4, at_least)``. ``fresh``: the caller needs a stack of its own: EmbeddedError when one runs.
     ``user`` (``"cosmic serve"``) records this process as using the stack until it exits, so that
-    no other command resizes it or, through :func:`release`, stops it under it.
+    no other command resizes it or, through :func:`release`, stops it under it. ``memory_mb`` (else
+    ``COSMIC_RUNTIME_MEMORY_MB``; a new stack: the runtime's default) is the sandboxes' configured
+    memory, restarting the runtime as another count does.
     """
     wanted = sandboxes or envconfig.lookup(RuntimeSettings, "sandboxes") or None
+    memory = memory_mb or envconfig.lookup(RuntimeSettings, "memory_mb") or None
     for name, value in (("sandboxes", wanted), ("at_least", at_least)):
         if value is not None and value < 1:
             raise EmbeddedError(f"{name} must be at least 1, got {value}")
+    if memory is not None and not MIN_MEMORY_MB <= memory <= MAX_MEMORY_MB:
+        raise EmbeddedError(f"memory_mb must be within {MIN_MEMORY_MB}..{MAX_MEMORY_MB} (Lambda's sizes), got {memory}")
     with _locked():
         recorded = _read_record()
         if recorded is not None and recorded.alive():
@@ -224,15 +235,15 @@ def ensure_stack(sandboxes: int | None = None, *, at_least: int | None = None, f
                                     "left running: use it, or stop it first with `cosmic stop`")
             target = wanted or (at_least if at_least is not None and recorded.sandboxes < at_least else None)
             stack = recorded
-            if target is not None and target != recorded.sandboxes:
-                stack = _resize(recorded, target)
+            if (target is not None and target != recorded.sandboxes) or (memory and memory != recorded.memory_mb):
+                stack = _resize(recorded, target or recorded.sandboxes, memory or recorded.memory_mb)
             stack = _attach(stack, user)
             event(log, "embedded_reattached", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
                   rendezvous=stack.rendezvous_endpoint, sandboxes=stack.sandboxes, pids=list(stack.pids))
             return replace(stack, reattached=True)
         if recorded is not None:  # a service is dead: keep what its S3 holds if it still answers, then replace it
             _stop(recorded, STOP_TIMEOUT)
-        stack = _start(wanted or max(DEFAULT_SANDBOXES, at_least or 0))
+        stack = _start(wanted or max(DEFAULT_SANDBOXES, at_least or 0), memory or RuntimeSettings().memory_mb)
         try:
             _restore(stack)
         except BaseException:
@@ -272,48 +283,43 @@ def _attach(stack: Stack, user: str | None) -> Stack:
     """Record ``stack`` with this process among its users (when ``user``) and the dead ones dropped."""
     users = [u for u in stack.users if u.alive() and u.pid != os.getpid()]
     if user is not None:
-        users.append(User(os.getpid(), _process_started(os.getpid()), user))
+        users.append(User(os.getpid(), started_ticks(os.getpid()), user))
     stack = replace(stack, users=tuple(users))
     _write_record(stack)
     return stack
 
 
-def _process_started(pid: int) -> str:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), "" when unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
 # -- resizing --------------------------------------------------------------------------------------
-def _resize(stack: Stack, sandboxes: int) -> Stack:
-    """Restart the runtime alone with ``sandboxes``, on its port if it can be had again."""
+def _resize(stack: Stack, sandboxes: int, memory_mb: int) -> Stack:
+    """Restart the runtime alone with ``sandboxes`` of ``memory_mb``, on its port if it can be had again."""
     others = stack.other_users()
     if others:
         raise EmbeddedError(
-            f"the embedded stack in {stack_dir()} has {stack.sandboxes} sandboxes and {sandboxes} were asked for, "
-            f"but {', '.join(user.describe() for user in others)} uses it: restarting its runtime would cut off "
-            f"their invocations. The stack is left as it is; stop them first, or ask for {stack.sandboxes}",
+            f"the embedded stack in {stack_dir()} has {stack.sandboxes} sandboxes of {stack.memory_mb} MB and "
+            f"{sandboxes} of {memory_mb} MB were asked for, but {', '.join(user.describe() for user in others)} "
+            "uses it: restarting its runtime would cut off their invocations. The stack is left as it is; stop "
+            f"them first, or ask for {stack.sandboxes} sandboxes of {stack.memory_mb} MB",
             service="runtime")
     stop_services([stack.runtime], STOP_TIMEOUT)
     # the same port, so that a coordinator's Lambda endpoint stays right; else any free one
-    runtime = start_runtime(stack_dir(), stack.s3.port, sandboxes, (stack.runtime.port, 0))
-    resized = replace(stack, runtime=runtime, sandboxes=sandboxes)
+    runtime = start_runtime(stack_dir(), stack.s3.port, sandboxes, memory_mb, (stack.runtime.port, 0))
+    resized = replace(stack, runtime=runtime, sandboxes=sandboxes, memory_mb=memory_mb)
     _write_record(resized)
     event(log, "embedded_resized", sandboxes_before=stack.sandboxes, sandboxes=sandboxes,
+          memory_mb_before=stack.memory_mb, memory_mb=memory_mb,
           runtime=resized.lambda_endpoint, pids=list(resized.pids))
     return resized
 
 
 # -- starting --------------------------------------------------------------------------------------
-def _start(sandboxes: int) -> Stack:
+def _start(sandboxes: int, memory_mb: int) -> Stack:
     folder = stack_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    s3, runtime, rendezvous = start_services(folder, sandboxes)
-    stack = Stack(s3, runtime, rendezvous, sandboxes, time.time())
+    s3, runtime, rendezvous = start_services(folder, sandboxes, memory_mb)
+    stack = Stack(s3, runtime, rendezvous, sandboxes, time.time(), memory_mb)
     event(log, "embedded_started", s3=stack.s3_endpoint, runtime=stack.lambda_endpoint,
-          rendezvous=stack.rendezvous_endpoint, sandboxes=sandboxes, pids=list(stack.pids), logs=str(folder))
+          rendezvous=stack.rendezvous_endpoint, sandboxes=sandboxes, memory_mb=memory_mb, pids=list(stack.pids),
+          logs=str(folder))
     return stack
 
 

@@ -49,9 +49,17 @@ class ServerSettings:
     #: Open pairing connections at most, overall. Lowered at start to what the file-descriptor
     #: limit allows, so that running out of descriptors is a refusal, not a crash.
     max_connections: int = 50_000
-    #: Open pairing connections at most from one source address. High, because a whole job's
-    #: ranks may share one NAT address and each rank opens one connection per link.
+    #: Open pairing connections at most from one source address, whatever the budget: an upper
+    #: bound on the share below. High, because a whole job's ranks may share one NAT address.
     max_per_source: int = 10_000
+    #: Fraction of the connection budget (the cap above, after the fd limit) that one source
+    #: address may hold, so that one host can never refuse service to all: with the share at
+    #: 0.5, the others always keep half the budget.
+    per_source_share: float = 0.5
+    #: ... but never fewer than this many per source, so that a job behind one NAT (or the
+    #: embedded stack, where every rank is 127.0.0.1) pairs even on a small budget. The
+    #: per-source cap is min(max_per_source, max(per_source_floor, share x budget)).
+    per_source_floor: int = 256
     #: Listen backlog; bursts of a whole job's ranks arrive within milliseconds.
     backlog: int = 4096
     #: Event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
@@ -62,8 +70,10 @@ class ServerSettings:
         _check_port("health_port", self.health_port, allow_disabled=True)
         _check_positive("name_timeout", self.name_timeout)
         _check_positive("waiter_ttl", self.waiter_ttl)
-        for name in ("max_connections", "max_per_source", "backlog"):
+        for name in ("max_connections", "max_per_source", "per_source_floor", "backlog"):
             _check_positive(name, getattr(self, name))
+        if not 0 < self.per_source_share <= 1:
+            raise envconfig.SettingsError(f"per_source_share must be within (0, 1], got {self.per_source_share}")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise envconfig.SettingsError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
 

@@ -11,9 +11,8 @@ from collections import Counter
 #: Why a connection was closed without being paired; every label is documented here.
 REJECTION_REASONS = {
     "server_full": "the overall connection cap (derived from the fd limit) was reached",
-    "source_limit": "the per-source-address connection cap was reached",
+    "source_limit": "the per-source-address connection cap (a share of the budget, with a floor) was reached",
     "accept_failed": "accept() itself failed, typically out of file descriptors (counts attempts)",
-    "gone_before_accept": "the client reset before the server could read its address",
     "empty_name": "the first read held no bytes before a NUL",
     "name_too_long": "the name (the first read up to its first NUL) was over 100 bytes",
     "unexpected_data": "the client sent bytes after its name",
@@ -36,7 +35,7 @@ class Metrics:
         self.rejected: Counter[str] = Counter()
         self.timeouts: Counter[str] = Counter()
 
-    def render(self, *, waiters: int, open_connections: int, connection_cap: int) -> str:
+    def render(self, *, waiters: int, open_connections: int, connection_cap: int, per_source_cap: int) -> str:
         """The Prometheus text exposition (format 0.0.4) of the counters and current gauges."""
         lines: list[str] = []
 
@@ -58,4 +57,6 @@ class Metrics:
         metric("rendezvous_waiters", "gauge", "Named clients waiting for a partner.", [("", waiters)])
         metric("rendezvous_open_connections", "gauge", "Open pairing connections.", [("", open_connections)])
         metric("rendezvous_connection_cap", "gauge", "Open pairing connections allowed.", [("", connection_cap)])
+        metric("rendezvous_per_source_cap", "gauge", "Open pairing connections allowed from one source address.",
+               [("", per_source_cap)])
         return "\n".join(lines) + "\n"

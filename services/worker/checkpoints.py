@@ -27,14 +27,16 @@ from pathlib import Path
 
 import torch
 
+from services.worker.checkpoint_names import CONVERTED_SUFFIX, PICKLE_SUFFIXES, choose_checkpoint, converted_path
 from services.worker.errors import CheckpointError, LegacyCheckpointError
 from services.worker.model import RedshiftModel
 
-CONVERTED_SUFFIX = ".cosmic.safetensors"
+#: Named here too, where the converter and the tests have always found them.
+__all__ = ["CONVERTED_SUFFIX", "PICKLE_SUFFIXES", "build_model", "choose_checkpoint", "converted_path",
+           "load_state_dict", "save_state_dict"]
+
 #: Keys under which training scripts commonly nest the state_dict, tried in this order.
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
-#: Checkpoint suffixes by preference: safetensors cannot hold code and loads without unpickling.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _PREFIX = "module."  # DataParallel's
 _SHOWN = 8  # names listed in an error, before "and N more"
 _GLOBAL = re.compile(r"GLOBAL (\S+)")  # torch's words for a refused (or blocked) global
@@ -61,32 +63,6 @@ LEGACY_NAMES: tuple[tuple[str, str | None], ...] = (
     (r"\.conv\.", ".0."),  # ConvBlock's conv and bn are our conv_block's Sequential 0 and 1
     (r"\.bn\.", ".1."),
 )
-
-
-def converted_path(original: Path) -> Path:
-    """Where ``cosmic convert-checkpoint`` puts ``original`` 's state_dict: beside it, so a model
-    folder on S3 carries both and :func:`choose_checkpoint` picks the converted one."""
-    name = original.name
-    stem = name[: -len(CONVERTED_SUFFIX)] if name.endswith(CONVERTED_SUFFIX) else Path(name).stem
-    return original.with_name(stem + CONVERTED_SUFFIX)
-
-
-def choose_checkpoint(keys: Iterable[str]) -> str | None:
-    """The key to load among a model folder's S3 keys: converted safetensors, other safetensors,
-    then pickled state_dicts; sorted within a rank so every worker picks the same file."""
-
-    def rank(key: str) -> int | None:
-        name = key.rsplit("/", 1)[-1].lower()
-        if not name or key.endswith("/"):
-            return None
-        if name.endswith(CONVERTED_SUFFIX):
-            return 0
-        if name.endswith(".safetensors"):
-            return 1
-        return 2 if name.endswith(PICKLE_SUFFIXES) else None
-
-    ranked = sorted((r, key) for key in keys if (r := rank(key)) is not None)
-    return ranked[0][1] if ranked else None
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

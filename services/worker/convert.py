@@ -276,6 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="the legacy checkpoint (a pickled model) or a state_dict")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the state_dict (default: <stem>.cosmic.safetensors beside the checkpoint)")
+    parser.add_argument("--no-export", dest="export", action="store_false",
+                        help="do not also export it for the lean engine (`cosmic export`, needs the export extra)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -287,4 +289,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"converted {args.checkpoint} ({result.source}): {result.tensors} tensors, {result.parameters:,} parameters; "
           f"checked by loading it into the redshift model")
     print(f"wrote {result.output}")
+    return _export(result.output) if args.export else 0
+
+
+def _export(converted: Path) -> int:
+    """Export the converted state_dict beside it (``cosmic export``): a cold start without torch."""
+    try:
+        from services.worker.export import export
+    except ModuleNotFoundError as exc:
+        print(f"not exported: {exc.name} is not installed (pip install 'cosmic-rendezvous[export]', then "
+              f"`cosmic export {converted}`); the worker runs the checkpoint on torch meanwhile", file=sys.stderr)
+        return 0
+    try:
+        done = export(converted)
+    except (CheckpointError, OSError) as exc:
+        print(f"cosmic convert-checkpoint: export failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported it, verified (mean |diff| {done.mean_abs_diff:.1e}): wrote {done.path} and {done.manifest.name}")
     return 0

@@ -16,14 +16,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from services.accuracy import redshift_metrics
 from services.cache import cache_dir
+from services.keys import SAMPLES_PER_PARTITION
 from services.logs import event
-from services.worker.data import SAMPLES_PER_PARTITION, save_partition
+from services.worker.data import save_partition
 from services.worker.model import RedshiftModel
 from services.worker.synthetic import partition
 
@@ -35,11 +37,18 @@ TINY_SAMPLES = 64
 
 
 def demo_partitions(size: str, count: int, root: Path | None = None) -> list[Path]:
-    """Paths of partitions ``1..count`` of the given size label, generating the missing ones."""
+    """Paths of partitions ``1..count`` of the given size label in the cache, generating the missing ones."""
+    return write_partitions(size, count, (root or cache_dir()) / "partitions" / size)
+
+
+def write_partitions(size: str, count: int, folder: Path,
+                     on_write: Callable[[Path], None] | None = None) -> list[Path]:
+    """``folder/1.pt .. folder/{count}.pt`` of the given size label, in the legacy layout (a saved
+    TensorDataset of images, magnitudes, redshifts), seeded: the same size and number always give
+    the same galaxies. Files already there are kept; ``on_write`` hears of each one written."""
     samples = TINY_SAMPLES if size == TINY else SAMPLES_PER_PARTITION.get(size)
     if samples is None:
         raise ValueError(f"unknown partition size {size!r}: use {', '.join([*SAMPLES_PER_PARTITION, TINY])}")
-    folder = (root or cache_dir()) / "partitions" / size
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(1, count + 1):
@@ -48,6 +57,8 @@ def demo_partitions(size: str, count: int, root: Path | None = None) -> list[Pat
             partial = path.with_suffix(".pt.partial")
             save_partition(partition(index, samples), partial)
             partial.replace(path)  # never leave a half-written partition under its real name
+            if on_write is not None:
+                on_write(path)
         paths.append(path)
     return paths
 
@@ -58,9 +69,11 @@ FIT_STEPS = 400
 
 
 def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: int = 3072) -> Path:
-    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none."""
+    """The fitted demo checkpoint (a state_dict), fitting it first if the cache has none, and its
+    export for the lean engine beside it (made if missing or made from another checkpoint)."""
     path = (root or cache_dir()) / "checkpoints" / CHECKPOINT_NAME
     if path.exists():
+        _export(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     model, metrics = fit(steps=steps, samples=samples)
@@ -68,7 +81,21 @@ def demo_checkpoint(root: Path | None = None, steps: int = FIT_STEPS, samples: i
     torch.save(model.state_dict(), partial)
     partial.replace(path)
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _export(path)
     return path
+
+
+def _export(checkpoint: Path) -> None:
+    """Export the demo checkpoint unless its export is current; without the export extra the demo
+    runs on torch, and says so (the worker logs ``export_missing`` too)."""
+    try:
+        from services.worker import export
+    except ModuleNotFoundError as exc:
+        event(log, "demo_checkpoint_not_exported", logging.WARNING, missing=exc.name,
+              hint="pip install 'cosmic-rendezvous[export]'")
+        return
+    if not export.current(checkpoint):
+        export.export(checkpoint)
 
 
 def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[str, float]]:
@@ -76,13 +103,15 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
     torch.manual_seed(seed)
     model = RedshiftModel().eval()
     train, held_out = partition(10_001, samples), partition(10_002, 512)
+    images = torch.from_numpy(train.images)
     started = time.monotonic()
     with torch.inference_mode():
-        image_features = torch.cat([model.vit(train.images), model.cnn(train.images)], dim=1)
+        image_features = torch.cat([model.vit(images), model.cnn(images)], dim=1)
     image_features = image_features.clone()  # a normal tensor, usable in autograd
     trainable = [*model.magnitudes.parameters(), *model.head.parameters()]
     optimiser = torch.optim.Adam(trainable, lr=1e-4)
-    magnitudes, targets = train.magnitudes.float(), train.redshifts.float()  # type: ignore[union-attr]
+    magnitudes = torch.from_numpy(train.magnitudes).float()
+    targets = torch.from_numpy(train.redshifts).float()  # type: ignore[arg-type]
     for _ in range(steps):
         batch = torch.randint(0, samples, (256,))
         features = torch.cat([image_features[batch], model.magnitudes(magnitudes[batch])], dim=1)
@@ -91,8 +120,8 @@ def fit(steps: int, samples: int, seed: int = 7) -> tuple[RedshiftModel, dict[st
         loss.backward()
         optimiser.step()
     with torch.inference_mode():
-        predicted = model([held_out.images, held_out.magnitudes]).squeeze(1)
-    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts.numpy())  # type: ignore[union-attr]
+        predicted = model([torch.from_numpy(held_out.images), torch.from_numpy(held_out.magnitudes)]).squeeze(1)
+    metrics = redshift_metrics(predicted.numpy(), held_out.redshifts)  # type: ignore[arg-type]
     metrics.update(steps=float(steps), seconds=round(time.monotonic() - started, 1))
     event(log, "demo_checkpoint_fitted", **{k: round(v, 4) for k, v in metrics.items()})
     return model, metrics

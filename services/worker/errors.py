@@ -7,7 +7,9 @@
     ├── CheckpointError            a checkpoint we cannot use: which file (``checkpoint``), why, what to do
     │   │                          (also a ValueError)
     │   ├── LegacyCheckpointError  a whole pickled model: run `cosmic convert-checkpoint <path>`
-    │   └── RefusedGlobal          the pickle names a global outside the allow-lists (``name``)
+    │   ├── RefusedGlobal          the pickle names a global outside the allow-lists (``name``)
+    │   └── ExportError            an exported model (``export``) that is corrupt, stale, does not fit the
+    │                              model's inputs, or disagrees with the checkpoint it was made from
     ├── PartitionError             a partition not in a supported format or without the expected arrays
     │                              (``partition``; also a ValueError)
     ├── ScriptFailed               the legacy script is missing, exited non-zero or overran its deadline
@@ -47,6 +49,16 @@ class RefusedGlobal(CheckpointError):
                          f"torch's tensor helpers, so not a plain legacy checkpoint (nothing in it was run)",
                          checkpoint=file or None)
         self.name = name
+
+
+class ExportError(CheckpointError):
+    """An exported model we must not run: its SHA-256 differs from its manifest's, it was made from
+    another checkpoint, its inputs are not the model's, or (at creation) its predictions disagree
+    with the torch model's. ``export`` is the file. Never answered around: a wrong answer is worse."""
+
+    def __init__(self, message: str, *, export: str | None = None, checkpoint: str | None = None) -> None:
+        super().__init__(message, checkpoint=checkpoint)
+        self.export = export
 
 
 class PartitionError(WorkerError, ValueError):

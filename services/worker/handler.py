@@ -25,10 +25,11 @@ from services.worker import settings as worker_settings  # noqa: E402
 from services.worker.legacy_script import run_script  # noqa: E402
 from services.worker.model_cache import ModelCache  # noqa: E402
 from services.worker.native import run_native  # noqa: E402
-from services.worker.outcome import AttemptWord  # noqa: E402
+from services.worker.outcome import record_outcome  # noqa: E402
 from services.worker.selftest import run_selftest  # noqa: E402
 
-#: Seconds the imports (torch above all) took in this sandbox: part of every cold start.
+#: Seconds the imports took in this sandbox: part of every cold start (torch is not among them:
+#: the native path imports it only to run a checkpoint that has no export).
 IMPORT_S = time.perf_counter() - _IMPORT_STARTED
 log = logging.getLogger("cosmic.worker.handler")
 
@@ -40,7 +41,8 @@ class _Sandbox:
         logs.configure()
         self.settings = worker_settings.load()
         self.store = S3Store()
-        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision)
+        self.models = ModelCache(self.store, Path(self.settings.scratch_dir), self.settings.precision,
+                                 self.settings.engine)
         self.invocations = 0
 
 
@@ -77,15 +79,13 @@ def _invoke(job: WorkerEvent, sandbox: _Sandbox, request_id: str | None, started
     else:
         runtime = {"import_s": round(IMPORT_S, 3), "sandbox_invocation": sandbox.invocations,
                    "request_id": request_id}
-        word = AttemptWord(sandbox.store, job, started)  # the coordinator may not be there to hear the answer
         try:
             result = run_native(job, sandbox.store, sandbox.models, sandbox.settings.prefetch, runtime, started)
-        except Exception as exc:
-            word.ended("failed", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the coordinator may not be there to hear it: say it in S3 too
+            record_outcome(sandbox.store, job, "failed", f"{type(exc).__name__}: {exc}", started)
             raise
         if result.status != "succeeded":
-            word.ended(result.status, None)
-        word.close()
+            record_outcome(sandbox.store, job, result.status, None, started)
     result.timings_s["total"] = round(time.perf_counter() - started, 4)
     if sandbox.invocations == 1:
         result.timings_s["import"] = round(IMPORT_S, 4)  # paid once per sandbox, before this invocation

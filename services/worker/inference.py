@@ -46,7 +46,6 @@ import copy
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +57,7 @@ from torch import nn
 
 from services.logs import event
 from services.worker import settings as worker_settings
+from services.worker.engines import available_threads, cpu_has_bf16
 from services.worker.model import HEADS, WIDTH, RedshiftModel
 
 log = logging.getLogger("cosmic.worker.inference")
@@ -65,27 +65,6 @@ log = logging.getLogger("cosmic.worker.inference")
 PRECISIONS = ("auto", "fp32", "bf16-mlp", "bf16")
 DEFAULT_PRECISION = "auto"
 _BF16_PRECISIONS = ("bf16-mlp", "bf16")
-
-
-def available_threads() -> int:
-    """``COSMIC_WORKER_THREADS`` when the runtime sets it, else the CPUs this process may run on."""
-    configured = worker_settings.load().threads
-    if configured:
-        return configured
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
-
-
-def cpu_has_bf16() -> bool:
-    """Native bfloat16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated and slower."""
-    if sys.platform != "linux":
-        return False
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = info.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 #: glibc ``mallopt`` parameters and the values set (see :func:`keep_freed_memory`).
@@ -205,6 +184,8 @@ class _Prepared:
 class Predictor:
     """Redshifts for batches of images and magnitudes, from one loaded model."""
 
+    engine = "torch"
+
     def __init__(self, model: RedshiftModel, precision: str = DEFAULT_PRECISION, threads: int | None = None,
                  streams: int | None = None) -> None:
         self.precision = resolve_precision(precision)
@@ -221,13 +202,14 @@ class Predictor:
         with torch.inference_mode():
             self._prepared = _Prepared(model.eval(), self.precision)
 
-    def predict(self, images: torch.Tensor, magnitudes: torch.Tensor, batch_size: int = 512,
+    def predict(self, images: np.ndarray | torch.Tensor, magnitudes: np.ndarray | torch.Tensor, batch_size: int = 512,
                 after_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Predicted redshifts, float32 ``[n]``.
+        """Predicted redshifts, float32 ``[n]``, from arrays (a partition's, shared without a copy) or tensors.
 
         ``after_batch(samples_done)`` runs after every batch, in the caller's thread: the one
         place a rank checks for cancel (it may raise to stop; no stream keeps working after it).
         """
+        images, magnitudes = torch.as_tensor(images), torch.as_tensor(magnitudes)
         out = np.empty(images.shape[0], dtype=np.float32)
         step = -(-batch_size // self.streams)
         if torch.get_num_threads() != self._intra_op_threads:  # process-wide: someone else may have set it

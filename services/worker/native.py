@@ -29,6 +29,7 @@ from services.worker.errors import JobCancelled, Superseded
 from services.worker.feed import PartitionFeed
 from services.worker.model_cache import ModelCache, locate_checkpoint
 from services.worker.outcome import configured_memory_mb
+from services.worker.progress import ProgressWriter
 from services.worker.rankreport import RankTally, peak_rss_mb, rank_document
 
 log = logging.getLogger("cosmic.worker.native")
@@ -40,9 +41,12 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     dates the invocation, for the ``elapsed_s`` a coordinator bills an orphaned attempt by."""
     tally = RankTally()
     markers = Markers(store, job)
+    progress = ProgressWriter(store, job)  # the rank's phase and samples, for the dashboard and `cosmic status`
+    progress.phase("downloading")
     predictions: list[np.ndarray] = []
     truths: list[np.ndarray] = []
     with PartitionFeed(store, job.data_bucket, list(job.partitions), ahead=prefetch) as feed:
+        progress.phase("loading_model")
         loaded = models.get(locate_checkpoint(store, job))
         tally.load_s = loaded.load_s
         for fetched in feed:
@@ -50,8 +54,9 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
             part = fetched.partition
             try:
                 markers.stop_if_asked()
+                progress.partition_started(len(part))
                 predictions.append(loaded.predictor.predict(part.images, part.magnitudes, job.batch_size,
-                                                            after_batch=lambda _: markers.stop_if_asked()))
+                                                            after_batch=progress.after_batch(markers.stop_if_asked)))
             except (JobCancelled, Superseded) as stopped:
                 log_event(log, "stopped", during=fetched.key, partitions_done=len(tally.partitions_done),
                           reason=str(stopped))
@@ -59,7 +64,8 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
                                 else "superseded")
             infer_s = time.perf_counter() - started
             if part.redshifts is not None:
-                truths.append(part.redshifts.numpy().astype(np.float32, copy=False))
+                truths.append(part.redshifts.astype(np.float32, copy=False))
+            progress.partition_done(len(part))
             tally.add_partition(fetched.key, len(part), job.batch_size, fetched.download_s, fetched.parse_s, infer_s)
             log_event(log, "partition_done", key=fetched.key, samples=len(part),
                       infer_s=round(infer_s, 3), samples_per_s=round(len(part) / infer_s, 1) if infer_s else None)
@@ -74,6 +80,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     except Superseded as stopped:
         log_event(log, "stopped", during="upload", reason=str(stopped))
         return _stopped(job, tally, loaded.cold, "superseded")
+    progress.phase("uploading")
     started = time.perf_counter()
     written = [predictions_key(job.result_path, job.rank)]
     store.put(job.result_bucket, written[0], _npy(predicted))
@@ -83,7 +90,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     tally.upload_s = time.perf_counter() - started
     peak_mb = peak_rss_mb()
     runtime = {**runtime, "memory_size_mb": configured_memory_mb(),
-               "elapsed_s": round(time.perf_counter() - invocation_started, 4),
+               "elapsed_s": round(time.perf_counter() - invocation_started, 4), "engine": loaded.predictor.engine,
                "precision": loaded.predictor.precision, "threads": loaded.predictor.threads,
                "checkpoint": f"s3://{loaded.checkpoint.bucket}/{loaded.checkpoint.key}", "checkpoint_etag": loaded.etag}
     document = rank_document(job, tally, status="succeeded", cold_start=loaded.cold, peak_mb=peak_mb,
@@ -92,11 +99,16 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     store.put_json(job.result_bucket, result_key(job.result_path, job.rank), document)
     tally.upload_s += time.perf_counter() - started
 
+    if job.rendezvous is not None:
+        progress.phase("collective")
+    started = time.perf_counter()
     collective = summarise(job, markers, predicted, true, tally, peak_mb)
+    waited = {"collective": round(time.perf_counter() - started, 4)}  # the timeline's "collective wait"
+    progress.phase("done")
     return WorkerResult(job_id=job.job_id, rank=job.rank, attempt=job.attempt, status="succeeded",
                         result_keys=[*written, result_key(job.result_path, job.rank)],
                         num_samples=tally.num_samples, partitions_done=tally.partitions_done,
-                        timings_s=tally.timings(), peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
+                        timings_s={**tally.timings(), **waited}, peak_rss_mb=round(peak_mb, 1), cold_start=loaded.cold,
                         collective=collective, checks={"accuracy": accuracy} if accuracy else {})
 
 

@@ -1,25 +1,20 @@
-"""What an attempt tells a coordinator that may not be there to hear it: that it started, and how
-it ended when it did not succeed.
+"""How an attempt that did not succeed ended, told to a coordinator that may not be there to hear it.
 
 A coordinator killed while ranks ran does not re-invoke them when it restarts: it waits for each
-in-flight attempt's own word in S3 (:mod:`services.coordinator.orphans`). An attempt writes
-``running`` to its outcome object (:func:`services.keys.outcome_key`) as it starts, from a thread,
-so the restarted coordinator can tell an attempt that is under way from one whose call was never
-sent; a succeeded attempt's last word is its result document; a failed, cancelled or superseded one
-overwrites the outcome object with how it ended, so the coordinator need not wait out the attempt's
-deadline to learn it. Best effort: an attempt that cannot write (S3 unreachable, its sandbox
-killed) is judged at its deadline instead. On AWS: one PUT per attempt, two when it does not
-succeed ($0.005 per 1,000).
+in-flight attempt's own word in S3 (:mod:`services.coordinator.orphans`). That the attempt started
+is its progress record (:mod:`.progress`); a succeeded attempt's last word is its result document;
+a failed, cancelled or superseded one writes this small object
+(:func:`services.keys.outcome_key`), so the coordinator need not wait out the attempt's deadline to
+learn how it ended. Best effort: an attempt that cannot write it (S3 unreachable, its sandbox
+killed) is judged at its deadline instead. On AWS: one PUT per attempt that does not succeed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
-from services import logs
 from services.contracts import WorkerEvent
 from services.keys import outcome_key
 from services.logs import event as log_event
@@ -35,31 +30,12 @@ def configured_memory_mb() -> int | None:
     return int(value) if value.isdigit() else None
 
 
-class AttemptWord:
-    """The attempt's outcome object: ``running`` written at once from a thread (the invocation does
-    not wait for it), then, when the attempt does not succeed, how it ended (after the first)."""
-
-    def __init__(self, store: S3Store, job: WorkerEvent, started: float) -> None:
-        self.store, self.job, self.started = store, job, started
-        self._first = threading.Thread(target=logs.carry(self._write), args=("running", None),
-                                       name="attempt-word", daemon=True)
-        self._first.start()
-
-    def ended(self, status: str, error: str | None) -> None:
-        """Say how the attempt ended (``failed``, ``cancelled``, ``superseded``)."""
-        self._first.join()
-        self._write(status, error)
-
-    def close(self) -> None:
-        self._first.join()
-
-    def _write(self, status: str, error: str | None) -> None:
-        job = self.job
-        document = {"job_id": job.job_id, "rank": job.rank, "attempt": job.attempt, "status": status,
-                    "error": error[:2000] if error else None,
-                    "elapsed_s": round(time.perf_counter() - self.started, 4), "memory_size_mb": configured_memory_mb()}
-        try:
-            self.store.put_json(job.result_bucket, outcome_key(job.result_path, job.job_id, job.rank, job.attempt),
-                                document)
-        except StoreError as exc:
-            log_event(log, "outcome_unwritten", logging.WARNING, status=status, error=str(exc)[:200])
+def record_outcome(store: S3Store, job: WorkerEvent, status: str, error: str | None, started: float) -> None:
+    """Write how the attempt ended (``started``: ``time.perf_counter()`` when the invocation began)."""
+    document = {"job_id": job.job_id, "rank": job.rank, "attempt": job.attempt, "status": status,
+                "error": error[:2000] if error else None, "elapsed_s": round(time.perf_counter() - started, 4),
+                "memory_size_mb": configured_memory_mb()}
+    try:
+        store.put_json(job.result_bucket, outcome_key(job.result_path, job.job_id, job.rank, job.attempt), document)
+    except StoreError as exc:
+        log_event(log, "outcome_unwritten", logging.WARNING, status=status, error=str(exc)[:200])

@@ -15,6 +15,8 @@ from typing import ClassVar
 from services import envconfig
 
 ENV_PREFIX = "COSMIC_WORKER_"
+#: The values of ``COSMIC_WORKER_ENGINE`` (:mod:`services.worker.engines` decides what they run).
+ENGINES = ("auto", "openvino", "torch", "torch-fp32", "torch-bf16-mlp")
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,9 @@ class WorkerSettings:
     ENV_PREFIX: ClassVar[str] = ENV_PREFIX
     ENV_ALIASES: ClassVar[Mapping[str, str]] = {"threads": "COSMIC_THREADS", "malloc_tune": "COSMIC_MALLOC_TUNE"}
 
-    #: Inference precision (see :mod:`services.worker.inference`); empty means the predictor's default.
+    #: Inference engine (see :mod:`services.worker.engines`): auto, openvino, torch, torch-fp32, torch-bf16-mlp.
+    engine: str = "auto"
+    #: The torch Predictor's precision (see :mod:`services.worker.inference`); empty means its default.
     precision: str = ""
     #: Where downloaded checkpoints and legacy model folders are kept across warm invocations
     #: (Lambda's writable ``/tmp``).
@@ -45,6 +49,9 @@ class WorkerSettings:
                 f"COSMIC_WORKER_SCRIPT_TIMEOUT must be within (0, 900] s, got {self.script_timeout}")
         if not 0 <= self.prefetch <= 8:
             raise envconfig.SettingsError(f"COSMIC_WORKER_PREFETCH must be within 0..8, got {self.prefetch}")
+        if self.engine not in ENGINES:
+            raise envconfig.SettingsError(f"COSMIC_WORKER_ENGINE must be one of {', '.join(ENGINES)}, "
+                                          f"got {self.engine!r}")
         if self.threads < 0:
             raise envconfig.SettingsError(f"COSMIC_WORKER_THREADS must be 0 (all CPUs) or more, got {self.threads}")
 

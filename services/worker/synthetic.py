@@ -9,7 +9,6 @@ model's accuracy means something. The same seed and partition index always give 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from services.worker.data import BANDS, SIDE, Partition
 
@@ -43,8 +42,8 @@ def galaxies(count: int, seed: int) -> Partition:
     flux = 10 ** (-0.4 * (magnitudes - _ZERO_POINT))
     images = flux[:, :, None, None] * profile[:, None, :, :]
     images += rng.normal(0, 0.02, images.shape) * flux.mean(axis=1)[:, None, None, None] / (SIDE * SIDE)
-    return Partition(torch.from_numpy(images.astype(np.float32)).reshape(count, BANDS, SIDE, SIDE),
-                     torch.from_numpy(magnitudes.astype(np.float64)), torch.from_numpy(z.astype(np.float32)))
+    return Partition(images.astype(np.float32).reshape(count, BANDS, SIDE, SIDE), magnitudes.astype(np.float64),
+                     z.astype(np.float32))
 
 
 def partition(index: int, count: int, seed: int = 2026) -> Partition:

@@ -1,5 +1,6 @@
-"""The coordinator's own objects live under a prefix no payload may name (``.cosmic/``), the old
-``jobs/`` layout is still read, and nothing unreadable met there stops a coordinator starting."""
+"""The old ``jobs/`` layout is still read, and nothing unreadable met among the coordinator's own
+objects stops a coordinator starting. (A payload naming the reserved ``.cosmic/`` prefix, a 422, is
+in the fault matrix: ``tests/faults/test_bounded_input.py``.)"""
 
 from __future__ import annotations
 
@@ -7,21 +8,8 @@ import json
 from collections.abc import Callable
 
 from services.coordinator.state import ACTIVE, JOBS, LEGACY_ACTIVE, LEGACY_JOBS, active_key, manifest_key
-from tests.coordinator.conftest import PARTITIONS, Api, Servers
-
-
-def _detail(body: dict) -> str:
-    return json.dumps(body["detail"])
-
-
-def test_a_payload_prefix_under_the_reserved_prefix_is_422_naming_the_field(api: Api, stack: Servers) -> None:
-    for field_name in ("result_path", "data_prefix", "S3_object_name"):
-        for value in (".cosmic", ".cosmic/jobs/x", "/.cosmic/active/"):
-            status, body = api.call("POST", "/jobs", stack.payload(**{field_name: value}))
-            assert status == 422, (field_name, value, body)
-            assert field_name in _detail(body) and "reserved for the coordinator" in _detail(body), (field_name, body)
-    look_alike = api.submit(stack.payload(result_path="results/.cosmic-like", world_size=1, communicator=False))
-    assert api.wait(look_alike)["state"] == "succeeded", "a mere look-alike is fine"
+from tests.common import Api, Servers
+from tests.coordinator.conftest import PARTITIONS
 
 
 def test_unreadable_state_does_not_stop_startup_and_shows_on_its_job(start_coordinator: Callable[..., Api],

@@ -10,7 +10,7 @@ import pytest
 from services.contracts import legacy_item, parse_event
 from services.coordinator.lambda_handlers import BadPayload, plan_handler, summarize_handler
 from services.coordinator.manifest import read_manifest
-from tests.coordinator.conftest import Servers
+from tests.common import Servers
 
 
 def test_plan_items_drive_the_worker_and_summarize_reads_them(stack: Servers) -> None:

@@ -13,7 +13,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-from tests.coordinator.conftest import Api  # noqa: E402
+from tests.common import Api  # noqa: E402
 
 CASES_PER_OPERATION = 25
 

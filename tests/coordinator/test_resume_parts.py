@@ -15,7 +15,7 @@ from services.coordinator.journal import RankJournal
 from services.coordinator.orphans import await_word
 from services.coordinator.speculation import stragglers
 from services.coordinator.state import Attempt, JobStore, RankRecord, journal_prefix
-from services.keys import outcome_key, result_key
+from services.keys import outcome_key, progress_key, result_key
 from services.s3store import S3Store
 
 
@@ -80,8 +80,9 @@ def test_an_orphan_that_never_started_is_lost_after_the_grace_not_the_deadline(b
 
 
 def test_a_running_orphan_is_awaited_to_its_deadline(bucket) -> None:
+    """Its progress record says it started (and an older attempt's record would not)."""
     store, name = bucket
-    store.put_json(name, outcome_key("out", "j1", 3, 1), {"job_id": "j1", "attempt": 1, "status": "running"})
+    store.put_json(name, progress_key("out", "j1", 3), {"job_id": "j1", "rank": 3, "attempt": 1, "phase": "inferring"})
     began = time.monotonic()
     word = await_word(store, _event(name), 1, time.time(), time.time() + 2.0, start_grace_s=0.5, poll_s=0.1)
     assert word.state == AttemptState.LOST and "deadline" in str(word.error)

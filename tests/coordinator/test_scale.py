@@ -17,7 +17,7 @@ from services.coordinator.payload import JobRequest
 from services.coordinator.planning import Partition, plan
 from services.coordinator.state import Attempt, RankRecord
 from services.s3store import S3Store, StoreError
-from tests.coordinator.conftest import Api, Servers
+from tests.common import Api, Servers
 
 
 def _request(world_size: int, **fields: object) -> JobRequest:

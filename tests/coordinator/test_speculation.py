@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from tests.coordinator.conftest import Api, Servers
+from tests.common import Api, Servers
 from tests.coordinator.flaky_handler import STRAGGLER_S
 
 

@@ -55,8 +55,8 @@ def retried_job() -> list[Invocation]:
 def seed_job(prices) -> dict:
     """The seed table's 25MB row: 517 ranks of 6.55 s each, 2.8 GB used of 10,240 MB configured."""
     invocations = [inv(rank, duration_ms=6550.0, billed_ms=6550.0, used=2.8 * 1024) for rank in range(517)]
-    return summarize(facts(world_size=517, partitions=517, s3_gets=0, s3_puts=0), invocations, [], None, None, None,
-                     prices)
+    return summarize(facts(world_size=517, partitions=517, s3_gets=0, s3_puts=0), invocations, docs(*[1278] * 517),
+                     None, None, None, prices)
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_cost_of_a_retried_job_by_hand(prices):
     assert cost["prices"] == "us-east-1 list prices of 2026-11 (USD)"
     # legacy: 3 requests x mean successful duration (0.9 s, 0.95 s) x 2 GB peak used x price
     assert summary["legacy_cost"]["total"] == pytest.approx(3 * 0.925 * 2 * X86)
-    assert "3x too low" in summary["legacy_cost"]["basis"]
+    assert "ratio per job" in summary["legacy_cost"]["basis"]
     assert summary["invocations"] == {"attempts": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "superseded": 0,
                                       "retried_ranks": [1], "cold_starts": 1}
     assert summary["samples"] == 2556
@@ -218,7 +218,7 @@ def test_a_job_with_no_success_is_still_summarised(prices):
     assert summary["rank_duration_s"]["p50"] is None and summary["legacy_cost"]["total"] is None
     assert summary["failed_ranks"] == [{"rank": 0, "attempts": 2, "state": "cancelled", "error": "Task timed out"}]
     json.dumps(summary, allow_nan=False)
-    assert "| 25MB | 1 | 2 | - |" in render_table([seed_table_row(summary)], "md")
+    assert "| 25MB | 1 | 2 | 12.50 | - |" in render_table([seed_table_row(summary)], "md")
 
 
 def test_failed_ranks_and_recovered_attempts(prices):
@@ -255,11 +255,12 @@ def test_markdown_table_and_report(prices):
     summary = seed_job(prices)
     table = render_table([seed_table_row(summary)], "md")
     lines = table.splitlines()
-    assert lines[0] == ("| Partition | World Size | Requests | Duration (s) | Memory | Cost ($, estimate) "
-                        "| Legacy cost ($, estimate) |")
-    assert lines[2] == "| 25MB | 517 | 517 | 6.55 | 2.8GB | 0.5645 | 0.1580 |"
+    assert lines[0] == ("| Partition | World Size | Requests | Wall time (s) | Mean rank time (s) | Memory "
+                        "| Cost ($, estimate) | Legacy cost ($, estimate) | $ per M samples | Samples per vCPU-s |")
+    # the seed's own formula gives their $0.24 per million samples; billed at 10,240 MB, 3.6x that
+    assert lines[2] == "| 25MB | 517 | 517 | 12.50 | 6.55 | 2.8GB | 0.5645 | 0.1580 | 0.8544 | 32.5 |"
     assert "estimates at us-east-1 list prices of 2026-11 (USD)" in table
-    assert "3x too low" in table
+    assert "Here the billed cost is 3.6x the legacy formula's." in table  # 0.5645 / 0.1580, not a constant
     report = render_report(summary, "md")
     assert report.startswith("# Job job-1\n")
     assert lines[2] in report
@@ -273,11 +274,12 @@ def test_csv_table_is_numeric_and_parses(prices):
                                                                          prices))]
     text = render_table(rows, "csv")
     header, first, second = list(csv.reader(io.StringIO(text)))
-    assert header[:5] == ["Partition", "World Size", "Requests", "Duration (s)", "Memory (MB)"]
-    assert "estimate at Lambda list prices" in header[5]
-    assert "estimate at Lambda list prices" in header[6] and "3x too low" in header[6]
-    assert first[:5] == ["25MB", "517", "517", "6.55", str(2.8 * 1024)]
-    assert math.isclose(float(first[5]), 517 * 6.55 * 10 * X86 + 517 * 0.2e-6, rel_tol=1e-6)
+    assert header[:6] == ["Partition", "World Size", "Requests", "Wall time (s; submission to end)",
+                          "Mean rank time (s; the seed table's duration)", "Memory (MB)"]
+    assert "estimate at Lambda list prices" in header[6]
+    assert "estimate at Lambda list prices" in header[7] and "seed-table formula" in header[7]
+    assert first[:6] == ["25MB", "517", "517", "12.5", "6.55", str(2.8 * 1024)]
+    assert math.isclose(float(first[6]), 517 * 6.55 * 10 * X86 + 517 * 0.2e-6, rel_tol=1e-6)
     assert second[2] == "3"
     assert render_report(seed_job(prices), "csv") == render_table(rows[:1], "csv")
 
@@ -286,8 +288,8 @@ def test_text_table_aligns_columns(prices):
     text = render_table([seed_table_row(seed_job(prices))], "text")
     header, row = text.splitlines()[:2]
     assert header.startswith("Partition  World Size")
-    assert row.split() == ["25MB", "517", "517", "6.55", "2.8GB", "0.5645", "0.1580"]
-    assert row.index("6.55") == header.index("Duration")
+    assert row.split() == ["25MB", "517", "517", "12.50", "6.55", "2.8GB", "0.5645", "0.1580", "0.8544", "32.5"]
+    assert row.index("6.55") == header.index("Mean rank time")
 
 
 def test_unknown_formats_are_refused(prices):
@@ -310,4 +312,4 @@ def test_the_coordinator_imports_neither_torch_nor_the_worker():
 def test_small_costs_keep_four_significant_digits(prices):
     row = seed_table_row(summarize(facts(), retried_job(), [], None, None, None, prices))
     # $0.000500001 compute + $0.0000006 requests + $0.000024 S3; legacy 3 x 0.925 s x 2 GB x price
-    assert "| 25MB | 2 | 3 | 0.93 | 2.0GB | 0.0005246 | 0.00009250 |" in render_table([row], "md")
+    assert "| 25MB | 2 | 3 | 12.50 | 0.93 | 2.0GB | 0.0005246 | 0.00009250 |" in render_table([row], "md")

@@ -189,6 +189,20 @@ def test_torch_is_the_pinned_cpu_build_and_only_in_the_worker(stages: dict[str, 
         assert "torch" not in body and "'worker'" not in body, f"stage {name} installs the worker's dependencies"
 
 
+def test_the_lean_worker_is_the_worker_without_torch(stages: dict[str, Stage]) -> None:
+    """Same base, handler and code as the worker; its own extra, which is the worker's less torch."""
+    lean, worker = stages["worker-lean"], stages["worker"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["worker"]) - set(extras["worker-lean"]) == {"torch==2.13.0"}
+    assert set(extras["worker-lean"]) < set(extras["worker"])
+    body = " ".join(args for _, args in lean.instructions)
+    assert "torch" not in body and "['worker-lean']" in body, "worker-lean must install its own extra, no torch"
+    assert _root_base(stages, "worker-lean") == _root_base(stages, "worker")
+    assert lean.all("CMD") == worker.all("CMD") and not lean.all("ENTRYPOINT")
+    assert lean.index("RUN", "pip install") < lean.index("COPY", "services/")
+    assert "COSMIC_WORKER_ENGINE=openvino" in " ".join(lean.all("ENV"))
+
+
 def test_dependencies_are_installed_before_the_code(stages: dict[str, Stage]) -> None:
     for target in TARGETS:
         stage = stages[target]

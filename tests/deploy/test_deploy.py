@@ -284,6 +284,17 @@ def test_settings_name_the_variable_to_fix() -> None:
                                  "COSMIC_DEPLOY_SUBNET_IDS": "subnet-a"})
 
 
+def test_the_worker_image_is_chosen_and_the_lean_one_tagged_apart() -> None:
+    required = {"COSMIC_DEPLOY_DOMAIN": DOMAIN, "COSMIC_DEPLOY_API_SOURCE_CIDR": "0.0.0.0/0"}
+    assert DeploySettings.from_env(required).worker_image == "worker"  # script mode needs torch: the default
+    lean = DeploySettings.from_env({**required, "COSMIC_DEPLOY_WORKER_IMAGE": "worker-lean"})
+    assert [images.build_target(role, lean.worker_image) for role in images.TARGETS] == \
+        ["rendezvous", "worker-lean", "coordinator"]
+    assert images.target_tag("worker-lean", "src-1") == "src-1-lean" and images.target_tag("worker", "src-1") == "src-1"
+    with pytest.raises(SettingsError, match=r"COSMIC_DEPLOY_WORKER_IMAGE.*'slim' must be one of worker, worker-lean"):
+        DeploySettings.from_env({**required, "COSMIC_DEPLOY_WORKER_IMAGE": "slim"})
+
+
 def test_the_image_tag_follows_what_the_images_are_built_from(tmp_path: Path) -> None:
     for name in ("Dockerfile", "pyproject.toml", "README.md"):
         (tmp_path / name).write_text(name)

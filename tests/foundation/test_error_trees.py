@@ -15,13 +15,14 @@ from types import ModuleType
 
 import pytest
 
-from services import contracts, envconfig, s3store
+from services import contracts, envconfig, progress, s3store
 from tests.common import REPO
 
 SERVICES = ["services.coordinator", "services.worker", "services.deploy", "services.local", "services.client",
             "services.rendezvous"]
 #: The neutral modules' exceptions, drawn in the README only.
 SHARED: dict[str, type[BaseException]] = {"FieldError": contracts.FieldError, "EventError": contracts.EventError,
+                                          "ProgressError": progress.ProgressError,
                                           "StoreError": s3store.StoreError, "SettingsError": envconfig.SettingsError}
 _ROW = re.compile(r"^(?P<lead>(?:[ │]*[├└]── )?[ ]*)(?P<name>[A-Z][A-Za-z0-9]*)(?: {2,}|$)")
 

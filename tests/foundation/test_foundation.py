@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -85,8 +86,8 @@ def test_rate_limited_event_counts_what_it_held_back(captured_logs: Callable[[st
 def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     listing = capsys.readouterr().out
-    plan = ["demo", "serve", "stop", "submit", "status", "cancel", "report", "sweep", "rendezvous", "runtime",
-            "worker", "convert-checkpoint", "deploy"]
+    plan = ["demo", "serve", "stop", "submit", "status", "cancel", "retry", "logs", "report", "sweep", "data",
+            "rendezvous", "runtime", "worker", "convert-checkpoint", "export", "deploy", "plan"]
     assert sorted(COMMANDS) == sorted(plan) and all(name in listing for name in plan)
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
@@ -112,5 +113,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                              "--out", str(tmp_path / "results")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "result: OK" in result.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=\S+", result.stdout), "the dashboard's link"
+    shots = "screenshots of the dashboard: " in result.stdout  # where Chromium is; else the reason why not
+    assert shots or "no screenshots of the dashboard: " in result.stdout
+    assert not shots or (tmp_path / "results" / "screenshots" / "job.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "results" / "sweep.md").read_text().count("25MB") >= 1
     assert (tmp_path / "results" / "duration_cost.png").read_bytes().startswith(b"\x89PNG")

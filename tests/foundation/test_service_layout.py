@@ -98,6 +98,7 @@ RULES = {
         "services.coordinator", ("services.worker", "torch")),
     "the contracts import neither torch nor boto3": ("services.contracts", ("torch", "boto3", "botocore")),
     "the object keys import neither torch nor boto3": ("services.keys", ("torch", "boto3", "botocore")),
+    "the progress record imports neither torch nor boto3": ("services.progress", ("torch", "boto3", "botocore")),
     "the local stand-ins import no coordinator code": ("services.local", ("services.coordinator",)),
 }
 

@@ -44,8 +44,11 @@ def test_conftests_skip_nothing_when_imported() -> None:
 
 
 #: Tests that need no torch: the coordinator's summary (with its proof that the coordinator never
-#: loads torch), its plots, the worker contract and the captured events.
-WITHOUT_TORCH = ["tests/coordinator/test_summary.py", "tests/coordinator/test_plots.py", "tests/contracts"]
+#: loads torch), its reports, plots and planning errors, the sweep's seed table, the worker contract
+#: and the captured events.
+WITHOUT_TORCH = ["tests/coordinator/test_summary.py", "tests/coordinator/test_plots.py",
+                 "tests/coordinator/test_report.py", "tests/coordinator/test_missing_prefix.py",
+                 "tests/client/test_seedtable.py", "tests/contracts"]
 
 
 @pytest.mark.integration

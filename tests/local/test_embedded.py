@@ -120,6 +120,9 @@ def _check_seed(stack: embedded.Stack, cache: Path, monkeypatch: pytest.MonkeyPa
     assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 0
     files["2"].write_bytes(b"changed, so uploaded again")
     assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 1
+    for suffix in (".onnx", ".onnx.json"):  # the checkpoint's export goes beside it
+        files["checkpoint"].with_name("demo.pt" + suffix).write_bytes(b"export")
+    assert seeding.seed(stack, sizes=("tiny",), count=2).uploaded == 2
 
 
 @pytest.mark.e2e
@@ -294,6 +297,13 @@ def test_another_sandbox_count_restarts_the_runtime_alone_and_keeps_s3(cache: Pa
         assert _contents(resized) == before
         assert _invoke(resized)["value"] == 7
         assert embedded.ensure_stack().pids == resized.pids  # no count asked: the stack as it is
+
+        smaller = embedded.ensure_stack(memory_mb=884)  # another memory size (so CPU share): the runtime alone
+        assert (smaller.memory_mb, smaller.sandboxes, smaller.s3.pid) == (884, 2, stack.s3.pid)
+        assert smaller.runtime.pid != resized.runtime.pid and _record(cache)["memory_mb"] == 884
+        assert _invoke(smaller)["memory"] == "884"
+        with pytest.raises(embedded.EmbeddedError, match=r"memory_mb must be within 128\.\.10240"):
+            embedded.ensure_stack(memory_mb=20_000)
     finally:
         (embedded.running_stack() or stack).stop()
 

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from services.rendezvous.protocol import encode_address
+from services.rendezvous.server import per_source_cap
 from tests.rendezvous.conftest import (
     ServerProcess,
     closed_without_reply,
@@ -144,7 +145,8 @@ def test_out_of_descriptors_refuses_and_recovers(start_server) -> None:
 
 
 def test_ten_thousand_waiters_stay_within_bounded_memory(start_server) -> None:
-    server = start_server(log_level="WARNING")
+    # every waiter comes from 127.0.0.1: let that one source hold the whole budget (a single-tenant server)
+    server = start_server(log_level="WARNING", per_source_share=1.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 11_000:
         pytest.skip(f"needs 11,000 file descriptors, the hard limit is {hard}")
@@ -333,3 +335,43 @@ def test_bad_setting_is_a_clear_error() -> None:
                             env={**os.environ, "COSMIC_RENDEZVOUS_PORT": "ten"}, timeout=30)
     assert result.returncode == 2
     assert "COSMIC_RENDEZVOUS_PORT='ten'" in result.stderr
+
+
+def test_one_source_cannot_take_more_than_its_share_of_the_budget(start_server) -> None:
+    """With the hard descriptor limit at 2,048 (budget 2,016), one source used to be capped at
+    10,000 only, so it could hold every connection and refuse service to all others. Now it gets
+    half the budget, the other sources the rest: 127.0.0.2 is served while 127.0.0.1 is at its cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2_400:
+        pytest.skip(f"needs 2,400 file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2_400), hard))
+    server = start_server(nofile=2048, log_level="WARNING")
+    budget = int(server.metrics()["rendezvous_connection_cap"])
+    assert budget == 2048 - 32
+    held, refused = [], 0
+    for index in range(budget // 2 + 50):
+        sock = raw_client(server, b"greedy-%d" % index)
+        sock.settimeout(3)
+        try:
+            accepted = bool(sock.recv(8, socket.MSG_WAITALL))
+        except ConnectionResetError:
+            accepted = False
+        if accepted:
+            held.append(sock)
+        else:
+            refused += 1
+            sock.close()
+    assert len(held) == budget // 2, "one source may hold half the budget, no more"
+    assert refused == 50
+    assert server.metrics()['rendezvous_rejections_total{reason="source_limit"}'] == 50
+    other = track(socket.create_connection((server.host, server.port), timeout=5, source_address=("127.0.0.2", 0)))
+    other.sendall(b"someone-else")
+    assert read_message(other) == other.getsockname()[:2], "another source is still served"
+
+
+def test_per_source_cap_is_a_share_of_the_budget_with_a_floor() -> None:
+    assert per_source_cap(2016, 0.5, 256, 10_000) == 1008  # hard limit 2,048: half the budget
+    assert per_source_cap(400, 0.5, 256, 10_000) == 256  # small budget: the floor, so a job still pairs
+    assert per_source_cap(96, 0.5, 256, 10_000) == 96  # never above the budget itself
+    assert per_source_cap(1_000_000, 0.5, 256, 10_000) == 10_000  # max_per_source bounds it
+    assert per_source_cap(19_968, 1.0, 256, 10_000) == 10_000

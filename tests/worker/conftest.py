@@ -47,8 +47,9 @@ class World:
         return sorted(self.store.keys(self.bucket, prefix))
 
     def results(self, prefix: str) -> list[str]:
-        """The keys under ``prefix`` but the job's control objects (markers, claims, outcomes)."""
-        return [key for key in self.keys(prefix) if "/_control/" not in key]
+        """The keys under ``prefix`` but the job's control objects (markers, claims, outcomes) and
+        the ranks' progress records."""
+        return [key for key in self.keys(prefix) if "/_control/" not in key and "/_progress/" not in key]
 
 
 @pytest.fixture(scope="session")

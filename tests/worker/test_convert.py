@@ -10,6 +10,7 @@ whole, as the users' checkpoint was.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
@@ -315,7 +316,7 @@ def test_the_unpickler_alone_refuses_unknown_globals() -> None:
 def test_cli_converts_and_reports(legacy: tuple[Path, nn.Module], capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = legacy
     output = path.with_name("elsewhere.safetensors")
-    assert main(["convert-checkpoint", str(path), "--output", str(output)]) == 0
+    assert main(["convert-checkpoint", str(path), "--output", str(output), "--no-export"]) == 0
     out = capsys.readouterr().out
     assert output.is_file() and str(output) in out and "parameters" in out
     assert not path.with_name(path.stem + CONVERTED_SUFFIX).exists()
@@ -326,7 +327,12 @@ def test_cli_converts_a_plain_state_dict_too(tmp_path: Path) -> None:
     path = tmp_path / "weights.pth"
     torch.save({"model": RedshiftModel().state_dict()}, path)
     assert main(["convert-checkpoint", str(path)]) == 0
-    assert (tmp_path / f"weights{CONVERTED_SUFFIX}").is_file()
+    converted = tmp_path / f"weights{CONVERTED_SUFFIX}"
+    assert converted.is_file()
+    if importlib.util.find_spec("onnxscript") and importlib.util.find_spec("openvino"):  # the export extra
+        from services.worker.export import current
+
+        assert current(converted), "convert-checkpoint exports the converted checkpoint beside it"
 
 
 def test_cli_missing_file_is_one_clean_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

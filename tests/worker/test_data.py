@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -23,9 +24,9 @@ from services.worker.data import (  # noqa: E402
 
 
 def sample(n: int = 6, labels: bool = True) -> Partition:
-    generator = torch.Generator().manual_seed(n)
-    return Partition(torch.rand(n, 5, 32, 32, generator=generator), torch.rand(n, 5, dtype=torch.float64),
-                     torch.rand(n, generator=generator) if labels else None)
+    rng = np.random.default_rng(n)
+    return Partition(rng.random((n, 5, 32, 32), dtype=np.float32), rng.random((n, 5)),
+                     rng.random(n, dtype=np.float32) if labels else None)
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npz", ".safetensors"])
@@ -35,8 +36,8 @@ def test_round_trip(tmp_path: Path, suffix: str, labels: bool) -> None:
     path = tmp_path / f"3{suffix}"
     save_partition(original, path)
     loaded = load_partition(path.read_bytes(), path.name)
-    assert len(loaded) == 6 and torch.equal(loaded.images, original.images)
-    assert torch.equal(loaded.magnitudes, original.magnitudes) and loaded.magnitudes.dtype == torch.float64
+    assert len(loaded) == 6 and np.array_equal(loaded.images, original.images)
+    assert np.array_equal(loaded.magnitudes, original.magnitudes) and loaded.magnitudes.dtype == np.float64
     assert (loaded.redshifts is None) == (not labels)
 
 
@@ -70,7 +71,7 @@ class Exploit:
 def test_pickled_code_is_never_run() -> None:
     buffer = io.BytesIO()
     torch.save({"x": Exploit()}, buffer)
-    with pytest.raises(PartitionError, match="cannot be read"):
+    with pytest.raises(PartitionError, match=r"refused to load global posix\.system"):
         load_partition(buffer.getvalue(), "1.pt")
 
 

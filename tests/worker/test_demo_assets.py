@@ -42,3 +42,18 @@ def test_checkpoint_is_a_state_dict_that_loads(tmp_path: Path, monkeypatch: pyte
     assert path.with_suffix(".json").exists()
     monkeypatch.setattr(demo_assets, "fit", lambda **_: pytest.fail("fitted twice"))
     assert demo_assets.demo_checkpoint(root=tmp_path) == path  # cached: no second fit
+
+
+@pytest.mark.integration
+def test_the_fit_exports_the_checkpoint_and_a_stale_export_is_remade(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("openvino")
+    from services.worker import export
+
+    path = demo_assets.demo_checkpoint(root=tmp_path, steps=5, samples=128)
+    assert export.current(path), "the fit leaves a verified export beside the checkpoint"
+    state = torch.load(path, weights_only=True)
+    torch.save({name: tensor * 1.01 if tensor.is_floating_point() else tensor for name, tensor in state.items()}, path)
+    assert not export.current(path), "an export of the former checkpoint is not current"
+    demo_assets.demo_checkpoint(root=tmp_path)
+    assert export.current(path)

@@ -24,6 +24,7 @@ from services.keys import (  # noqa: E402
     labels_key,
     outcome_key,
     predictions_key,
+    progress_key,
     result_key,
 )
 from services.worker import handler as handler_module  # noqa: E402
@@ -52,8 +53,9 @@ def invoke(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cal
 def expected_predictions(world: World, model: Any, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     parts = [load_partition(world.store.get(world.bucket, key).data, key) for key in keys]
     with torch.inference_mode():
-        predicted = [model([p.images, p.magnitudes]).reshape(-1).numpy() for p in parts]
-    return np.concatenate(predicted), np.concatenate([p.redshifts.numpy() for p in parts])
+        predicted = [model([torch.from_numpy(p.images), torch.from_numpy(p.magnitudes)]).reshape(-1).numpy()
+                     for p in parts]
+    return np.concatenate(predicted), np.concatenate([p.redshifts for p in parts])
 
 
 def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, invoke, tiny_model) -> None:
@@ -66,6 +68,8 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert world.results(event["result_path"]) == sorted(response["result_keys"])
     assert world.store.get_json(world.bucket, commit_key(event["result_path"], event["job_id"], 0)) \
         == {"attempt": 1, "at": pytest.approx(time.time(), abs=60)}, "the attempt that wrote holds the claim"
+    progress = progress_key(event["result_path"], event["job_id"], 0)  # where the rank is, for whoever watches
+    assert json.loads(world.store.get(world.bucket, progress).data)["phase"] == "done"
     document = json.loads(world.store.get(world.bucket, result_key(event["result_path"], 0)).data)
     assert list(document)[: len(LEGACY_KEYS)] == LEGACY_KEYS
     assert document["num_batches"] == 4 and document["batch_size"] == 32 and document["data_path"] == world.partitions
@@ -77,6 +81,7 @@ def test_native_writes_every_legacy_key_predictions_and_accuracy(world: World, i
     assert predicted.shape == (96,) and np.abs(predicted - expected).mean() < 5e-3  # bf16-mlp by default
     assert document["accuracy"]["mae"] == pytest.approx(redshift_metrics(predicted, truth)["mae"], rel=1e-6)
     assert response["collective"] == "skipped"
+    assert 0 <= response["timings_s"]["collective"] < 1  # skipped: timed all the same, for the timeline
 
 
 def test_warm_invocation_reuses_the_model(world: World, invoke) -> None:
@@ -183,7 +188,8 @@ def test_npz_and_unlabelled_partitions(world: World, invoke) -> None:
 
 
 def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke) -> None:
-    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind."""
+    """A cancelled job is stopping: its ranks answer ``cancelled`` and leave no results behind (only
+    their progress record, saying where they stopped)."""
     event = world.event(cancel_key="jobs/cancelled-job/CANCEL")
     world.store.put(world.bucket, event["cancel_key"], b"")  # any object there is a marker, even not JSON
     response = invoke(event)
@@ -191,6 +197,7 @@ def test_cancel_marker_stops_the_rank_and_it_writes_nothing(world: World, invoke
     assert response["result_keys"] == [] and world.results(event["result_path"]) == []
     outcome = world.store.get_json(world.bucket, outcome_key(event["result_path"], event["job_id"], 0, 1))
     assert outcome["status"] == "cancelled", "a coordinator that was not there reads how it ended"
+    assert world.store.etag(world.bucket, progress_key(event["result_path"], event["job_id"], 0)) is not None
 
 
 def test_retry_overwrites_only_its_own_objects(world: World, invoke) -> None:

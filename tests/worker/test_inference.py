@@ -21,7 +21,9 @@ native_bf16 = pytest.mark.skipif(not inference.cpu_has_bf16(), reason="this CPU 
 
 @pytest.fixture(scope="module")
 def data() -> object:
-    return partition(9, 70)
+    """Partition 9 as torch tensors (the plain model takes tensors; the Predictor takes either)."""
+    p = partition(9, 70)
+    return type(p)(*(torch.from_numpy(a) for a in (p.images, p.magnitudes, p.redshifts)))
 
 
 @pytest.fixture(scope="module")

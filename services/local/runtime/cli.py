@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = _default(field)
         parser.add_argument(option, dest=field.replace(".", "_"), type=type(default), default=None,
                             help=f"env {variables[field]}; default {default}")
+    parser.add_argument("--cpu-reserve", action="store_true", default=None,
+                        help="env COSMIC_RUNTIME_CPU_RESERVE; give each sandbox's cgroup the largest CPU weight, so "
+                             "that it gets its whole share on a busy machine (benchmarks); default off")
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     parser.add_argument("--log-level", default=None)
 
@@ -42,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         worker = WorkerFunction.from_env(function=args.worker_function, timeout=args.worker_timeout)
-        settings = RuntimeSettings.from_env(worker=worker, **{name: getattr(args, name) for name in _OPTIONS
-                                                              if "." not in name})
+        settings = RuntimeSettings.from_env(worker=worker, cpu_reserve=args.cpu_reserve,
+                                            **{name: getattr(args, name) for name in _OPTIONS if "." not in name})
     except envconfig.SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     threading.Thread(target=api.serve_forever, daemon=True).start()
     event(logging.getLogger("cosmic.worker.runtime"), "listening", host=api.server_address[0],
           port=api.server_address[1], function=settings.worker.function, handler=settings.handler,
-          sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, threads=settings.threads_per_sandbox)
+          sandboxes=settings.sandboxes, timeout_s=settings.worker.timeout, memory_mb=settings.memory_mb,
+          cpu_vcpus=round(pool.limiter.share.cores, 3), cpu_enforced_by=pool.limiter.share.enforced_by,
+          cpu_not_enforced_because=pool.limiter.share.reason, cpu_reserved=settings.cpu_reserve,
+          threads=pool.limiter.share.threads)
     stopping.wait()
     api.shutdown()
     api.server_close()

@@ -7,7 +7,6 @@ worker's name before the runtime had its own prefix keep those names as aliases 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -44,10 +43,15 @@ class RuntimeSettings:
     handler: str = "services.worker.handler.handler"
     #: Warm sandboxes, each taking one invocation at a time: the concurrency limit.
     sandboxes: int = 2
-    #: Configured memory size, MB, as Lambda reports it (REPORT line); not enforced here.
+    #: Configured memory size, MB, as Lambda reports it (REPORT line). Its CPU share (1,769 MB: one vCPU)
+    #: is enforced per sandbox (:mod:`.cpushare`); the memory itself is not.
     memory_mb: int = 10240
     #: Seconds a new sandbox may take to ask for its first invocation.
     init_timeout: float = 60.0
+    #: Reserve each sandbox's CPU share, as Lambda guarantees it: its cgroup gets the largest weight, so that
+    #: on a busy machine it still gets its whole share (never more: the quota caps it). Off: it competes as an
+    #: unlimited process with its threads would. For benchmarks on a shared machine; it slows everything else.
+    cpu_reserve: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -59,11 +63,6 @@ class RuntimeSettings:
             raise envconfig.SettingsError(f"{variable('memory_mb')} must be within 128..10240, got {self.memory_mb}")
         if "." not in self.handler:
             raise envconfig.SettingsError(f"{variable('handler')} must be module.function, got {self.handler!r}")
-
-    @property
-    def threads_per_sandbox(self) -> int:
-        """The machine's cores split between the sandboxes (``COSMIC_WORKER_THREADS``), at least 1."""
-        return max(1, (os.cpu_count() or 1) // self.sandboxes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> RuntimeSettings:

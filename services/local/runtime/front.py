@@ -23,6 +23,7 @@ from typing import Any
 from services.aws import aws_region
 from services.local.runtime import control
 from services.local.runtime.config import LOG_TAIL_BYTES, MAX_EVENT_PAYLOAD, MAX_SYNC_PAYLOAD, RuntimeSettings
+from services.local.runtime.cpushare import CpuLimiter
 from services.local.runtime.httpjson import JsonHandler
 from services.local.runtime.sandbox import Invocation, Outcome, Sandbox, SandboxError
 from services.logs import event
@@ -38,7 +39,8 @@ class Pool:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
-        self.sandboxes = [Sandbox(index, settings) for index in range(settings.sandboxes)]
+        self.limiter = CpuLimiter(settings.memory_mb, settings.sandboxes, reserve=settings.cpu_reserve)
+        self.sandboxes = [Sandbox(index, settings, self.limiter) for index in range(settings.sandboxes)]
         self._idle = list(self.sandboxes)
         self._lock = threading.Lock()
 
@@ -68,6 +70,7 @@ class Pool:
     def stop(self) -> None:
         for sandbox in self.sandboxes:
             sandbox.stop()
+        self.limiter.close()
 
 
 def function_name(raw: str) -> str:

@@ -4,7 +4,9 @@ Each sandbox has its own Runtime API listener on loopback (``AWS_LAMBDA_RUNTIME_
 there is never a question of which process took which invocation. The runtime interface client
 long-polls ``/next``; :meth:`Sandbox.invoke` hands it one invocation and waits for its
 ``/response`` or ``/error``, the function timeout, or the process's death, and measures what
-Lambda's REPORT line reports (duration, peak RSS of the process during the invocation).
+Lambda's REPORT line reports (duration, peak RSS of the process during the invocation), plus what
+CPU the sandbox had (``CPU: 1.00 vCPU by cgroup-v1``, :mod:`.cpushare`): Lambda's REPORT has no such
+field, and a local figure means little without it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import termios
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.aws import aws_region
 from services.local.errors import SandboxError
 from services.local.runtime.config import MAX_SYNC_PAYLOAD, RuntimeSettings
 from services.local.runtime.control import function_arn
+from services.local.runtime.cpushare import CpuLimiter, CpuShare
 from services.local.runtime.httpjson import JsonHandler
 from services.logs import event
 from services.memory import peak_rss_kib
@@ -101,8 +104,11 @@ class _RuntimeApiHandler(JsonHandler):
 class Sandbox:
     """A warm execution environment taking one invocation at a time."""
 
-    def __init__(self, index: int, settings: RuntimeSettings) -> None:
+    def __init__(self, index: int, settings: RuntimeSettings, limiter: CpuLimiter | None = None) -> None:
         self.index, self.settings = index, settings
+        self.limiter = limiter or CpuLimiter(settings.memory_mb, settings.sandboxes)
+        #: What CPU this sandbox has (its share, as enforced); set again on each (re)start.
+        self.cpu: CpuShare = self.limiter.share
         self.function_arn = function_arn(settings.worker.function, aws_region())
         self._api = _RuntimeApi(self)
         threading.Thread(target=self._api.serve_forever, name=f"sandbox-{index}-api", daemon=True).start()
@@ -136,15 +142,26 @@ class Sandbox:
                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.settings.worker.function}",
                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/sandbox-{self.index}",
                "AWS_REGION": aws_region(), "AWS_DEFAULT_REGION": aws_region(),
-               "COSMIC_WORKER_THREADS": str(self.settings.threads_per_sandbox),
+               "COSMIC_WORKER_THREADS": str(self.limiter.share.threads),
                "PYTHONUNBUFFERED": "1"}
         self._spawned_at = time.monotonic()
         self.process = subprocess.Popen([sys.executable, "-m", "awslambdaric", self.settings.handler],
                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
         process = self.process
+        self._limit_cpu(process.pid)
         threading.Thread(target=self._pump_output, args=(process,), daemon=True).start()
         threading.Thread(target=self._watch, args=(process,), daemon=True).start()
+
+    def _limit_cpu(self, pid: int) -> None:
+        """Put the new process under its CPU share before it has done much (it is importing Python)."""
+        try:
+            self.limiter.apply(self.index, pid)
+            self.cpu = self.limiter.share
+        except OSError as exc:  # then say so: a REPORT line must not claim a limit that is not there
+            self.cpu = replace(self.limiter.share, enforced_by="none", cores=float(self.limiter.host_cores),
+                               reason=str(exc))
+            event(log, "sandbox_cpu_not_limited", logging.WARNING, sandbox=self.index, error=str(exc))
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -273,7 +290,7 @@ class Sandbox:
             lines = [*self._log_lines, f"END RequestId: {invocation.request_id}"]
         report = (f"REPORT RequestId: {invocation.request_id}\tDuration: {duration_ms:.2f} ms\t"
                   f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.settings.memory_mb} MB\t"
-                  f"Max Memory Used: {peak_mb} MB")
+                  f"Max Memory Used: {peak_mb} MB\t{self.cpu.report_field()}")
         if init_ms is not None:
             report += f"\tInit Duration: {init_ms:.2f} ms"
         lines.append(report)

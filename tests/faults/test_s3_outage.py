@@ -2,7 +2,7 @@
 that outlives an S3 outage.
 
 The outage test gives the coordinator an S3 of its own (moto's server, restartable with its state:
-:mod:`tests.coordinator.moto_restartable`) and a runtime whose worker touches no S3, so stopping
+:mod:`tests.faults.moto_restartable`) and a runtime whose worker touches no S3, so stopping
 that server takes S3 away from the coordinator alone, mid-job.
 """
 
@@ -17,8 +17,7 @@ import pytest
 
 from services.local.s3server import S3Server
 from services.ports import free_port
-from tests.common import REPO, wait_for
-from tests.coordinator.conftest import Api, Servers
+from tests.common import REPO, Api, Servers, wait_for
 from tests.processes import runtime_process
 
 #: How long each rank of the outage test's jobs takes: long enough to stop S3 while one runs.
@@ -29,7 +28,7 @@ RANK_S = 2.0
 def own_s3(e2e: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     monkeypatch.setenv("MOTO_ENABLE_RECORDING", "1")
     monkeypatch.setenv("MOTO_RECORDER_FILEPATH", str(tmp_path / "s3-requests.jsonl"))
-    server = S3Server(log_path=tmp_path / "s3.log", module="tests.coordinator.moto_restartable", cwd=REPO).start()
+    server = S3Server(log_path=tmp_path / "s3.log", module="tests.faults.moto_restartable", cwd=REPO).start()
     yield server
     server.stop()
 
@@ -37,7 +36,7 @@ def own_s3(e2e: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 @pytest.fixture
 def sleepy_runtime(e2e: None, tmp_path: Path) -> Iterator[str]:
     with runtime_process(tmp_path / "runtime.log", "--sandboxes", "2", "--timeout", "60", "--handler",
-                         "tests.coordinator.sleepy_handler.handler",
+                         "tests.faults.sleepy_handler.handler",
                          env={"COSMIC_TEST_SLEEP_S": str(RANK_S)}) as endpoint:
         yield endpoint
 
@@ -109,6 +108,11 @@ def test_s3_stopped_mid_job_is_503_naming_it_then_the_job_finishes_when_s3_retur
     wait_for(lambda: _ready(api)[0] == 200, "/readyz 200 once S3 is back", 30, api.log)
     final = api.wait(job_id, timeout=60)
     assert final["state"] == "succeeded" and final["error"] is None, final
+    assert [[a["state"] for a in rank["attempts"]] for rank in final["ranks"]] == [["succeeded"]] * 2, final["ranks"]
+    summary = store.get_json(bucket, "results/outage/summary.json")
+    assert summary["invocations"]["attempts"] == 2 and summary["cost"]["lambda_requests"] > 0, summary
+    assert sorted(store.keys(bucket, "results/outage/")) == ["results/outage/combined_data.json",
+                                                            "results/outage/summary.json"], "no rank writes"
     status, listed = api.call("GET", "/jobs")
     assert status == 200 and {job["job_id"] for job in listed} >= {earlier, job_id}, listed
     written = read_manifest(store, bucket, manifest_key(job_id))

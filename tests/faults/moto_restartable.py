@@ -5,7 +5,7 @@ request with moto's own recorder (``MOTO_RECORDER_FILEPATH``) and, when it start
 recording in-process before it listens: the first request it answers after a restart already
 sees every bucket and object it held. Test harness only.
 
-    MOTO_RECORDER_FILEPATH=/tmp/s3.rec python -m tests.coordinator.moto_restartable -H 127.0.0.1 -p PORT
+    MOTO_RECORDER_FILEPATH=/tmp/s3.rec python -m tests.faults.moto_restartable -H 127.0.0.1 -p PORT
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""Where the rendezvous server's time goes: Python functions and system calls per pairing.
+
+Two looks at one server process under ``loadgen`` load (1 thread, 64 pairs in flight):
+
+* ``cprofile``: the server runs in this process under cProfile; the table gives each function's
+  own time and calls per pairing (uvloop's Cython internals show up only as the callbacks they
+  make into Python, so compare the profile's total with the process's CPU time);
+* ``strace``: the server runs as a child and ``strace -c -f`` counts its system calls; the table
+  gives calls per pairing by name (strace slows the server a lot: count, never time, from it).
+
+Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/rendezvous_profile.py [--seconds 3]
+[--loop uvloop|asyncio] [--top 15]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import HOST, OUT, children_killed_on_exit, start_ours
+from rendezvous_server import build, run_loadgen
+
+from services.rendezvous.config import ServerSettings
+from services.rendezvous.server import RendezvousServer
+
+
+def profile_in_process(loop: str, seconds: float, top: int) -> None:
+    """Serve in this process under cProfile while loadgen runs; print the top functions per pairing."""
+    loadgen = build("loadgen.c", "loadgen", "-pthread")
+    settings = ServerSettings(host=HOST, port=0, health_port=-1, loop=loop)
+    server = RendezvousServer(settings)
+    result: dict[str, object] = {}
+
+    async def main() -> None:
+        await server.start()
+        profiler = cProfile.Profile()
+        cpu = time.process_time()
+        profiler.enable()
+        result.update(await asyncio.to_thread(run_loadgen, loadgen, server.address[1], seconds, 1, 64))
+        profiler.disable()
+        result["cpu"] = time.process_time() - cpu
+        result["profiler"] = profiler
+        await server.stop()
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    pairings = int(result["pairings"])  # type: ignore[call-overload]
+    stats = pstats.Stats(result["profiler"], stream=io.StringIO())  # type: ignore[arg-type]
+    print(f"\ncProfile ({loop}): {pairings:,} pairings, process CPU {result['cpu']:.2f} s "
+          f"= {1e6 * float(result['cpu']) / pairings:.0f} us/pairing (profiled, so slower than unprofiled)")  # type: ignore[arg-type]
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # type: ignore[attr-defined]
+    print(f"{'own us/pairing':>15} {'calls/pairing':>14}  function")
+    for (path, line, name), (_, calls, own, _, _) in rows:
+        print(f"{1e6 * own / pairings:>15.1f} {calls / pairings:>14.2f}  {os.path.basename(path)}:{line} {name}")
+
+
+def count_syscalls(loop: str, seconds: float) -> None:
+    """strace -c -f on our server as a child, while loadgen runs; print calls per pairing."""
+    if not shutil.which("strace"):
+        print("\nstrace: not installed, skipped")
+        return
+    loadgen = build("loadgen.c", "loadgen", "-pthread")
+    server = start_ours(loop, f"ours/{loop}-strace")
+    with tempfile.NamedTemporaryFile(suffix=".strace") as report:
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", report.name, "-p", str(server.child.pid)],
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # strace attaches to every thread
+        result = run_loadgen(loadgen, server.port, seconds, 1, 64)
+        tracer.terminate()
+        tracer.wait(timeout=30)
+        text = Path(report.name).read_text()
+    server.child.stop()
+    pairings = int(result["pairings"])
+    print(f"\nstrace ({loop}): {pairings:,} pairings (slowed by strace)")
+    for line in text.splitlines():
+        match = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if match and int(match.group(1)) >= pairings / 20:
+            print(f"  {int(match.group(1)) / pairings:6.2f} per pairing  {match.group(2)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 60:
+        parser.error("seconds 0..60")
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f}")
+    with children_killed_on_exit():
+        profile_in_process(args.loop, args.seconds, args.top)
+        count_syscalls(args.loop, args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
