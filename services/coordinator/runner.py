@@ -6,18 +6,13 @@ slot of the function's capacity and blocking in a synchronous invocation; a thre
 for the next rank until the job has no rank left to start. Without the communicator ranks start as
 slots free, so a job may run fewer ranks at once than its world size; with it, all of them start
 together. A throttled invocation waits (the attempt shows ``throttled``) and spends no attempt; the
-job's deadline bounds every wait. Every attempt is in S3 before it is invoked (the journal's group
-commit, :class:`.journal.RankJournal`), and its end soon after, so a coordinator killed at any moment
-restarts (``resume``) knowing which ranks finished, which never started, and which attempts may
-still be running: those are not invoked again, their own word in S3 is awaited (:mod:`.orphans`).
-Of two attempts of a rank alive at once, only the one holding the rank's commit claim writes.
-
-With ``speculate``, a rank running longer than ``speculate_multiple`` x the median of the finished
-ranks gets one backup attempt beside it, capacity permitting (:mod:`.speculation`); the first to
-finish wins, the other stops as ``superseded``; both are billed.
-
-Every line the job thread and its rank threads log carries the job's ``job_id`` (and a rank's
-``rank``), set once (:func:`services.logs.with_keys`) and carried into the pool's threads.
+job's deadline bounds every wait. Every attempt is in S3 before it is invoked (first attempts a
+wave at a time, :mod:`.waves`), so a coordinator killed at any moment restarts (``resume``)
+knowing which ranks finished and which attempts may still be running: those are not invoked
+again, their own word in S3 is awaited (:mod:`.orphans`). Of two attempts of a rank alive at once,
+only the one holding the rank's commit claim writes. With ``speculate``, stragglers get one backup
+attempt each (:mod:`.speculation`); the first to finish wins, both are billed. Every line the job's
+threads log carries its ``job_id`` (and a rank's ``rank``): :func:`services.logs.with_keys`.
 """
 
 from __future__ import annotations
@@ -40,8 +35,9 @@ from services.coordinator.invoker import READ_MARGIN_S, Invoker, Outcome
 from services.coordinator.journal import RankJournal
 from services.coordinator.manifest import Manifest
 from services.coordinator.orphans import await_word, hear, in_flight, word_of
-from services.coordinator.speculation import CHECK_S, stragglers
+from services.coordinator.speculation import Speculator
 from services.coordinator.state import Attempt, JobStore, RankRecord
+from services.coordinator.waves import Waves
 from services.keys import commit_key
 from services.logs import event as log_event
 
@@ -78,6 +74,7 @@ class JobRunner:
         #: Held while a rank's record changes: a rank's attempt and its backup end on two threads.
         self._records_lock = threading.RLock()
         self._backups: dict[int, threading.Thread] = {}  # rank -> its speculative backup's thread
+        self._declared: set[int] = set()  # ranks whose first attempt is in S3 and not yet sent
         self.thread = threading.Thread(target=self._run, name=f"job-{self.job_id}", daemon=True)
 
     def start(self) -> JobRunner:
@@ -162,18 +159,16 @@ class JobRunner:
     def _run_ranks(self, events: tuple[WorkerEvent, ...], todo: deque[int], held: int) -> None:
         """Run ``todo`` on threads that each hold a slot; the first ``held`` slots are already taken."""
         threads = max(held, min(max(1, self.manifest.max_concurrency), len(todo)))
+        waves = Waves(todo, 2 * threads, self._declare)
 
         @logs.carry  # the pool's threads log with this job's keys, and each with its rank
         def work(holding: bool) -> None:
-            if not holding and (not todo or not self.queue.acquire(self.job_id, 1, self.cancelled, self.deadline)):
+            if not holding and (not waves.left() or not self.queue.acquire(self.job_id, 1, self.cancelled,
+                                                                          self.deadline)):
                 return
             try:
-                while True:
-                    try:
-                        rank = todo.popleft()
-                    except IndexError:
-                        return
-                    if not todo:
+                while (rank := waves.next()) is not None:
+                    if not waves.left():
                         self.queue.leave(self.job_id)  # no rank left to start: the jobs behind move up
                     with logs.with_keys(rank=rank):
                         self._run_rank(rank, events[rank])
@@ -181,7 +176,9 @@ class JobRunner:
                 self.queue.release(1)
 
         done = threading.Event()
-        monitor = threading.Thread(target=logs.carry(self._speculate), args=(events, todo, done),
+        watcher = Speculator(self.queue, self.job_id, self.ranks, self.manifest.request.speculate_multiple,
+                             lambda rank: self._start_backup(rank, events[rank]))
+        monitor = threading.Thread(target=logs.carry(watcher.watch), args=(waves, done, self.cancelled),
                                    name=f"speculate-{self.job_id[-6:]}", daemon=True)
         if self.manifest.request.speculate:
             monitor.start()
@@ -258,20 +255,44 @@ class JobRunner:
         return False
 
     # -- one rank ---------------------------------------------------------------------------
+    def _declare(self, wave: list[int]) -> None:
+        """Record the first attempt of each rank of ``wave`` (an orphan being awaited needs none) and
+        return once S3 has them: one journal PUT for the wave (:class:`.waves.Waves`)."""
+        change = 0
+        with self._records_lock:
+            for rank in wave:
+                record = self.ranks[rank]
+                if in_flight(record):
+                    continue
+                record.attempts.append(Attempt(attempt=len(record.attempts) + 1, started_at=time.time()))
+                change = self._save(record, RankState.RUNNING)
+                self._declared.add(rank)
+        if change:
+            self._durable(change)
+
     def _run_rank(self, rank: int, event: WorkerEvent) -> None:
         record = self.ranks[rank]
         budget = self.manifest.max_attempts
         tried = 0
-        if in_flight(record):  # left running when the previous coordinator was killed
+        with self._records_lock:
+            declared = rank in self._declared  # its attempt is in S3, not yet sent
+            self._declared.discard(rank)
+        if not declared and in_flight(record):  # left running when the previous coordinator was killed
             if self._await_orphan(record, event):
                 return
             tried = 1
         while tried < budget:
             if self.cancelled.is_set() or self._out_of_time():
+                if declared:  # never sent: it was no attempt
+                    record.attempts.pop()
                 self._save(record, RankState.CANCELLED if record.state != RankState.FAILED
                            or self.manifest.cancel_requested else RankState.FAILED)
                 return
-            attempt = self._attempt(record, event)
+            if declared:
+                attempt, declared = record.attempts[-1], False
+                attempt.started_at = time.time()  # sent now
+            else:
+                attempt = self._attempt(record, event)
             ended = self._conclude(record, attempt, self._invoke(record, attempt, event))
             tried += 1
             backup = self._backups.get(rank)
@@ -332,23 +353,12 @@ class JobRunner:
             return attempt.state
 
     # -- speculative backups ----------------------------------------------------------------
-    def _speculate(self, events: tuple[WorkerEvent, ...], todo: deque[int], done: threading.Event) -> None:
-        """Until the ranks are done: give each straggler one backup attempt, when capacity is free."""
-        multiple = self.manifest.request.speculate_multiple
-        while not done.wait(CHECK_S):
-            if todo or self.cancelled.is_set():
-                continue  # ranks not started yet come first
-            for rank in stragglers(list(self.ranks.values()), multiple, time.time()):
-                self.queue.enter(self.job_id)  # behind every job already waiting: a backup is optional
-                granted = self.queue.acquire(self.job_id, 1, self.cancelled, time.monotonic())
-                self.queue.leave(self.job_id)
-                if not granted:
-                    break
-                thread = threading.Thread(target=logs.carry(self._backup), args=(rank, events[rank]),
-                                          name=f"backup-{self.job_id[-6:]}-{rank}", daemon=True)
-                self._backups[rank] = thread
-                log_event(log, "backup_started", rank=rank)
-                thread.start()
+    def _start_backup(self, rank: int, event: WorkerEvent) -> None:
+        thread = threading.Thread(target=logs.carry(self._backup), args=(rank, event),
+                                  name=f"backup-{self.job_id[-6:]}-{rank}", daemon=True)
+        self._backups[rank] = thread
+        log_event(log, "backup_started", rank=rank)
+        thread.start()
 
     def _backup(self, rank: int, event: WorkerEvent) -> None:
         try:

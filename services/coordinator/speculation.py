@@ -13,10 +13,14 @@ throttling (it is not slow, it has not started).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 
 from services.contracts import AttemptState, RankState
+from services.coordinator.capacity import FunctionQueue
 from services.coordinator.state import RankRecord
+from services.coordinator.waves import Waves
 
 #: Finished ranks needed before the median is trusted (or half the job, when smaller).
 MIN_FINISHED = 3
@@ -51,3 +55,27 @@ def stragglers(records: list[RankRecord], multiple: float, now: float) -> list[i
         if current.state == AttemptState.RUNNING and now - current.started_at > threshold:
             late.append((now - current.started_at, record.rank))
     return [rank for _, rank in sorted(late, reverse=True)]
+
+
+class Speculator:
+    """Watches one job's ranks and calls ``start_backup(rank)`` for each straggler, once capacity is
+    free: a backup is optional, so it takes a place behind every job already waiting, and none is
+    started while ranks not started yet remain."""
+
+    def __init__(self, queue: FunctionQueue, job_id: str, ranks: dict[int, RankRecord], multiple: float,
+                 start_backup: Callable[[int], None]) -> None:
+        self.queue, self.job_id, self.ranks, self.multiple = queue, job_id, ranks, multiple
+        self.start_backup = start_backup
+
+    def watch(self, waves: Waves, done: threading.Event, cancelled: threading.Event) -> None:
+        """Until ``done``: look for stragglers every ``CHECK_S``; the backups hold a slot each."""
+        while not done.wait(CHECK_S):
+            if waves.left() or cancelled.is_set():
+                continue
+            for rank in stragglers(list(self.ranks.values()), self.multiple, time.time()):
+                self.queue.enter(self.job_id)
+                granted = self.queue.acquire(self.job_id, 1, cancelled, time.monotonic())
+                self.queue.leave(self.job_id)
+                if not granted:
+                    break
+                self.start_backup(rank)
