@@ -17,7 +17,14 @@ from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
 from services.coordinator.control import write_marker
 from services.coordinator.durable import PatientStore
-from services.coordinator.errors import JobConflict, JobNotFound, PlotNotFound, RankNotFound, ReportNotFound
+from services.coordinator.errors import (
+    DependencyUnavailable,
+    JobConflict,
+    JobNotFound,
+    PlotNotFound,
+    RankNotFound,
+    ReportNotFound,
+)
 from services.coordinator.invoker import Invoker, InvokeStats
 from services.coordinator.manifest import Manifest, ManifestError
 from services.coordinator.payload import JobRequest
@@ -161,7 +168,10 @@ class Coordinator:
                 continue
             log_event(log, "job_resumed", job_id=job_id)
             if found[1].function not in sized:
-                self._capacity(found[1].function)
+                try:
+                    self._capacity(found[1].function)
+                except DependencyUnavailable as exc:  # Lambda down at start: resume anyway, its ranks wait it out
+                    log_event(log, "capacity_unknown", logging.WARNING, function=found[1].function, error=str(exc))
                 sized.add(found[1].function)
             self._start(bucket, found[1], resuming=True)
             resumed.append(job_id)

@@ -76,6 +76,27 @@ def test_a_key_left_by_a_coordinator_killed_before_its_manifest_is_no_phantom_jo
     assert again["job_id"] == body["job_id"], "the key now names the job that ran"
 
 
+def test_a_restart_while_lambda_is_unreachable_serves_and_resumes_once_it_answers(
+        start_coordinator: Callable[..., Api], stack: FaultStack) -> None:
+    """Killed mid-job, restarted while Lambda gives no answer: the coordinator starts (it crashed
+    reading the function's capacity for the job it resumed), answers 503 on /readyz, and the job
+    waits; restarted again with Lambda back, the job finishes."""
+    from services.ports import free_port
+
+    api = start_coordinator()
+    payload = _job(stack, hold_s=4.0)
+    job_id = api.submit(payload)
+    stack.wait_phase(job_id, "invoked")
+    api.kill()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = start_coordinator(AWS_ENDPOINT_URL_LAMBDA=nowhere)  # raised ChildError before the fix
+    assert down.call("GET", "/readyz")[0] == 503
+    assert down.call("GET", f"/jobs/{job_id}")[1]["state"] in ("queued", "running")
+    down.kill()
+    restarted = start_coordinator()
+    assert restarted.wait(job_id, timeout=WORKER_TIMEOUT_S + 90)["state"] == "succeeded"
+
+
 def _post(api: Api, payload: dict[str, object]) -> Any:
     """``POST /jobs`` as a client that retries with one Idempotency-Key; the error if none answered."""
     try:
@@ -118,6 +139,10 @@ def test_killed_mid_summary_the_restart_writes_the_summary_once_and_runs_nothing
     payload = _job(stack, before_collective_s={str(last): 2.0})  # results written, the rank not yet answered
     job_id = api.submit(payload)
     stack.wait_phase(job_id, "collective", rank=last)
+    deadline = time.monotonic() + 30
+    while not {f"{rank}.json" for rank in ALL} <= stack.result_objects(str(payload["result_path"])):
+        assert time.monotonic() < deadline, "the ranks' results were not all written"  # (the others may lag)
+        time.sleep(0.05)
     with stack.s3_frozen():
         time.sleep(3.0)  # the last rank answers; the coordinator's next S3 call (journal, summary) hangs
         api.kill()
