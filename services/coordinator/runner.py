@@ -224,14 +224,13 @@ class JobRunner:
         throttling (it may have been sent again since), may still be: :meth:`_run_rank` awaits its word."""
         last = record.attempts[-1] if record.attempts else None
         word = word_of(self.jobs.store, event, last.attempt if last else 1)
-        if word is not None and word.state == AttemptState.SUCCEEDED:
-            if last is None or last.attempt != word.attempt:
-                last = Attempt(attempt=word.attempt, started_at=time.time())
-                record.attempts.append(last)
-            hear(last, word)
-            self._save(record, RankState.SUCCEEDED)
-        else:
+        if word is None or word.state != AttemptState.SUCCEEDED:
             return
+        if last is None or last.attempt != word.attempt:
+            last = Attempt(attempt=word.attempt, started_at=time.time())
+            record.attempts.append(last)
+        hear(last, word)
+        self._save(record, RankState.SUCCEEDED)
         log_event(log, "rank_settled", rank=record.rank, state=record.state)
 
     def _await_orphan(self, record: RankRecord, event: WorkerEvent) -> bool:
@@ -261,12 +260,9 @@ class JobRunner:
         change = 0
         with self._records_lock:
             for rank in wave:
-                record = self.ranks[rank]
-                if in_flight(record):
-                    continue
-                record.attempts.append(Attempt(attempt=len(record.attempts) + 1, started_at=time.time()))
-                change = self._save(record, RankState.RUNNING)
-                self._declared.add(rank)
+                if not in_flight(self.ranks[rank]):
+                    change = self._next_attempt(self.ranks[rank])[1]
+                    self._declared.add(rank)
         if change:
             self._durable(change)
 
@@ -314,13 +310,18 @@ class JobRunner:
         it may be running). Before a retry the rank's commit claim is cleared: the attempt holding it
         has ended, and its successor must be able to write."""
         with self._records_lock:
-            attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time(), speculative=speculative)
-            record.attempts.append(attempt)
-            change = self._save(record, RankState.RUNNING if record.state != RankState.SUCCEEDED else record.state)
+            attempt, change = self._next_attempt(record, speculative)
         self._durable(change)
         if attempt.attempt > 1 and not speculative:
             self.jobs.store.delete(event.result_bucket, commit_key(event.result_path, event.job_id, event.rank))
         return attempt
+
+    def _next_attempt(self, record: RankRecord, speculative: bool = False) -> tuple[Attempt, int]:
+        """Under the records lock: the rank's next attempt, noted in the journal (not yet in S3);
+        returns it and the change's number. A backup leaves a succeeded rank succeeded."""
+        attempt = Attempt(attempt=len(record.attempts) + 1, started_at=time.time(), speculative=speculative)
+        record.attempts.append(attempt)
+        return attempt, self._save(record, RankState.RUNNING if record.state != RankState.SUCCEEDED else record.state)
 
     def _invoke(self, record: RankRecord, attempt: Attempt, event: WorkerEvent) -> Outcome:
         def throttled(waiting: bool) -> None:
