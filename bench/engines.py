@@ -36,7 +36,7 @@ MASKED = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}
 BATCH = 512
 
 _CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 import services.worker.handler  # boto3, numpy, the worker's modules: what every sandbox imports
 engine, checkpoint, partition_path, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -75,9 +75,10 @@ first = predict(part.images, part.magnitudes, batch_size=batch)
 cold_done = time.perf_counter()
 predict(part.images, part.magnitudes, batch_size=batch)
 warm_done = time.perf_counter()
+from services.memory import peak_rss_kib  # VmHWM: ru_maxrss would include the parent's peak (vfork, exec)
 print(json.dumps({"import_s": imported - started, "load_s": loaded - imported, "parse_s": parsed - loaded,
                   "infer_cold_s": cold_done - parsed, "warm_sps": len(part) / (warm_done - cold_done),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_rss_kib() / 1024,
                   "first": [float(v) for v in first[:64]]}))
 '''
 

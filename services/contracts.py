@@ -157,7 +157,7 @@ class WorkerResult:
         result_keys: every S3 key the rank wrote.
         num_samples: samples inferred.
         partitions_done: partition keys finished (all of them unless cancelled).
-        timings_s: seconds spent per phase (``download``, ``load``, ``infer``, ``upload``,
+        timings_s: seconds spent per phase (``download``, ``load`` with its ``model_download``, ``infer``, ``upload``,
             ``collective``: the collective summary, mostly waiting for the other ranks).
         peak_rss_mb: the process's peak resident memory.
         cold_start: whether this invocation loaded the model.

@@ -42,6 +42,7 @@ class Loaded:
     etag: str
     cold: bool  # this call loaded the model
     load_s: float  # seconds spent downloading and loading it (0 when warm)
+    download_s: float = 0.0  # the part of load_s spent fetching it from S3 (0 when on local disk already)
 
 
 def locate_checkpoint(store: S3Store, job: WorkerEvent) -> Checkpoint:
@@ -67,6 +68,7 @@ class ModelCache:
         self._store, self._scratch, self._precision = store, scratch, precision
         self._engine = engines.resolve_engine(engine)
         self._current: tuple[tuple[str, str, str], Any] | None = None
+        self._download_s = 0.0  # of the load in progress: Lambda's cold start is judged without it
         self._lock = threading.Lock()  # callers in threads (tests, embedded use) load the model once
 
     def get(self, checkpoint: Checkpoint) -> Loaded:
@@ -82,6 +84,7 @@ class ModelCache:
         if self._current is not None and self._current[0] == identity:
             return Loaded(self._current[1], checkpoint, etag, cold=False, load_s=0.0)
         started = time.perf_counter()
+        self._download_s = 0.0
         self._current = None  # free the old model before loading the new one
         predictor = self._lean(checkpoint, etag) if self._engine == engines.LEAN else None
         if predictor is None:
@@ -89,9 +92,9 @@ class ModelCache:
         self._current = (identity, predictor)
         load_s = time.perf_counter() - started
         log_event(log, "model_loaded", checkpoint=f"s3://{checkpoint.bucket}/{checkpoint.key}", etag=etag,
-                  seconds=round(load_s, 3), engine=predictor.engine, precision=predictor.precision,
-                  threads=predictor.threads)
-        return Loaded(predictor, checkpoint, etag, cold=True, load_s=load_s)
+                  seconds=round(load_s, 3), download_s=round(self._download_s, 3), engine=predictor.engine,
+                  precision=predictor.precision, threads=predictor.threads)
+        return Loaded(predictor, checkpoint, etag, cold=True, load_s=load_s, download_s=self._download_s)
 
     def _lean(self, checkpoint: Checkpoint, etag: str) -> LeanPredictor | None:
         """The checkpoint's export, checked and loaded; None when there is none (torch runs instead)."""
@@ -133,8 +136,10 @@ class ModelCache:
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{name}.{os.getpid()}.{threading.get_ident()}.partial")  # one per writer
+            started = time.perf_counter()
             self._store.download(checkpoint.bucket, key, str(partial))
             partial.replace(path)
+            self._download_s += time.perf_counter() - started
         if sha256 is not None:
             digest = sha256_of(path)
             if digest != sha256:

@@ -48,7 +48,7 @@ def run_native(job: WorkerEvent, store: S3Store, models: ModelCache, prefetch: i
     with PartitionFeed(store, job.data_bucket, list(job.partitions), ahead=prefetch) as feed:
         progress.phase("loading_model")
         loaded = models.get(locate_checkpoint(store, job))
-        tally.load_s = loaded.load_s
+        tally.load_s, tally.model_download_s = loaded.load_s, loaded.download_s
         for fetched in feed:
             started = time.perf_counter()
             part = fetched.partition

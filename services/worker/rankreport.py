@@ -23,6 +23,8 @@ MEANINGS = {
     "total_cpu_memory (MB)": "peak resident memory of the worker process during the invocation (peak_rss_mb)",
     "execution_time (seconds/batch)": "infer_s / num_batches",
     "throughput_bps": "input bytes (20,520 per sample) per second of inference",
+    "load_s": "fetching the model from S3 and loading it (0 when the sandbox had it loaded)",
+    "model_download_s": "the part of load_s spent fetching the model from S3 (0 when it was on local disk)",
 }
 
 
@@ -43,6 +45,7 @@ class RankTally:
     parse_s: float = 0.0
     download_wait_s: float = 0.0
     load_s: float = 0.0
+    model_download_s: float = 0.0
     infer_s: float = 0.0
     upload_s: float = 0.0
 
@@ -57,7 +60,7 @@ class RankTally:
 
     def timings(self) -> dict[str, float]:
         return {name: round(getattr(self, f"{name}_s"), 4)
-                for name in ("download", "parse", "download_wait", "load", "infer", "upload")}
+                for name in ("download", "parse", "download_wait", "load", "model_download", "infer", "upload")}
 
 
 def rank_document(job: WorkerEvent, tally: RankTally, *, status: str, cold_start: bool, peak_mb: float,
