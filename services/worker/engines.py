@@ -60,8 +60,7 @@ def available_threads() -> int:
 #: ``auto``'s rule: whether the CPU has native bf16 -> the engine with the shortest cold rank
 #: (start-up plus inference) at 25MB, the users' partitions, unless another is shorter at both 25MB
 #: and 100MB, as measured by ``bench/engines.py`` (README, "Which engine is the default"). OpenVINO
-#: on both: without bf16 it is shortest at both sizes; with bf16 at 25MB, while at 100MB it, ONNX
-#: Runtime and torch bf16-mlp were within each other's spread on a busy machine.
+#: on both: on an idle machine it was shortest at both sizes, with bf16 on and with it masked.
 AUTO_RULE: dict[bool, str] = {False: LEAN, True: LEAN}
 
 
