@@ -22,7 +22,7 @@ import boto3
 import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as TransportError
 
 from services.aws import s3_endpoint
@@ -31,12 +31,18 @@ from services.aws import s3_endpoint
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
+#: :attr:`StoreError.code` when boto3 found no credentials (not one of S3's codes: S3 never saw the call).
+NO_CREDENTIALS = "NoCredentials"
+
+
 class StoreError(RuntimeError):
     """An S3 call that failed for a reason the caller should report (not found, denied, ...).
 
     ``code`` is S3's error code (``NoSuchBucket``, ``NoSuchKey``, ``AccessDenied``, ...), or None
     when S3 gave no answer (a transport error: no endpoint, a timeout) or one we cannot read (a
-    document that is not JSON). ``bucket`` and ``key`` (the prefix, for a listing) say where.
+    document that is not JSON), or :data:`NO_CREDENTIALS` when boto3 found nothing to sign with
+    (the caller may know where credentials are: the embedded stack's). ``bucket`` and ``key``
+    (the prefix, for a listing) say where.
     ``endpoint`` is the S3 endpoint that gave no answer (connection refused, a timeout), set for
     transport failures only: :attr:`unanswered` tells them from an unreadable document.
     Callers branch on ``code`` and ``unanswered``, never on the message.
@@ -242,6 +248,9 @@ class S3Store:
             code = error.get("Code")
             return StoreError(f"cannot {action} s3://{bucket}/{key}: {code or 'error'}: {error.get('Message', exc)}",
                               bucket=bucket, key=key, code=code)
+        if isinstance(exc, NoCredentialsError):
+            return StoreError(f"cannot {action} s3://{bucket}/{key}: {exc}", bucket=bucket, key=key,
+                              code=NO_CREDENTIALS)
         endpoint = str(self.client.meta.endpoint_url) if isinstance(exc, TransportError | HTTPClientError) else None
         return StoreError(f"cannot {action} s3://{bucket}/{key}: {exc}", bucket=bucket, key=key, endpoint=endpoint)
 

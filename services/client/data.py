@@ -42,12 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @handles_errors("data")
 def run(args: argparse.Namespace) -> int:
-    from services.s3store import StoreError
+    from services.s3store import NO_CREDENTIALS, StoreError
 
     try:
         return _run(args)
     except StoreError as exc:
-        hint = " (is the endpoint right? AWS_ENDPOINT_URL_S3, or --embedded)" if exc.unanswered else ""
+        if exc.unanswered:
+            hint = " (is the endpoint right? AWS_ENDPOINT_URL_S3, or --embedded)"
+        elif exc.code == NO_CREDENTIALS and not getattr(args, "embedded", False):
+            hint = " (for the embedded stack of `cosmic serve --embedded`, add --embedded)"
+        else:
+            hint = ""
         raise DataStoreError(f"{exc}{hint}", bucket=exc.bucket, key=exc.key) from None
 
 
@@ -55,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "generate":
         paths = datasets.generate(args.size, args.count, args.out / args.size)
         print(f"{len(paths)} partitions in {args.out / args.size}/; next: "
-              f"cosmic data upload {args.out / args.size} --prefix {args.size}")
+              f"cosmic data upload {args.out / args.size} --prefix {args.size} (with --embedded for the embedded "
+              "stack of `cosmic serve --embedded`)")
         return 0
     s3 = datasets.store(args.embedded)
     if args.action == "upload":

@@ -79,7 +79,8 @@ def missing_partitions(bucket: str, prefix: str, folders: list[str]) -> str:
             f"(numbered from 1; .npz and .safetensors also); {exists}. Make and upload them with "
             f"`cosmic data generate --size {size_option} --count N` and "
             f"`cosmic data upload data/{size if size in SAMPLES_PER_PARTITION else '<size>'} --prefix {prefix} "
-            f"--bucket {bucket}`; `cosmic data ls --bucket {bucket}` lists what is there")
+            f"--bucket {bucket}` (add `--embedded` to both upload and ls when the coordinator is `cosmic serve "
+            f"--embedded`); `cosmic data ls --bucket {bucket}` lists what is there")
 
 
 def assign(keys: list[str], world_size: int, assignment: str) -> list[list[str]]:

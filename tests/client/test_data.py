@@ -56,7 +56,8 @@ def test_generate_writes_the_legacy_layout_seeded(tmp_path, capsys):
     from services.worker.data import load_partition
 
     assert cli.main(["data", "generate", "--size", "25MB", "--count", "2", "--out", str(tmp_path / "a")]) == 0
-    assert "cosmic data upload" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cosmic data upload" in out and "--embedded" in out
     first, second = tmp_path / "a" / "25MB" / "1.pt", tmp_path / "a" / "25MB" / "2.pt"
     part = load_partition(first.read_bytes(), "25MB/1.pt")
     assert tuple(part.images.shape) == (1278, 5, 32, 32) and tuple(part.magnitudes.shape) == (1278, 5)
@@ -97,3 +98,18 @@ def test_upload_and_ls_go_straight_to_s3(s3_endpoint, tmp_path, capsys):
     assert "NoSuchBucket" in capsys.readouterr().err
     assert cli.main(["data", "upload", str(tmp_path / "nowhere"), "--prefix", "x", "--bucket", bucket]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_without_credentials_ls_names_the_embedded_option(tmp_path, monkeypatch, capsys):
+    # a user who ran `cosmic serve --embedded` and copied the upload command without --embedded
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert cli.main(["data", "ls", "--bucket", "cosmicai-data"]) == 1
+    err = capsys.readouterr().err
+    assert "Unable to locate credentials" in err and "add --embedded" in err

@@ -34,7 +34,7 @@ def test_a_missing_size_prefix_names_the_keys_and_the_data_commands():
     assert "a job reads 100MB/1.pt, 100MB/2.pt, ..." in text and "{i}" not in text
     assert "prefixes that exist: 25MB, Anomaly Detection." in text and ".cosmic" not in text
     assert "`cosmic data generate --size 100MB --count N`" in text
-    assert "`cosmic data upload data/100MB --prefix 100MB --bucket cosmicai-data`" in text
+    assert "`cosmic data upload data/100MB --prefix 100MB --bucket cosmicai-data` (add `--embedded`" in text
     assert "`cosmic data ls --bucket cosmicai-data`" in text
 
 
