@@ -1,5 +1,6 @@
-"""The pairing engine in-process, on both of its event sets: epoll (Linux) and the ``selectors``
-fallback used where epoll is missing (kqueue), which must also be told when a descriptor closes."""
+"""The pairing engines in-process: the C hub (on its own thread), and the Python hub on both of its
+event sets, epoll (Linux) and the ``selectors`` fallback used where epoll is missing (kqueue), which
+must also be told when a descriptor closes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from services.rendezvous import hub
 from services.rendezvous.config import ServerSettings
 from services.rendezvous.server import RendezvousServer
-from tests.rendezvous.conftest import closed_without_reply, read_message, silent_for, track
+from tests.rendezvous.conftest import closed_without_reply, hub_param, read_message, silent_for, track
 
 
 class Running:
@@ -47,13 +48,18 @@ class Running:
         self.loop.close()
 
 
-@pytest.fixture(params=["epoll", "selectors"])
+@pytest.fixture(params=["c", "epoll", "selectors"])
 def running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, integration: None) -> Iterator[Running]:
-    if request.param == "selectors":
+    engine = "c" if request.param == "c" else "python"
+    if request.param == "c":
+        hub_param(request)
+    elif request.param == "selectors":
         monkeypatch.setattr(hub, "_event_set", hub._SelectorSet)
     elif not hasattr(hub.select, "epoll"):
         pytest.skip("no epoll on this platform")
-    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, name_timeout=0.3, waiter_ttl=5.0))
+    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, name_timeout=0.3, waiter_ttl=5.0,
+                                    hub=engine))
+    assert server.server.render_metrics().count(f'rendezvous_hub_info{{hub="{engine}"}} 1') == 1
     yield server
     server.stop()
 
