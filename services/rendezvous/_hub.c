@@ -47,6 +47,9 @@
 #define EVENT_BATCH 1024   /* hub.EVENT_BATCH */
 #define ACCEPT_PAUSE 1.0   /* hub.ACCEPT_PAUSE, seconds */
 #define NOTES_MAX 4096     /* notes queued between two sweeps; more are only counted */
+#define EAGER_MIN (-4)     /* how far the first-read score falls: 4 hits in a row make it eager again */
+#define EAGER_MAX 4
+#define PROBE_EVERY 16     /* while not eager, every 16th connection still tries the first read */
 
 enum { NAMING, WAITING, DONE };
 
@@ -171,6 +174,10 @@ typedef struct {
     unsigned long long connections_total, pairings_total, waiters_gone_total;
     unsigned long long rejected[N_REASONS], timeouts[N_KINDS], notes_dropped[N_NOTES];
     long open;
+    /* Two guesses that save a failing syscall each when the server is faster than its clients
+     * (light load): how many to accept before the next accept4 would say EAGAIN, and whether a new
+     * connection's name is already there. A wrong guess costs one epoll wake-up, never a client. */
+    int accept_limit, stopped_at_limit, eager, probe;
     note_t *notes;
     size_t notes_len;
 } Hub;
@@ -454,7 +461,14 @@ static void admit(Hub *h, int fd, const struct sockaddr_storage *ss) {
         return;
     }
     uint8_t buf[FIRST_READ];
-    ssize_t n = first_read(fd, buf);
+    ssize_t n = -1;
+    errno = EAGAIN;
+    if (h->eager >= 0 || ++h->probe % PROBE_EVERY == 0) { /* the name is usually there already */
+        n = first_read(fd, buf);
+        int missed = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+        if (missed && h->eager > EAGER_MIN) h->eager--;
+        else if (!missed && h->eager < EAGER_MAX) h->eager++;
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { /* not here yet: name_timeout at most */
         if (watch(h, c) == 0) deadline_add(&h->naming, c, monotonic());
         else close_conn(h, c);
@@ -465,8 +479,13 @@ static void admit(Hub *h, int fd, const struct sockaddr_storage *ss) {
     }
 }
 
+/* Accept up to accept_limit; the listener is level-triggered, so what is left wakes the next
+ * epoll_wait at once. The limit shrinks to what the last batch found and doubles while the
+ * listener stays ready after a batch that stopped at it, up to ACCEPT_BATCH. */
 static void accept_batch(Hub *h) {
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
+    if (h->stopped_at_limit && h->accept_limit < ACCEPT_BATCH) h->accept_limit *= 2;
+    h->stopped_at_limit = 0;
+    for (int i = 0; i < h->accept_limit; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept4(h->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -474,7 +493,10 @@ static void accept_batch(Hub *h) {
             admit(h, fd, &ss);
             continue;
         }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            h->accept_limit = i > 1 ? i : 1;
+            return;
+        }
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             /* out of descriptors or memory: stop accepting for ACCEPT_PAUSE (as asyncio does) */
             h->rejected[R_ACCEPT_FAILED]++;
@@ -485,6 +507,7 @@ static void accept_batch(Hub *h) {
             return;
         } /* ECONNABORTED and the like: that client is gone, the next may not be */
     }
+    h->stopped_at_limit = 1;
 }
 
 static void maybe_resume(Hub *h, double now) {
@@ -503,6 +526,7 @@ static void handle(Hub *h, int count) {
         else if (fd != h->wake_fd && (size_t)fd < h->by_fd_size && h->by_fd[fd]) readable(h, h->by_fd[fd]);
     }
     if (accept) accept_batch(h);
+    else h->stopped_at_limit = 0; /* the last batch emptied the queue after all */
     if (!h->listening) maybe_resume(h, monotonic());
 }
 
@@ -578,6 +602,7 @@ static int Hub_init(Hub *h, PyObject *args, PyObject *kwds) {
         return -1;
     }
     h->listening = 1;
+    h->accept_limit = 1;
     return 0;
 }
 
