@@ -10,9 +10,11 @@ How it is driven: **its own epoll loop on a thread of its own, without the GIL**
 The C loop never touches a Python object, so it holds no GIL at all and the event loop's thread
 (health port, signals, the sweep) never competes with it; one wake-up is one ``epoll_wait``.
 The other way, the event loop's reader calling ``poll()`` (as the Python hub is driven), keeps
-the two epoll waits per wake-up and the loop's callback; measured side by side (README,
-Benchmarks) the thread took less CPU per pairing and more pairings/s. (A thread for the *Python*
-hub was tried and reverted: its loop needed the GIL, which it then fought the event loop for.)
+the two epoll waits per wake-up and the loop's callback. Measured side by side in one run (README,
+Benchmarks), the thread took less CPU per pairing at 1 load thread and at light load (1.11x and
+1.04x of the C baseline's, against 1.16x and 1.13x), the same at 4 (0.97x); pairings/s were within
+each other's spread. (A thread for the *Python* hub was tried and reverted: its loop needed the
+GIL, which it then fought the event loop for.)
 
 What stays in Python, off the hot path: the settings, the sweep's schedule, and the log lines of
 rare events, which the C side queues as notes, signalling an eventfd the event loop watches when
