@@ -49,7 +49,7 @@ FROM slim-base AS rendezvous-hub
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY README.md setup.py ./
-COPY services/rendezvous/_hub.c ./services/rendezvous/
+COPY services/rendezvous/_hub*.c services/rendezvous/_hub.h ./services/rendezvous/
 RUN mkdir /hub && pip install "setuptools>=68" && python setup.py build_ext --inplace \
     && (cp services/rendezvous/_hub*.so /hub/ || echo "the C hub was not built: the image runs the Python hub")
 

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 
 # setup.py and the C hub's source too: pip builds the optional C hub (services/rendezvous/_hub.c)
 # in place, or leaves it out where there is no compiler (the server then runs the Python hub)
-$(STAMP): pyproject.toml setup.py services/rendezvous/_hub.c
+$(STAMP): pyproject.toml setup.py $(wildcard services/rendezvous/_hub*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
