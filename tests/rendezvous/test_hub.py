@@ -5,6 +5,8 @@ must also be told when a descriptor closes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import threading
 import time
@@ -94,3 +96,28 @@ def test_shutdown_closes_every_client(running: Running) -> None:
         assert closed_without_reply(waiter)
     assert running.server.metrics.rejected["shutdown"] == 5
     running.stop = lambda: None  # type: ignore[method-assign]  # stopped already
+
+
+def test_out_of_descriptors_pauses_accepting_then_resumes(running: Running) -> None:
+    """accept() failing for lack of descriptors (EMFILE) pauses accepting for a second, counted as
+    ``accept_failed``, instead of spinning on a listener that stays readable; then pairing goes on.
+    The server is in this process, so lowering this process's descriptor limit starves its accept."""
+    a, b = track(socket.socket()), track(socket.socket())  # their descriptors exist before the limit drops
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to accept into
+    try:
+        for sock in (a, b):
+            sock.connect(("127.0.0.1", running.port))  # the kernel completes it; accept() cannot
+            sock.sendall(b"starved")
+        running.wait(lambda: running.server.metrics.rejected["accept_failed"] >= 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    paused_at = time.monotonic()
+    a.settimeout(5)
+    b.settimeout(5)
+    assert read_message(a) == a.getsockname()[:2] and read_message(b) == b.getsockname()[:2]
+    assert read_message(a) == b.getsockname()[:2], "accepting resumed and the pair was made"
+    assert time.monotonic() - paused_at > 0.5, "it paused rather than retrying at once"
+    assert running.server.metrics.pairings_total == 1
