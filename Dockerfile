@@ -39,6 +39,21 @@ WORKDIR /app
 COPY pyproject.toml ./
 
 # ---------------------------------------------------------------------------------------------
+# rendezvous-hub: builds the pairing server's optional C hub (services/rendezvous/_hub.c, through
+# setup.py) with this stage's compiler; the rendezvous image takes only the built .so, never the
+# compiler. Where the build fails, /hub stays empty and the server runs the pure-Python hub
+# (COSMIC_RENDEZVOUS_HUB=auto; its "listening" log line says which hub serves).
+# ---------------------------------------------------------------------------------------------
+FROM slim-base AS rendezvous-hub
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY README.md setup.py ./
+COPY services/rendezvous/_hub*.c services/rendezvous/_hub.h ./services/rendezvous/
+RUN mkdir /hub && pip install "setuptools>=68" && python setup.py build_ext --inplace \
+    && (cp services/rendezvous/_hub*.so /hub/ || echo "the C hub was not built: the image runs the Python hub")
+
+# ---------------------------------------------------------------------------------------------
 # rendezvous: the TCPunch-compatible pairing server (10000) and its health port (10001)
 # ---------------------------------------------------------------------------------------------
 FROM slim-base AS rendezvous
@@ -48,6 +63,7 @@ FROM slim-base AS rendezvous
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['rendezvous']))" > requirements.txt \
     && pip install -r requirements.txt "boto3>=1.34"
 COPY services/ ./services/
+COPY --from=rendezvous-hub /hub/ ./services/rendezvous/
 USER 10001:10001
 EXPOSE 10000 10001
 # the probe uses the health port, never the pairing port (a probe there would be a nameless client)

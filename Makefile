@@ -5,12 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench clean
+.PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py and the C hub's source too: pip builds the optional C hub (services/rendezvous/_hub.c)
+# in place, or leaves it out where there is no compiler (the server then runs the Python hub)
+$(STAMP): pyproject.toml setup.py $(wildcard services/rendezvous/_hub*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cosmic demo
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(PY) bench/job_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache services/rendezvous/_hub*.so

@@ -67,16 +67,17 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> str:
         return response.read().decode()
 
 
-def start_ours(loop: str, label: str, *extra: str, tree: Path = REPO) -> Server:
+def start_ours(loop: str, label: str, *extra: str, tree: Path = REPO, module: str = "services.rendezvous") -> Server:
     """Our server on ``loop``, ready: its /healthz answers (it starts listening before that port).
 
     ``tree``: another checkout of the repository (a ``git worktree`` of an older commit) whose
     ``services`` to run: ``python -m`` puts the working directory first on the import path.
+    ``module``: what ``python -m`` runs (``bench._reader_drive``: the C hub driven another way).
     """
     log = OUT / f"{label.replace('/', '-')}.stderr.log"
     for _ in range(3):
         port, health_port = free_ports(2)
-        child = spawn(python("services.rendezvous", "--host", HOST, "--port", str(port), "--health-host", HOST,
+        child = spawn(python(module, "--host", HOST, "--port", str(port), "--health-host", HOST,
                              "--health-port", str(health_port), "--loop", loop, "--log-level", "WARNING", *extra), log,
                       cwd=tree)
         try:

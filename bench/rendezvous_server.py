@@ -11,7 +11,11 @@ Variants, each a separate process on a free loopback port, all started first and
 while another is loaded:
 
 * ``c/tcpunch-design``: ``bench/tcpunch_baseline.c``; every ratio divides by this one
-* ``ours/uvloop`` (the default) and ``ours/asyncio``: ``python -m services.rendezvous``
+* ``ours-c/uvloop`` (the default where the C hub is built: ``--hub c``, its own thread),
+  ``ours-python/uvloop`` and ``ours-python/asyncio`` (``--hub python``): ``python -m
+  services.rendezvous``; ``ours-c-reader/uvloop``: the C hub driven by the event loop's reader
+  (``bench/_reader_drive.py``, the design not chosen). The C variants are left out, saying so,
+  where the C hub is not built
 * ``streams/asyncio``: ``bench/streams_baseline.py``, the plain asyncio-streams version
 * ``tcpunchd`` (only with ``--tcpunchd PATH``): a binary built elsewhere from TCPunch's public
   source; restarted for every measurement, since a reset client kills it (SIGPIPE)
@@ -26,7 +30,8 @@ same round and load, the server's CPU time per pairing (user + system from /proc
 the load generator's p50/p99 pairing latency. The load average is printed before and after.
 
 Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/rendezvous_server.py [--rounds 5]
-[--seconds 3] [--concurrency 64] [--waiters 10000] [--tcpunchd /tmp/tcpunch/tcpunchd]``.
+[--seconds 3] [--concurrency 64] [--waiters 10000] [--tcpunchd /tmp/tcpunch/tcpunchd]
+[--skip LABEL]...``.
 Results: tables on stdout and ``bench/out/rendezvous_server.json``; then the memory check of
 ``bench/rendezvous_memory.py`` unless ``--waiters 0``.
 """
@@ -61,6 +66,7 @@ from _harness import (
 )
 
 from services.ports import free_port
+from services.rendezvous.chub import MISSING, c_available
 
 BASELINE = "c/tcpunch-design"
 #: (label, load threads, pairs in flight per thread); None means --concurrency
@@ -154,11 +160,17 @@ def variants(tcpunchd: Path | None, also: list[str]) -> dict[str, Callable[[], S
     py = sys.executable
     found: dict[str, Callable[[], Server]] = {
         BASELINE: lambda: start_printing([str(build("tcpunch_baseline.c", "tcpunch_baseline")), HOST, "0"], BASELINE),
-        "ours/uvloop": lambda: start_ours("uvloop", "ours/uvloop"),
-        "ours/asyncio": lambda: start_ours("asyncio", "ours/asyncio"),
+        "ours-c/uvloop": lambda: start_ours("uvloop", "ours-c/uvloop", "--hub", "c"),
+        "ours-c-reader/uvloop": lambda: start_ours("uvloop", "ours-c-reader/uvloop", "--hub", "c",
+                                                   module="bench._reader_drive"),
+        "ours-python/uvloop": lambda: start_ours("uvloop", "ours-python/uvloop", "--hub", "python"),
+        "ours-python/asyncio": lambda: start_ours("asyncio", "ours-python/asyncio", "--hub", "python"),
         "streams/asyncio": lambda: start_printing(
             [py, str(BENCH / "streams_baseline.py"), "--host", HOST, "--port", "0"], "streams/asyncio"),
     }
+    if not c_available():
+        print(f"the C hub is not built ({MISSING}): its variants are left out", flush=True)
+        del found["ours-c/uvloop"], found["ours-c-reader/uvloop"]
     for item in also:
         if "=" not in item:
             raise SystemExit(f"--also needs LABEL=DIR, got {item!r}")

@@ -162,3 +162,8 @@ class RateLimitedEvent:
             fields["suppressed_since_last"] = self._held_back
             self._held_back = 0
         event(self.logger, self.name, self.level, **fields)
+
+    def held_back(self, count: int) -> None:
+        """Count ``count`` events that happened but were never passed here (a producer that
+        could only count them, e.g. the C rendezvous hub's full queue), so the next line says so."""
+        self._held_back += count

@@ -12,6 +12,7 @@ import sys
 
 from services import envconfig, logs
 from services.rendezvous.config import SERVER_ENV_PREFIX, ServerSettings
+from services.rendezvous.errors import HubUnavailable
 
 _HELP = {field.name: field for field in dataclasses.fields(ServerSettings)}
 
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     server = RendezvousServer(settings)
     try:
         _run_loop(server.serve_until_signalled(), settings.loop)
+    except HubUnavailable as exc:
+        print(f"rendezvous: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"rendezvous: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,8 @@ from services import envconfig
 from services.rendezvous.protocol import DEFAULT_PORT
 
 SERVER_ENV_PREFIX = "COSMIC_RENDEZVOUS_"
+#: The hubs ``hub`` may name: the C one when it is built else Python; only C; only Python.
+HUB_CHOICES = ("auto", "c", "python")
 CLIENT_ENV_PREFIX = "COSMIC_PAIR_"
 
 
@@ -64,6 +66,9 @@ class ServerSettings:
     backlog: int = 4096
     #: Event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
     loop: str = "auto"
+    #: Pairing engine: ``auto`` (the C hub when it was built at install, else the Python one),
+    #: ``c`` (refuse to start without it) or ``python``. Both behave the same; C is faster.
+    hub: str = "auto"
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -76,6 +81,8 @@ class ServerSettings:
             raise envconfig.SettingsError(f"per_source_share must be within (0, 1], got {self.per_source_share}")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise envconfig.SettingsError(f"loop must be auto, uvloop or asyncio, got {self.loop!r}")
+        if self.hub not in HUB_CHOICES:
+            raise envconfig.SettingsError(f"hub must be one of {', '.join(HUB_CHOICES)}, got {self.hub!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:

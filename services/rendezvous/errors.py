@@ -16,6 +16,7 @@ or an exit status::
                                (also a ValueError; ``pair()`` turns it into InvalidName)
     FrameError                 bytes on a link that are not a frame (also a ValueError; a CollectiveMismatch)
     RegistrationError          ``register`` could not point the DNS record at this task (exit status 1)
+    HubUnavailable             ``COSMIC_RENDEZVOUS_HUB=c`` but the C hub is not built (exit status 2)
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class NameRejected(ValueError):
 
 class FrameError(ValueError):
     """Bytes on a link that are not a frame of this protocol."""
+
+
+class HubUnavailable(RuntimeError):
+    """The C hub was asked for but is not built (no compiler at install time, or not Linux)."""
 
 
 class RegistrationError(RuntimeError):

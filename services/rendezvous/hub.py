@@ -54,6 +54,14 @@ _NAMING, _WAITING, _DONE = 0, 1, 2
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+def rare_events() -> tuple[RateLimitedEvent, RateLimitedEvent, RateLimitedEvent]:
+    """The log events of rejections, timeouts and accept failures, rate-limited: a flood of
+    clients must not become a flood of log lines. Both hubs log through these."""
+    return (RateLimitedEvent(log, "connection_rejected"),
+            RateLimitedEvent(log, "connection_timed_out", level=logging.INFO),
+            RateLimitedEvent(log, "accept_failed", level=logging.ERROR))
+
+
 class _SelectorSet:
     """The part of ``select.epoll`` the hub uses, on ``selectors`` (kqueue), where epoll is missing.
 
@@ -102,7 +110,14 @@ class Connection:
 
 
 class Hub:
-    """The waiting table, the limits and the deadlines, over one epoll set."""
+    """The waiting table, the limits and the deadlines, over one epoll set.
+
+    The pure-Python hub: the reference the C hub (:mod:`.chub`) is tested against, and the
+    fallback where the C one is not built.
+    """
+
+    #: What ``COSMIC_RENDEZVOUS_HUB`` names this hub; the server logs it and ``/metrics`` shows it.
+    kind = "python"
 
     def __init__(self, listener: socket.socket, metrics: Metrics, *, connection_cap: int, per_source_cap: int,
                  name_timeout: float, waiter_ttl: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -125,13 +140,24 @@ class Hub:
         self.naming: ExpiryBuckets[Connection] = ExpiryBuckets(name_timeout, min(1.0, name_timeout / 8))
         self.waiter_deadlines: ExpiryBuckets[Connection] = ExpiryBuckets(waiter_ttl, min(1.0, waiter_ttl / 8))
         self.sweep_interval = min(self.naming.granularity, self.waiter_deadlines.granularity)
-        self._log_rejection = RateLimitedEvent(log, "connection_rejected")
-        self._log_timeout = RateLimitedEvent(log, "connection_timed_out", level=logging.INFO)
-        self._log_accept_failure = RateLimitedEvent(log, "accept_failed", level=logging.ERROR)
+        self._log_rejection, self._log_timeout, self._log_accept_failure = rare_events()
 
     def fileno(self) -> int:
         """The epoll set's descriptor: readable whenever a connection or the listener is ready."""
         return self._epoll.fileno()
+
+    def attach(self) -> None:
+        """Start serving: the event loop polls the epoll set whenever it is readable."""
+        self.loop.add_reader(self.fileno(), self.poll)
+
+    def detach(self) -> None:
+        """Stop serving (the connections stay open until :meth:`close_all`)."""
+        self.loop.remove_reader(self.fileno())
+
+    @property
+    def waiters(self) -> int:
+        """Named clients waiting for a partner."""
+        return len(self.waiting)
 
     # -- one wake-up ---------------------------------------------------------------------
     def poll(self) -> None:

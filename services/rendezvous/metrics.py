@@ -35,7 +35,8 @@ class Metrics:
         self.rejected: Counter[str] = Counter()
         self.timeouts: Counter[str] = Counter()
 
-    def render(self, *, waiters: int, open_connections: int, connection_cap: int, per_source_cap: int) -> str:
+    def render(self, *, waiters: int, open_connections: int, connection_cap: int, per_source_cap: int,
+               hub: str = "python") -> str:
         """The Prometheus text exposition (format 0.0.4) of the counters and current gauges."""
         lines: list[str] = []
 
@@ -59,4 +60,6 @@ class Metrics:
         metric("rendezvous_connection_cap", "gauge", "Open pairing connections allowed.", [("", connection_cap)])
         metric("rendezvous_per_source_cap", "gauge", "Open pairing connections allowed from one source address.",
                [("", per_source_cap)])
+        metric("rendezvous_hub_info", "gauge", "The pairing engine serving (c or python); always 1.",
+               [(f'{{hub="{hub}"}}', 1)])
         return "\n".join(lines) + "\n"

@@ -13,9 +13,10 @@ stalls, and each has a test:
 * a peer that resets mid-reply is the transport's error alone: the loop goes on;
 * SIGTERM closes the listener and every open client without a word, and exits cleanly.
 
-The connections live in :class:`.hub.Hub`'s own epoll set, which the event loop watches as one
-descriptor; one periodic sweep handles every deadline. The event loop (uvloop when installed)
-serves the health port, the signals and the sweep.
+The connections live in a hub's own epoll set: the C hub (:mod:`.chub`, an optional build)
+serves it on a thread of its own, the pure-Python :class:`.hub.Hub` through the event loop, which
+watches it as one descriptor; one periodic sweep handles every deadline. The event loop (uvloop
+when installed) serves the health port, the signals and the sweep.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from services.logs import event
 from services.rendezvous import health
+from services.rendezvous.chub import CHub, hub_class
 from services.rendezvous.config import ServerSettings
 from services.rendezvous.hub import Hub
 from services.rendezvous.metrics import Metrics
@@ -97,7 +99,7 @@ class RendezvousServer:
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings()
         self.metrics = Metrics()
-        self._hub: Hub | None = None
+        self._hub: Hub | CHub | None = None
         self._listener: socket.socket | None = None
         self._health: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -118,18 +120,20 @@ class RendezvousServer:
         cap, fd_limit = connection_cap(settings.max_connections)
         source_cap = per_source_cap(cap, settings.per_source_share, settings.per_source_floor,
                                     settings.max_per_source)
+        engine = hub_class(settings.hub)  # before listening: hub=c without the C hub fails here
         self._listener = listening_socket(settings.host, settings.port, settings.backlog)
-        self._hub = hub = Hub(self._listener, self.metrics, connection_cap=cap,
-                              per_source_cap=source_cap, name_timeout=settings.name_timeout,
-                              waiter_ttl=settings.waiter_ttl, loop=loop)
+        self._hub = hub = engine(self._listener, self.metrics, connection_cap=cap,
+                                 per_source_cap=source_cap, name_timeout=settings.name_timeout,
+                                 waiter_ttl=settings.waiter_ttl, loop=loop)
+        self.metrics = hub.metrics  # the C hub counts in C: its metrics read them there
         loop.set_exception_handler(self._on_loop_error)
-        loop.add_reader(hub.fileno(), hub.poll)
+        hub.attach()
         if settings.health_port >= 0:
             self._health = await health.start(settings.health_host, settings.health_port, self)
         self._schedule_sweep()
         event(log, "listening", host=self.address[0], port=self.address[1],
               health=":".join(map(str, self.health_address)) if self._health else "off",
-              connection_cap=cap, fd_limit=fd_limit, loop=type(loop).__module__.split(".")[0],
+              connection_cap=cap, fd_limit=fd_limit, loop=type(loop).__module__.split(".")[0], hub=hub.kind,
               name_timeout=settings.name_timeout, waiter_ttl=settings.waiter_ttl,
               per_source_cap=source_cap)
 
@@ -147,8 +151,8 @@ class RendezvousServer:
     def render_metrics(self) -> str:
         hub = self._hub
         assert hub is not None
-        return self.metrics.render(waiters=len(hub.waiting), open_connections=hub.open,
-                                   connection_cap=hub.connection_cap, per_source_cap=hub.per_source_cap)
+        return self.metrics.render(waiters=hub.waiters, open_connections=hub.open, connection_cap=hub.connection_cap,
+                                   per_source_cap=hub.per_source_cap, hub=hub.kind)
 
     @property
     def serving(self) -> bool:
@@ -160,7 +164,7 @@ class RendezvousServer:
             self._sweeper.cancel()
         closed = 0
         if self._hub is not None:
-            asyncio.get_running_loop().remove_reader(self._hub.fileno())
+            self._hub.detach()
             closed = self._hub.close_all()
         if self._listener is not None:
             self._listener.close()

@@ -81,6 +81,11 @@ def test_rate_limited_event_counts_what_it_held_back(captured_logs: Callable[[st
     limited._next = 0.0  # the interval has passed
     limited(reason="full")
     assert json.loads(stream.getvalue().splitlines()[1])["suppressed_since_last"] == 4
+    limited.held_back(7)  # events a producer could only count (the C rendezvous hub's full queue)
+    limited(reason="full")
+    limited._next = 0.0
+    limited(reason="full")
+    assert json.loads(stream.getvalue().splitlines()[2])["suppressed_since_last"] == 8
 
 
 def test_cli_lists_every_command_of_the_plan_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,12 +83,29 @@ def _nofile_limit(limit: int) -> Callable[[], None]:
 
 
 @pytest.fixture
-def start_server(integration: None, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def hub() -> str:
+    """The hub the started servers run (``--hub``); the server tests override this fixture to run
+    every test against both hubs (:func:`hub_param`)."""
+    return "auto"
+
+
+def hub_param(request: pytest.FixtureRequest) -> str:
+    """``request.param`` as a hub, skipping the C hub where it is not built."""
+    from services.rendezvous.chub import MISSING, c_available
+
+    if request.param == "c" and not c_available():
+        pytest.skip(f"the C hub is not built (pip install -e . with a C compiler builds it): {MISSING}")
+    return str(request.param)
+
+
+@pytest.fixture
+def start_server(integration: None, tmp_path: Path, hub: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with the given options (``name_timeout=0.5`` -> ``--name-timeout 0.5``)."""
     started: list[ServerProcess] = []
 
     def start(*, nofile: int | None = None, env: dict[str, str] | None = None, host: str = "127.0.0.1",
               **options: object) -> ServerProcess:
+        options.setdefault("hub", hub)
         port, health_port = free_ports(2)
         args = ["--host", host, "--port", str(port), "--health-host", "127.0.0.1", "--health-port", str(health_port)]
         for key, value in options.items():

@@ -1,9 +1,12 @@
-"""The pairing engine in-process, on both of its event sets: epoll (Linux) and the ``selectors``
-fallback used where epoll is missing (kqueue), which must also be told when a descriptor closes."""
+"""The pairing engines in-process: the C hub (on its own thread), and the Python hub on both of its
+event sets, epoll (Linux) and the ``selectors`` fallback used where epoll is missing (kqueue), which
+must also be told when a descriptor closes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import threading
 import time
@@ -14,7 +17,7 @@ import pytest
 from services.rendezvous import hub
 from services.rendezvous.config import ServerSettings
 from services.rendezvous.server import RendezvousServer
-from tests.rendezvous.conftest import closed_without_reply, read_message, silent_for, track
+from tests.rendezvous.conftest import closed_without_reply, hub_param, read_message, silent_for, track
 
 
 class Running:
@@ -47,13 +50,18 @@ class Running:
         self.loop.close()
 
 
-@pytest.fixture(params=["epoll", "selectors"])
+@pytest.fixture(params=["c", "epoll", "selectors"])
 def running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, integration: None) -> Iterator[Running]:
-    if request.param == "selectors":
+    engine = "c" if request.param == "c" else "python"
+    if request.param == "c":
+        hub_param(request)
+    elif request.param == "selectors":
         monkeypatch.setattr(hub, "_event_set", hub._SelectorSet)
     elif not hasattr(hub.select, "epoll"):
         pytest.skip("no epoll on this platform")
-    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, name_timeout=0.3, waiter_ttl=5.0))
+    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, name_timeout=0.3, waiter_ttl=5.0,
+                                    hub=engine))
+    assert server.server.render_metrics().count(f'rendezvous_hub_info{{hub="{engine}"}} 1') == 1
     yield server
     server.stop()
 
@@ -88,3 +96,28 @@ def test_shutdown_closes_every_client(running: Running) -> None:
         assert closed_without_reply(waiter)
     assert running.server.metrics.rejected["shutdown"] == 5
     running.stop = lambda: None  # type: ignore[method-assign]  # stopped already
+
+
+def test_out_of_descriptors_pauses_accepting_then_resumes(running: Running) -> None:
+    """accept() failing for lack of descriptors (EMFILE) pauses accepting for a second, counted as
+    ``accept_failed``, instead of spinning on a listener that stays readable; then pairing goes on.
+    The server is in this process, so lowering this process's descriptor limit starves its accept."""
+    a, b = track(socket.socket()), track(socket.socket())  # their descriptors exist before the limit drops
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to accept into
+    try:
+        for sock in (a, b):
+            sock.connect(("127.0.0.1", running.port))  # the kernel completes it; accept() cannot
+            sock.sendall(b"starved")
+        running.wait(lambda: running.server.metrics.rejected["accept_failed"] >= 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    paused_at = time.monotonic()
+    a.settimeout(5)
+    b.settimeout(5)
+    assert read_message(a) == a.getsockname()[:2] and read_message(b) == b.getsockname()[:2]
+    assert read_message(a) == b.getsockname()[:2], "accepting resumed and the pair was made"
+    assert time.monotonic() - paused_at > 0.5, "it paused rather than retrying at once"
+    assert running.server.metrics.pairings_total == 1

@@ -1,6 +1,8 @@
 """The server against raw-protocol clients: wire bytes, and every way the reference server breaks.
 
-Each robustness test names the reference failure (shared/PROTOCOL.md) it guards against.
+Each robustness test names the reference failure (shared/PROTOCOL.md) it guards against. Every
+test that starts a server runs twice, on the C hub and on the pure-Python one (the ``hub``
+fixture below); the C run skips, saying why, where the C hub is not built.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from services.rendezvous.server import per_source_cap
 from tests.rendezvous.conftest import (
     ServerProcess,
     closed_without_reply,
+    hub_param,
     log_events,
     raw_client,
     read_message,
     silent_for,
     track,
 )
+
+
+@pytest.fixture(params=["c", "python"])
+def hub(request: pytest.FixtureRequest) -> str:
+    """Every server of these tests runs each hub in turn."""
+    return hub_param(request)
 
 
 def own_address(sock: socket.socket) -> tuple[str, int]:
@@ -291,13 +300,14 @@ def test_dual_stack_reports_mapped_addresses_as_ipv4(start_server) -> None:
     assert server.metrics()['rendezvous_rejections_total{reason="no_ipv4_address"}'] == 1
 
 
-def test_health_port(server: ServerProcess) -> None:
+def test_health_port(server: ServerProcess, hub: str) -> None:
     status, body = server.get("/healthz")
     assert status == 200 and '"ok"' in body
     status, body = server.get("/metrics")
     assert status == 200
     assert "# TYPE rendezvous_pairings_total counter" in body
     assert "# TYPE rendezvous_waiters gauge" in body
+    assert f'rendezvous_hub_info{{hub="{hub}"}} 1' in body.splitlines(), "/metrics says which hub serves"
     assert server.get("/nope")[0] == 404
     with socket.create_connection(("127.0.0.1", server.health_port), timeout=5) as raw:
         raw.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -308,13 +318,14 @@ def test_health_port(server: ServerProcess) -> None:
     assert server.metrics()["rendezvous_connections_total"] == 0, "probes never touch the pairing port"
 
 
-def test_json_logs_one_event_per_line(start_server) -> None:
+def test_json_logs_one_event_per_line(start_server, hub: str) -> None:
     server = start_server(log_format="json", name_timeout=0.3)
     silent = raw_client(server)
     assert closed_without_reply(silent)
     server.stop()
     events = log_events(server)
     assert [e["event"] for e in events][:1] == ["listening"]
+    assert events[0]["hub"] == hub, "the server logs which hub serves"
     assert {"connection_timed_out", "signal_received", "stopped"} <= {e["event"] for e in events}
     assert all(line.startswith("{") for line in server.log.splitlines())
 
