@@ -135,7 +135,8 @@ class Coordinator:
         queue.enter(manifest.job_id)  # in line in the order jobs are submitted, not the order their threads run
         runner = JobRunner(self._job_state, bucket, manifest, self._invoker(manifest.function), self._finish,
                            self.settings.job_deadline_s, resuming=resuming, queue=queue,
-                           orphan_grace_s=self.settings.orphan_start_grace_s)
+                           orphan_grace_s=self.settings.orphan_start_grace_s,
+                           declare_ahead=self.settings.declare_ahead)
         with self._lock:
             self._runners[manifest.job_id] = runner
         runner.start()
