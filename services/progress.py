@@ -109,11 +109,12 @@ def job_progress(records: Iterable[RankProgress], partitions_per_rank: Mapping[i
     for rank, partitions in partitions_per_rank.items():
         record = by_rank.get(rank)
         if record is not None and record.samples_expected is not None:
-            expected = None if expected is None else expected + record.samples_expected
-        elif per_partition is not None and expected is not None:
+            expected += record.samples_expected
+        elif per_partition is not None:
             expected += per_partition * partitions
         else:
-            expected = None
+            expected = None  # unknown, whatever the other ranks say: a 10,000-rank job is polled often
+            break
     started = min((r.started_at for r in by_rank.values() if r.started_at), default=None)
     elapsed = now - started if started is not None else 0.0
     rate = done / elapsed if done and elapsed > 0 else None

@@ -24,8 +24,10 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as TransportError
+from botocore.parsers import ResponseParserError, ResponseParserFactory
 
 from services.aws import s3_endpoint
+from services.s3listing import ListingParserFactory
 
 #: What S3 (and moto, and LocalStack) answer for a key that is not there, as ``StoreError.code``.
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -70,25 +72,31 @@ class Blob:
 
 def s3_client(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,
               secret_key: str | None = None, *, connect_timeout: float = 10, read_timeout: float = 120,
-              attempts: int = 5, pool: int = 8) -> Any:
+              attempts: int = 5, pool: int = 8, fast_listing: bool = True) -> Any:
     """A boto3 S3 client; every argument left None is boto3's to resolve (standard variables, profile).
 
     Path-style addressing off AWS (an endpoint given here or in the standard variables): a bare
-    host has no bucket subdomains.
+    host has no bucket subdomains. Listings are parsed by :mod:`services.s3listing` (the same
+    result as botocore's parser, about 3x faster), unless ``fast_listing`` is False (the
+    benchmark's and the tests' reference).
     """
     custom_endpoint = bool(endpoint_url or s3_endpoint())
     config = Config(retries={"mode": "standard", "max_attempts": attempts}, max_pool_connections=pool,
                     tcp_keepalive=True, connect_timeout=connect_timeout, read_timeout=read_timeout,
                     s3={"addressing_style": "path" if custom_endpoint else "auto"})
-    return _session().client("s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key,
-                             aws_secret_access_key=secret_key, config=config)
+    return _session(fast_listing).client("s3", endpoint_url=endpoint_url, region_name=region,
+                                         aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                         config=config)
 
 
-def _session() -> boto3.Session:
+def _session(fast_listing: bool = True) -> boto3.Session:
     """A session whose responses keep timestamps as text: we never read them, and parsing
-    ``LastModified`` into datetimes was a fifth of the time of listing 10,000 partitions."""
+    ``LastModified`` into datetimes was a fifth of the time of listing 10,000 partitions. With
+    ``fast_listing``, its S3 responses are parsed by :class:`.s3listing.ListingParser`."""
     core = botocore.session.get_session()
-    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    factory = ListingParserFactory() if fast_listing else ResponseParserFactory()
+    factory.set_parser_defaults(timestamp_parser=str)
+    core.register_component("response_parser_factory", factory)
     return boto3.Session(botocore_session=core)
 
 
@@ -111,6 +119,9 @@ class S3Store:
                     yield item["Key"], item["ETag"].strip('"'), int(item["Size"])
         except (ClientError, BotoCoreError) as exc:
             raise self._failed("list", bucket, prefix, exc) from None
+        except (ResponseParserError, ValueError) as exc:  # S3 answered, but not a listing we can read
+            raise StoreError(f"cannot list s3://{bucket}/{prefix}: unreadable listing: {str(exc)[:200]}",
+                             bucket=bucket, key=prefix) from None
 
     def get(self, bucket: str, key: str) -> Blob:
         try:

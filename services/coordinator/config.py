@@ -65,6 +65,10 @@ class CoordinatorSettings:
     #: (its ``running`` outcome object) this many seconds after it was sent is taken as never sent
     #: (lost), instead of being awaited until its deadline. Above Lambda's worst cold start.
     orphan_start_grace_s: float = 60.0
+    #: Ranks per rank thread whose first attempts are written to S3 together, one PUT a wave, ahead
+    #: of their sending (:mod:`.waves`). More: fewer PUTs during the fan-out; the price, paid on a
+    #: restart only, is that ranks declared and not yet sent (up to about 1.5 waves) look in flight.
+    declare_ahead: int = 8
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -75,7 +79,7 @@ class CoordinatorSettings:
             except ValueError:
                 raise envconfig.SettingsError(
                     f"{variable('rendezvous_endpoint')} must be host:port, got {self.rendezvous_endpoint!r}") from None
-        for name in ("max_world_size", "max_concurrency_limit", "max_body_bytes", "max_attempts"):
+        for name in ("max_world_size", "max_concurrency_limit", "max_body_bytes", "max_attempts", "declare_ahead"):
             if getattr(self, name) < 1:
                 raise envconfig.SettingsError(f"{variable(name)} must be at least 1, got {getattr(self, name)}")
         if not is_loopback(self.host) and not self.api_token:

@@ -54,15 +54,16 @@ class JobRunner:
 
     def __init__(self, jobs: JobStore, bucket: str, manifest: Manifest, invoker: Invoker,
                  finish: Callable[[str, Manifest, dict[int, RankRecord]], str], deadline_s: float,
-                 resuming: bool = False, queue: FunctionQueue | None = None, orphan_grace_s: float = 60.0) -> None:
+                 resuming: bool = False, queue: FunctionQueue | None = None, orphan_grace_s: float = 60.0,
+                 declare_ahead: int = 8) -> None:
         self.jobs, self.bucket, self.manifest, self.invoker = jobs, bucket, manifest, invoker
         self.job_id = manifest.job_id
         self._finish = finish
         self._manifest_lock = threading.Lock()
         self.resuming = resuming
-        #: How long an attempt left running by a killed coordinator may stay silent before it is
-        #: taken as never sent (:func:`.orphans.await_word`).
-        self.orphan_grace_s = orphan_grace_s
+        #: How long an attempt left running by a killed coordinator may stay silent before it is taken
+        #: as never sent (:func:`.orphans.await_word`); ranks per thread declared at once (:mod:`.waves`).
+        self.orphan_grace_s, self.declare_ahead = orphan_grace_s, max(1, declare_ahead)
         self.journal: RankJournal | None = None
         self.deadline_s = deadline_s
         self.deadline = time.monotonic() + deadline_s  # from submission: time queued counts
@@ -159,7 +160,7 @@ class JobRunner:
     def _run_ranks(self, events: tuple[WorkerEvent, ...], todo: deque[int], held: int) -> None:
         """Run ``todo`` on threads that each hold a slot; the first ``held`` slots are already taken."""
         threads = max(held, min(max(1, self.manifest.max_concurrency), len(todo)))
-        waves = Waves(todo, 2 * threads, self._declare)
+        waves = Waves(todo, self.declare_ahead * threads, self._declare)
 
         @logs.carry  # the pool's threads log with this job's keys, and each with its rank
         def work(holding: bool) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
+from operator import attrgetter
 from typing import Any
 
-from services.contracts import JobState
+from services.contracts import JobState, WorkerEvent
 from services.coordinator import finish, plots, progress, report, timeline
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
@@ -54,6 +56,7 @@ class Coordinator:
         self.prices = load_prices()
         self.stats = InvokeStats()
         self._runners: dict[str, JobRunner] = {}
+        self._shares: dict[str, tuple[tuple[WorkerEvent, ...], dict[int, int]]] = {}  # :meth:`_partitions_per_rank`
         self._invokers: dict[str, Invoker] = {}
         self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
@@ -135,7 +138,8 @@ class Coordinator:
         queue.enter(manifest.job_id)  # in line in the order jobs are submitted, not the order their threads run
         runner = JobRunner(self._job_state, bucket, manifest, self._invoker(manifest.function), self._finish,
                            self.settings.job_deadline_s, resuming=resuming, queue=queue,
-                           orphan_grace_s=self.settings.orphan_start_grace_s)
+                           orphan_grace_s=self.settings.orphan_start_grace_s,
+                           declare_ahead=self.settings.declare_ahead)
         with self._lock:
             self._runners[manifest.job_id] = runner
         runner.start()
@@ -259,9 +263,7 @@ class Coordinator:
                     "warnings": list(self.jobs.unreadable.get(job_id, []))}
         runner = self._runners.get(job_id)
         records = runner.ranks if runner and runner.ranks else self.jobs.ranks(bucket, job_id, manifest.world_size)
-        counts: dict[str, int] = {}
-        for record in list(records.values()):
-            counts[str(record.state)] = counts.get(str(record.state), 0) + 1
+        counts = Counter(map(attrgetter("state"), list(records.values())))  # C speed: pollers ask often
         request = manifest.request
         queued = runner is not None and manifest.state == JobState.QUEUED
         return progress.annotate({
@@ -271,7 +273,8 @@ class Coordinator:
             "finished_at": manifest.finished_at, "world_size": manifest.world_size,
             "partitions": len(manifest.partitions), "function": manifest.function,
             "communicator": manifest.communicator, "result": f"s3://{request.data_bucket}/{request.result_path}",
-            "ranks_by_state": counts, "error": manifest.error, "failed_ranks": manifest.failed_ranks or {},
+            "ranks_by_state": {str(state): count for state, count in counts.items()},
+            "error": manifest.error, "failed_ranks": manifest.failed_ranks or {},
             "summary_key": manifest.summary_key,
             "warnings": list(manifest.warnings) + [f"skipped: {note}" for note in self.jobs.unreadable.get(job_id, [])],
             "ranks": [{"rank": r.rank, "state": r.state, "attempts": [
@@ -281,7 +284,19 @@ class Coordinator:
                                                           "cpu_vcpus", "cpu_enforced_by")}} for a in list(r.attempts)]}
                 for r in list(records.values())] if ranks else None,
         }, self.progress.records(request.data_bucket, request.result_path, job_id, manifest.finished_at),
-            {event.rank: len(event.partitions) for event in manifest.events})
+            self._partitions_per_rank(job_id, manifest))
+
+    def _partitions_per_rank(self, job_id: str, manifest: Manifest) -> dict[int, int]:
+        """Each rank's partition count (the progress figures'): made once per running job, whose
+        events never change, not at every poll of its status (a third of it at 10,000 ranks)."""
+        if manifest.state in TERMINAL or job_id not in self._runners:
+            self._shares.pop(job_id, None)
+            return {event.rank: len(event.partitions) for event in manifest.events}
+        cached = self._shares.get(job_id)
+        if cached is None or cached[0] is not manifest.events:
+            cached = self._shares[job_id] = (manifest.events,
+                                             {event.rank: len(event.partitions) for event in manifest.events})
+        return cached[1]
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         listed = []

@@ -1,0 +1,148 @@
+"""Where a fan-out rank's CPU goes, process by process and part by part, against bare boto3.
+
+Why: on two cores shared by the coordinator, moto and the runtime's sandboxes, the fan-out's rate
+is set by the CPU every rank costs across all of them, so a gap to bare boto3 is CPU someone
+spends that bare boto3 does not. For bare boto3 and for a coordinator job (no communicator,
+no-op handler), in interleaved rounds, this prints each process's CPU per rank (this process,
+moto, the runtime with its sandboxes, from ``/proc``), and for the job the thread CPU of its parts
+(``time.thread_time`` around each call): a rank's thread (and of it the invoke), the wave
+declarations, the journal's flushes, and the work after the fan-out (summary, compaction), and
+the wall time its rank threads found no declared rank ready. It wraps those methods in this
+process only; nothing is changed for the service.
+
+Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/coordinator_cpu.py [--ranks 4000] [--rounds 2]
+[--declare-ahead 2,8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _harness import BENCH, OUT, REPO, children_killed_on_exit
+from coordinator import BUCKET, bare_boto3, seed, through_coordinator
+from lambda_runtime import start_runtime
+
+from services.coordinator import invoker, journal, runner, waves
+from services.local.s3server import S3Server
+from services.s3store import S3Store
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PARTS: dict[str, float] = {}
+#: Not CPU: wall seconds, summed over the rank threads, of finding no declared rank ready.
+WAITED = "waiting for a declared rank (wall, summed over threads)"
+_lock = threading.Lock()
+
+
+def timed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` adding its calling thread's CPU seconds to ``PARTS[name]``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with _lock:
+                PARTS[name] = PARTS.get(name, 0.0) + time.thread_time() - started
+
+    return wrapper
+
+
+runner.JobRunner._run_rank = timed("a rank's thread", runner.JobRunner._run_rank)  # type: ignore[method-assign]
+invoker.Invoker.invoke = timed("  of which the invoke", invoker.Invoker.invoke)  # type: ignore[method-assign]
+runner.JobRunner._declare = timed("wave declarations", runner.JobRunner._declare)  # type: ignore[method-assign]
+journal.RankJournal.flush = timed("journal flushes (JSON, PUT)", journal.RankJournal.flush)  # type: ignore[method-assign]
+runner.JobRunner._complete = timed("after the fan-out", runner.JobRunner._complete)  # type: ignore[method-assign]
+_next = waves.Waves.next
+
+
+def next_rank(self: waves.Waves) -> int | None:
+    """:meth:`.waves.Waves.next`, adding the wall seconds a thread found no declared rank ready to
+    ``PARTS``: the fan-out waiting for its own journal."""
+    dry, started = not self._ready, time.perf_counter()
+    try:
+        return _next(self)
+    finally:
+        if dry:
+            with _lock:
+                PARTS[WAITED] = PARTS.get(WAITED, 0.0) + time.perf_counter() - started
+
+
+waves.Waves.next = next_rank  # type: ignore[method-assign]
+
+
+def stat(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat``'s fields after the command name, [] when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and every process below it (reaped children included)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat(entry)):
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        total += sum(int(value) for value in stat(pid)[11:15])
+    return total / TICKS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ranks", type=int, default=4000)
+    parser.add_argument("--sandboxes", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--declare-ahead", default="8", help="the jobs' COSMIC_COORDINATOR_DECLARE_AHEAD, "
+                        "comma-separated for one job each per round (default 8)")
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    print(f"load average at start {os.getloadavg()[0]:.1f} (2 cores, shared)")
+    with children_killed_on_exit(), S3Server(log_path=OUT / "coordinator-cpu-s3.log") as s3:
+        os.environ["AWS_ENDPOINT_URL_S3"] = s3.endpoint
+        store = S3Store()
+        store.client.create_bucket(Bucket=BUCKET)
+        seed(store, "rate", 10)
+        proc, endpoint = start_runtime(args.sandboxes, "coordinator-cpu-runtime", "noop_handler.succeed")
+        os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint
+        try:
+            bare_boto3(endpoint, 50, args.sandboxes)
+            kinds = [0] + [int(ahead) for ahead in args.declare_ahead.split(",")]  # 0: bare boto3
+            for round_ in range(args.rounds):
+                for ahead in (kinds if round_ % 2 == 0 else kinds[::-1]):
+                    PARTS.clear()
+                    before = (time.process_time(), cpu_seconds(s3._child.pid), cpu_seconds(proc.pid))  # type: ignore[union-attr]
+                    if ahead:
+                        rate = through_coordinator(store, args.ranks, args.sandboxes, f"cpu-{round_}-{ahead}",
+                                                   declare_ahead=ahead)["per_s"]
+                    else:
+                        rate = bare_boto3(endpoint, args.ranks, args.sandboxes)[0]
+                    after = (time.process_time(), cpu_seconds(s3._child.pid), cpu_seconds(proc.pid))  # type: ignore[union-attr]
+                    per = [(b - a) * 1e3 / args.ranks for a, b in zip(before, after, strict=True)]
+                    print(f"{f'job, declare ahead {ahead}' if ahead else 'bare boto3'}: {rate:.0f}/s; CPU ms per "
+                          f"rank: this process {per[0]:.2f}, moto {per[1]:.2f}, runtime and sandboxes {per[2]:.2f}, "
+                          f"all {sum(per):.2f}")
+                    for name, seconds in PARTS.items():
+                        print(f"    {name}: {seconds * 1e3 / args.ranks:.3f} ms" if name != WAITED
+                              else f"    {name}: {seconds:.2f} s")
+        finally:
+            proc.stop()
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
