@@ -45,10 +45,13 @@ class ListingParser(RestXMLParser):
         if shape.name not in FAST_LISTS or not shape.serialization.get("flattened"):
             return super()._handle_list(shape, node)
         member = shape.member
-        table = self._table(member)
-        if table is None:
+        try:
+            table = self._table(member)
+            if table is None:
+                return super()._handle_list(shape, node)
+            return [self._entry(member, table, item) for item in (node if isinstance(node, list) else [node])]
+        except (AttributeError, TypeError):  # botocore's internals moved (boto3 is not pinned): its own way
             return super()._handle_list(shape, node)
-        return [self._entry(member, table, item) for item in (node if isinstance(node, list) else [node])]
 
     def _entry(self, shape: StructureShape, table: dict[str, Column], item: Element) -> dict[str, Any]:
         """One ``<Contents>`` entry, as ``_handle_structure`` would parse it."""

@@ -177,3 +177,14 @@ def test_a_missing_bucket_is_still_the_coordinators_unknown_bucket(s3_endpoint: 
         list(S3Store(s3_client()).objects("no-such-listing-bucket", "data/"))
     assert missing.value.code == "NoSuchBucket"
     assert isinstance(from_store_error(missing.value), UnknownBucket)
+
+
+def test_if_botocores_internals_move_the_listing_is_still_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # boto3 is not pinned: a botocore whose private helpers changed must cost speed, never a listing
+    def moved(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'RestXMLParser' object has no attribute '_member_key_name'")
+
+    monkeypatch.setattr(ListingParser, "_table", moved)
+    response = page(_TAGS, _TAGS.replace(">a<", ">b<"))
+    ours, botocores = both(response, output_shape())
+    assert ours == botocores and [entry["Key"] for entry in ours["Contents"]] == [("str", "a"), ("str", "b")]
