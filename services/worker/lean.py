@@ -126,8 +126,13 @@ class LeanPredictor:
             raise ExportError(f"{where} cannot be read as an ONNX model ({_first_line(exc)}); re-run `cosmic export`",
                               export=where) from None
         _check_signature(model, where, openvino.Type.f32)
+        # No pinning: OpenVINO pins its threads to the first cores of the process's mask without
+        # knowing of other processes, so two one-vCPU sandboxes on one host (the local runtime)
+        # both ran on core 0, at half speed each. The CPU share is the runtime's to set (a cgroup
+        # quota, affinity; on Lambda, the sandbox's own VM); a single process infers as fast
+        # unpinned (README, "1 rank against 2").
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads,
-                  "PERFORMANCE_HINT": "THROUGHPUT" if self.streams > 1 else "LATENCY"}
+                  "PERFORMANCE_HINT": "THROUGHPUT" if self.streams > 1 else "LATENCY", "ENABLE_CPU_PINNING": False}
         if self.streams > 1:
             config["NUM_STREAMS"] = self.streams
         self._compiled = core.compile_model(model, "CPU", config)

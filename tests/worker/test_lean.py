@@ -202,3 +202,13 @@ def test_the_lean_predictor_matches_the_model_across_batch_edges(exported: Expor
         data.images, data.magnitudes, batch_size=32, after_batch=seen.append)  # 70 = 32 + 32 + 6
     assert seen == [32, 64, 70] and predicted.shape == (70,) and predicted.dtype == np.float32
     assert np.abs(predicted - expected).max() < 1e-4
+
+
+def test_the_lean_predictor_leaves_cores_to_the_runtime(exported: Exported, tmp_path: Path) -> None:
+    # pinned, two one-vCPU sandboxes of the local runtime both ran on core 0, at half speed each
+    from services.worker.lean import LeanPredictor
+
+    (tmp_path / "m.onnx").write_bytes(exported.onnx)
+    for streams in (1, 2):
+        predictor = LeanPredictor(tmp_path / "m.onnx", threads=2, streams=streams)
+        assert predictor._compiled.get_property("ENABLE_CPU_PINNING") is False
