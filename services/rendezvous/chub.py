@@ -38,7 +38,7 @@ from typing import Any
 from services.logs import event
 from services.rendezvous.config import HUB_CHOICES
 from services.rendezvous.errors import HubUnavailable
-from services.rendezvous.hub import ACCEPT_PAUSE, Hub, log, rare_events
+from services.rendezvous.hub import ACCEPT_PAUSE, Hub, log, rare_events, sweep_granularity
 from services.rendezvous.metrics import Metrics
 from services.rendezvous.protocol import describe_name
 
@@ -128,8 +128,7 @@ class CHub:
         self._core = _hub.Hub(listener.fileno(), listener.family, connection_cap, per_source_cap,
                               name_timeout, waiter_ttl, os.urandom(16))
         self.metrics: Metrics = CMetrics(self._core)
-        # the Python hub's deadlines are kept within an eighth of their timeout, at most a second late
-        self.sweep_interval = min(1.0, name_timeout / 8, waiter_ttl / 8)
+        self.sweep_interval = min(sweep_granularity(name_timeout), sweep_granularity(waiter_ttl))
         self._log_rejection, self._log_timeout, self._log_accept_failure = rare_events()
         self._thread: threading.Thread | None = None
 

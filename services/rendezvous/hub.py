@@ -54,6 +54,12 @@ _NAMING, _WAITING, _DONE = 0, 1, 2
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+def sweep_granularity(timeout: float) -> float:
+    """How late a deadline of ``timeout`` may be swept: within an eighth of it, at most a second.
+    Both hubs keep their deadlines to it (the C hub's sweep interval is set from it)."""
+    return min(1.0, timeout / 8)
+
+
 def rare_events() -> tuple[RateLimitedEvent, RateLimitedEvent, RateLimitedEvent]:
     """The log events of rejections, timeouts and accept failures, rate-limited: a flood of
     clients must not become a flood of log lines. Both hubs log through these."""
@@ -136,9 +142,8 @@ class Hub:
         self._forget = getattr(self._epoll, "forget", None)
         self._listen_fd = listener.fileno()
         self._epoll.register(self._listen_fd, _READ)
-        # Deadlines are kept within an eighth of their timeout (at most a second late).
-        self.naming: ExpiryBuckets[Connection] = ExpiryBuckets(name_timeout, min(1.0, name_timeout / 8))
-        self.waiter_deadlines: ExpiryBuckets[Connection] = ExpiryBuckets(waiter_ttl, min(1.0, waiter_ttl / 8))
+        self.naming: ExpiryBuckets[Connection] = ExpiryBuckets(name_timeout, sweep_granularity(name_timeout))
+        self.waiter_deadlines: ExpiryBuckets[Connection] = ExpiryBuckets(waiter_ttl, sweep_granularity(waiter_ttl))
         self.sweep_interval = min(self.naming.granularity, self.waiter_deadlines.granularity)
         self._log_rejection, self._log_timeout, self._log_accept_failure = rare_events()
 
