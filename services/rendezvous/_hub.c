@@ -176,6 +176,7 @@ static PyObject *Hub_sweep(Hub *h, PyObject *Py_UNUSED(ignored)) {
     double now = monotonic();
     expire(h, &h->naming, T_NAME, now);
     expire(h, &h->waiters, T_WAITER, now);
+    watch_waiters(h);
     maybe_resume(h, now);
     UNLOCK(h);
     Py_RETURN_NONE;

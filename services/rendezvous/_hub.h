@@ -56,7 +56,9 @@ typedef struct source { /* one source address and how many connections it holds 
 struct deadlines;
 typedef struct conn {
     int fd;
-    uint8_t state, registered, has_reply, name_len;
+    uint8_t state, has_reply, name_len;
+    uint8_t tracked;    /* in by_fd: it outlived its accept (naming or waiting), close_all finds it */
+    uint8_t registered; /* in the epoll set (a waiter joins it at the first sweep after it began) */
     uint8_t reply[8]; /* message 1: its own address; its partner's message 2 */
     source_t *source;
     struct conn *next_waiter;       /* chain in the waiting table */
@@ -70,6 +72,7 @@ typedef struct conn {
  * (expiry.ExpiryBuckets in Python; exact deadlines here, checked at each sweep). */
 typedef struct deadlines {
     conn_t *head, *tail;
+    conn_t *unwatched; /* the first waiter not yet in the epoll set; all after it are new too */
     double timeout;
 } deadlines_t;
 
@@ -88,7 +91,7 @@ typedef struct {
     long connection_cap, per_source_cap;
     uint64_t key0, key1;
     struct epoll_event *events;
-    conn_t **by_fd; /* the connections in the epoll set, by descriptor */
+    conn_t **by_fd; /* the connections that outlived their accept, by descriptor */
     size_t by_fd_size;
     conn_t **waiting; /* name -> waiter, chained */
     size_t waiting_buckets, waiting_count;
@@ -123,6 +126,7 @@ void deadline_forget(conn_t *c);
 void maybe_resume(Hub *h, double now);
 void handle(Hub *h, int count);
 void expire(Hub *h, deadlines_t *list, int kind, double now);
+void watch_waiters(Hub *h);
 long close_everything(Hub *h);
 
 #endif

@@ -8,7 +8,7 @@
 
 /* Forget c everywhere and close it; closing takes it out of the epoll set. */
 static void close_conn(Hub *h, conn_t *c) {
-    if (c->registered) h->by_fd[c->fd] = NULL;
+    if (c->tracked) h->by_fd[c->fd] = NULL;
     if (c->state == WAITING) waiting_forget(h, c);
     deadline_forget(c);
     h->open--;
@@ -31,7 +31,9 @@ static int send_all(int fd, const uint8_t *data, size_t len) {
     return sent == (ssize_t)len; /* a peer that reset or went is that pairing's loss alone */
 }
 
-static int watch(Hub *h, conn_t *c) {
+/* Keep c in by_fd, so that its events and close_all find it. */
+static int track(Hub *h, conn_t *c) {
+    if (c->tracked) return 0;
     if ((size_t)c->fd >= h->by_fd_size) {
         size_t size = h->by_fd_size * 2 > (size_t)c->fd + 1 ? h->by_fd_size * 2 : (size_t)c->fd + 1;
         conn_t **fresh = realloc(h->by_fd, size * sizeof *fresh);
@@ -40,9 +42,16 @@ static int watch(Hub *h, conn_t *c) {
         h->by_fd = fresh;
         h->by_fd_size = size;
     }
+    h->by_fd[c->fd] = c;
+    c->tracked = 1;
+    return 0;
+}
+
+/* Track c and add it to the epoll set: its next bytes or its close wake the hub. */
+static int watch(Hub *h, conn_t *c) {
+    if (track(h, c) < 0) return -1;
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->fd};
     if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) return -1;
-    h->by_fd[c->fd] = c;
     c->registered = 1;
     return 0;
 }
@@ -54,7 +63,11 @@ static ssize_t first_read(int fd, uint8_t *buf) {
     return n;
 }
 
-/* The name has come: wait for a partner, or pair with the one waiting (hub.Hub._named). */
+static int read_event(Hub *h, conn_t *c);
+
+/* The name has come: wait for a partner, or pair with the one waiting (hub.Hub._named). A waiter
+ * that has not joined the epoll set yet is asked first, as epoll would have told: gone, or sending
+ * what it must not, it is settled as such and the newcomer waits instead. */
 static void named(Hub *h, conn_t *c, const uint8_t *data, size_t n) {
     size_t len;
     int reason = check_name(data, n, &len);
@@ -68,7 +81,9 @@ static void named(Hub *h, conn_t *c, const uint8_t *data, size_t n) {
     }
     memcpy(c->name, data, len);
     c->name_len = (uint8_t)len;
-    conn_t *partner = waiting_take(h, c->name, len);
+    conn_t *partner;
+    do partner = waiting_take(h, c->name, len);
+    while (partner && !partner->registered && !read_event(h, partner));
     if (!partner) {
         if (!send_all(c->fd, c->reply, 8)) { /* message 1: your address as we see it */
             close_conn(h, c);
@@ -76,8 +91,12 @@ static void named(Hub *h, conn_t *c, const uint8_t *data, size_t n) {
         }
         c->state = WAITING;
         waiting_put(h, c);
-        if (c->registered || watch(h, c) == 0) deadline_add(&h->waiters, c, monotonic());
-        else close_conn(h, c);
+        if (track(h, c) < 0) {
+            close_conn(h, c);
+            return;
+        }
+        deadline_add(&h->waiters, c, monotonic());
+        if (!c->registered && !h->waiters.unwatched) h->waiters.unwatched = c;
         return;
     }
     uint8_t both[16];
@@ -91,11 +110,12 @@ static void named(Hub *h, conn_t *c, const uint8_t *data, size_t n) {
     h->pairings_total++;
 }
 
-/* A connection in the epoll set is readable (hub.Hub._readable). */
-static void readable(Hub *h, conn_t *c) {
+/* A connection has something to say, or may have (hub.Hub._readable): its name, its close, or
+ * bytes it must not send. Returns 1 when it had nothing to say after all (still open). */
+static int read_event(Hub *h, conn_t *c) {
     uint8_t buf[FIRST_READ];
     ssize_t n = first_read(c->fd, buf);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
     if (n <= 0) {
         if (c->state == WAITING) h->waiters_gone_total++;
         close_conn(h, c);
@@ -105,6 +125,7 @@ static void readable(Hub *h, conn_t *c) {
     } else {
         reject(h, c, R_UNEXPECTED, -1);
     }
+    return 0;
 }
 
 /* A new connection: the caps, then the name at once, since it is usually there (hub.Hub._admit). */
@@ -199,7 +220,7 @@ void handle(Hub *h, int count) {
     for (int i = 0; i < count; i++) {
         int fd = h->events[i].data.fd;
         if (fd == h->listen_fd) accept = 1;
-        else if (fd != h->wake_fd && (size_t)fd < h->by_fd_size && h->by_fd[fd]) readable(h, h->by_fd[fd]);
+        else if (fd != h->wake_fd && (size_t)fd < h->by_fd_size && h->by_fd[fd]) read_event(h, h->by_fd[fd]);
     }
     if (accept) accept_batch(h);
     else h->stopped_at_limit = 0; /* the last batch emptied the queue after all */
@@ -216,7 +237,19 @@ void expire(Hub *h, deadlines_t *list, int kind, double now) {
     }
 }
 
-/* Close every connection in the epoll set (all that are open between two wake-ups). */
+/* Every waiter that began since the last sweep joins the epoll set, so that a waiter leaving is
+ * noticed within a sweep even when no partner comes (hub.Hub._watch_waiters). */
+void watch_waiters(Hub *h) {
+    conn_t *c = h->waiters.unwatched;
+    h->waiters.unwatched = NULL;
+    while (c) {
+        conn_t *next = c->next;
+        if (!c->registered && watch(h, c) < 0) close_conn(h, c);
+        c = next;
+    }
+}
+
+/* Close every connection the hub holds (all that are open between two wake-ups). */
 long close_everything(Hub *h) {
     long closed = 0;
     for (size_t fd = 0; fd < h->by_fd_size; fd++)

@@ -211,6 +211,7 @@ void deadline_add(deadlines_t *list, conn_t *c, double now) {
 void deadline_forget(conn_t *c) {
     deadlines_t *list = c->list;
     if (!list) return;
+    if (list->unwatched == c) list->unwatched = c->next;
     if (c->prev) c->prev->next = c->next; else list->head = c->next;
     if (c->next) c->next->prev = c->prev; else list->tail = c->prev;
     c->list = NULL;

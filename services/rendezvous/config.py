@@ -42,8 +42,9 @@ class ServerSettings:
     health_port: int = 10001
     #: Address of the health listener.
     health_host: str = "0.0.0.0"
-    #: Seconds a new connection may take to send its name before it is dropped. Real clients
-    #: send it in their first packet; a silent one costs a file descriptor until then.
+    #: Seconds an accepted connection may take to send its name before it is dropped. Real
+    #: clients send it in their first packet; a silent one costs a file descriptor until then
+    #: (and is accepted only after ``defer_accept``).
     name_timeout: float = 5.0
     #: Seconds a named client may wait for its partner; 900 is the Lambda maximum run time,
     #: after which no partner can still be coming.
@@ -64,6 +65,11 @@ class ServerSettings:
     per_source_floor: int = 256
     #: Listen backlog; bursts of a whole job's ranks arrive within milliseconds.
     backlog: int = 4096
+    #: Seconds the kernel holds a new connection until its first bytes come (Linux's
+    #: TCP_DEFER_ACCEPT), so that the server wakes once per client, its name there, instead of
+    #: once for the connection and again for the name. A client silent that long is then
+    #: accepted and dropped after ``name_timeout``; until then it costs no descriptor. 0: off.
+    defer_accept: int = 1
     #: Event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
     loop: str = "auto"
     #: Pairing engine: ``auto`` (the C hub when it was built at install, else the Python one),
@@ -77,6 +83,8 @@ class ServerSettings:
         _check_positive("waiter_ttl", self.waiter_ttl)
         for name in ("max_connections", "max_per_source", "per_source_floor", "backlog"):
             _check_positive(name, getattr(self, name))
+        if self.defer_accept < 0:
+            raise envconfig.SettingsError(f"defer_accept must be 0 (off) or more seconds, got {self.defer_accept}")
         if not 0 < self.per_source_share <= 1:
             raise envconfig.SettingsError(f"per_source_share must be within (0, 1], got {self.per_source_share}")
         if self.loop not in ("auto", "uvloop", "asyncio"):

@@ -9,8 +9,14 @@ descriptor, this engine's epoll set, and every wake-up handles every ready conne
 
 * accepts are batched (up to :data:`ACCEPT_BATCH` a wake-up), after the batch's other events, so
   that a waiter whose close is in the same batch is forgotten before a newcomer could meet it;
-* a new connection's name is read at once, because it is usually already there; only a client
-  whose name has not arrived, or who must wait for a partner, joins the epoll set;
+* a new connection's name is read at once, because it is usually already there (the listener
+  defers each connection until its first bytes: :func:`.server.listening_socket`); only a client
+  whose name has not arrived joins the epoll set at once;
+* a waiter joins it at the first sweep after it began (:meth:`Hub._watch_waiters`): most are
+  paired before, and a registration plus its removal at close cost more than the pairing's other
+  work. Until then, the partner that comes asks the waiter directly, as epoll would have told
+  (gone, or sending what it must not); a waiter that leaves with no partner coming is noticed at
+  that sweep;
 * the second client of a pair gets message 1 and message 2 in one 16-byte write (the bytes on the
   wire are the same two messages), and the pair is closed without unregistering (closing a
   descriptor takes it out of the epoll set);
@@ -136,6 +142,7 @@ class Hub:
         self.per_source: dict[str, int] = {}
         self.open = 0
         self._conns: dict[int, Connection] = {}  # the ones in the epoll set, by descriptor
+        self._unwatched: dict[int, Connection] = {}  # waiters that join it at the next sweep
         self._packed: dict[str, bytes] = {}  # source address -> its 4 wire bytes (sources are few)
         self._epoll = _event_set()
         #: epoll forgets a closed descriptor by itself; a selector must be told
@@ -228,11 +235,12 @@ class Hub:
         else:
             self._close(conn)  # a bare connection (a health probe): forgotten, nothing written
 
-    def _readable(self, conn: Connection) -> None:
+    def _readable(self, conn: Connection) -> bool:
+        """Its name, its close, or bytes it must not send; True when it had nothing to say after all."""
         try:
             data = conn.sock.recv(FIRST_READ, _RECV)
         except BlockingIOError:
-            return
+            return True
         except OSError:
             data = b""
         if not data:
@@ -244,6 +252,7 @@ class Hub:
             self._named(conn, data)
         else:
             self.reject(conn, "unexpected_data")
+        return False
 
     def _named(self, conn: Connection, data: bytes) -> None:
         try:
@@ -261,14 +270,15 @@ class Hub:
         conn.reply = packed + conn.port.to_bytes(2, "big") + b"\0\0"
         conn.name = name
         partner = self.waiting.pop(name, None)
+        while partner is not None and partner.fd in self._unwatched and not self._readable(partner):
+            partner = self.waiting.pop(name, None)  # it was gone: the newcomer waits (no one else can be)
         if partner is None:
             if not self._send(conn, conn.reply):  # message 1: your address as we see it
                 return
             conn.state = _WAITING
             self.waiting[name] = conn
             if conn.fd not in self._conns:
-                self._conns[conn.fd] = conn
-                self._epoll.register(conn.fd, _READ)
+                self._unwatched[conn.fd] = conn
             conn.bucket = self.waiter_deadlines.add(conn, time.monotonic())
             return
         partner.state = conn.state = _DONE
@@ -303,6 +313,7 @@ class Hub:
             return
         if self._conns.pop(conn.fd, None) is not None and self._forget is not None:
             self._forget(conn.fd)
+        self._unwatched.pop(conn.fd, None)
         conn.fd = -1
         if conn.state == _WAITING and self.waiting.get(conn.name) is conn:
             del self.waiting[conn.name]
@@ -329,6 +340,18 @@ class Hub:
             self._expire(conn, "name")
         for conn in self.waiter_deadlines.pop_expired(now):
             self._expire(conn, "waiter_ttl")
+        self._watch_waiters()
+
+    def _watch_waiters(self) -> None:
+        """Every waiter that began since the last sweep joins the epoll set (see the module's docstring)."""
+        unwatched, self._unwatched = self._unwatched, {}
+        for fd, conn in unwatched.items():
+            try:
+                self._epoll.register(fd, _READ)
+            except OSError:  # out of memory or of epoll watches: a waiter we cannot watch is dropped
+                self._close(conn)
+                continue
+            self._conns[fd] = conn
 
     def _expire(self, conn: Connection, kind: str) -> None:
         conn.bucket = None
@@ -338,7 +361,7 @@ class Hub:
 
     def close_all(self) -> int:
         """Close every client without a reply (shutdown) and the epoll set; returns how many were open."""
-        conns = list(self._conns.values())
+        conns = [*self._conns.values(), *self._unwatched.values()]
         for conn in conns:
             self._close(conn)
         self.metrics.rejected["shutdown"] += len(conns)

@@ -75,8 +75,12 @@ def per_source_cap(budget: int, share: float, floor: int, ceiling: int) -> int:
     return max(1, min(ceiling, budget, max(floor, math.ceil(share * budget))))
 
 
-def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A bound, listening, non-blocking socket; ``::`` listens on IPv4 and IPv6 alike."""
+def listening_socket(host: str, port: int, backlog: int, defer_accept: int = 0) -> socket.socket:
+    """A bound, listening, non-blocking socket; ``::`` listens on IPv4 and IPv6 alike.
+
+    ``defer_accept`` > 0: connections are accepted once their first bytes came, or after that
+    many seconds (TCP_DEFER_ACCEPT; where the platform has none, at once).
+    """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
@@ -84,6 +88,8 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if defer_accept and hasattr(socket, "TCP_DEFER_ACCEPT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -121,7 +127,7 @@ class RendezvousServer:
         source_cap = per_source_cap(cap, settings.per_source_share, settings.per_source_floor,
                                     settings.max_per_source)
         engine = hub_class(settings.hub)  # before listening: hub=c without the C hub fails here
-        self._listener = listening_socket(settings.host, settings.port, settings.backlog)
+        self._listener = listening_socket(settings.host, settings.port, settings.backlog, settings.defer_accept)
         self._hub = hub = engine(self._listener, self.metrics, connection_cap=cap,
                                  per_source_cap=source_cap, name_timeout=settings.name_timeout,
                                  waiter_ttl=settings.waiter_ttl, loop=loop)

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -50,8 +51,8 @@ class Running:
         self.loop.close()
 
 
-@pytest.fixture(params=["c", "epoll", "selectors"])
-def running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, integration: None) -> Iterator[Running]:
+def start_running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Running:
+    """A server on the hub ``request.param`` names (``c``, ``epoll`` or ``selectors``)."""
     engine = "c" if request.param == "c" else "python"
     if request.param == "c":
         hub_param(request)
@@ -59,11 +60,31 @@ def running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, int
         monkeypatch.setattr(hub, "_event_set", hub._SelectorSet)
     elif not hasattr(hub.select, "epoll"):
         pytest.skip("no epoll on this platform")
-    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, name_timeout=0.3, waiter_ttl=5.0,
-                                    hub=engine))
+    server = Running(ServerSettings(host="127.0.0.1", port=0, health_port=-1, hub=engine, **settings))
     assert server.server.render_metrics().count(f'rendezvous_hub_info{{hub="{engine}"}} 1') == 1
+    return server
+
+
+@pytest.fixture(params=["c", "epoll", "selectors"])
+def running(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, integration: None) -> Iterator[Running]:
+    server = start_running(request, monkeypatch, name_timeout=0.3, waiter_ttl=5.0)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["c", "epoll", "selectors"])
+def unswept(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, integration: None) -> Iterator[Running]:
+    """Long deadlines, so a sweep comes only once a second: a new waiter is not in the epoll set yet."""
+    server = start_running(request, monkeypatch, name_timeout=60.0, waiter_ttl=60.0)
+    assert server.server._hub is not None and server.server._hub.sweep_interval == 1.0
+    yield server
+    server.stop()
+
+
+def open_connections(running: Running) -> int:
+    line = next(line for line in running.server.render_metrics().splitlines()
+                if line.startswith("rendezvous_open_connections "))
+    return int(float(line.split()[1]))
 
 
 def test_pairs_departs_and_times_out(running: Running) -> None:
@@ -85,6 +106,59 @@ def test_pairs_departs_and_times_out(running: Running) -> None:
     assert closed_without_reply(silent, within=3.0)
     assert running.server.metrics.timeouts["name"] == 1
     assert running.server.metrics.pairings_total == 1
+
+
+def test_a_waiter_gone_before_it_is_watched_is_never_paired(unswept: Running) -> None:
+    """A new waiter joins the epoll set at the next sweep; before that, the partner who comes asks it
+    directly: one that left is counted gone and the newcomer waits instead of meeting it."""
+    gone = unswept.client(b"early")
+    read_message(gone)
+    gone.close()
+    time.sleep(0.05)  # its FIN is in; the next sweep is up to a second away
+    later = unswept.client(b"early")
+    read_message(later)
+    assert silent_for(later, 0.2), "never paired with the departed waiter"
+    assert unswept.server.metrics.waiters_gone_total == 1 and unswept.server.metrics.pairings_total == 0
+    partner = unswept.client(b"early")
+    assert read_message(partner) == partner.getsockname()[:2]
+    assert read_message(partner) == later.getsockname()[:2] and read_message(later) == partner.getsockname()[:2]
+
+
+def test_a_waiter_sending_more_before_it_is_watched_is_rejected(unswept: Running) -> None:
+    chatty = unswept.client(b"chat")
+    read_message(chatty)
+    chatty.sendall(b"more")
+    time.sleep(0.05)
+    later = unswept.client(b"chat")
+    read_message(later)
+    assert closed_without_reply(chatty), "rejected, never given a peer"
+    assert silent_for(later, 0.2), "the newcomer waits"
+    assert unswept.server.metrics.rejected["unexpected_data"] == 1 and unswept.server.metrics.pairings_total == 0
+
+
+def test_a_waiter_left_alone_is_watched_from_the_next_sweep(unswept: Running) -> None:
+    """No partner comes: its departure is noticed within a sweep (a second here), not at its ttl."""
+    alone = unswept.client(b"alone")
+    read_message(alone)
+    alone.close()
+    unswept.wait(lambda: unswept.server.metrics.waiters_gone_total == 1, timeout=3.0)
+    assert unswept.server.metrics.waiters_gone_total == 1 and open_connections(unswept) == 0
+
+
+def test_a_silent_client_waits_in_the_kernel_for_defer_accept(running: Running) -> None:
+    """The listener defers a connection until its first bytes (defer_accept, 1 s by default): a silent
+    client costs the server nothing for that second, then is accepted and dropped after its name
+    timeout (0.3 s here). A named client is accepted as soon as its name comes."""
+    started = time.monotonic()
+    silent = running.client(None)
+    time.sleep(0.5)
+    assert open_connections(running) == 0, "held by the kernel, not accepted"
+    named = running.client(b"prompt")
+    assert read_message(named) == named.getsockname()[:2]
+    assert open_connections(running) == 1
+    assert closed_without_reply(silent, within=4.0)
+    assert time.monotonic() - started > 1.2, "accepted after the deferral, then given its name timeout"
+    assert running.server.metrics.timeouts["name"] == 1
 
 
 def test_shutdown_closes_every_client(running: Running) -> None:
