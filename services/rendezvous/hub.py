@@ -18,8 +18,9 @@ descriptor, this engine's epoll set, and every wake-up handles every ready conne
   (gone, or sending what it must not); a waiter that leaves with no partner coming is noticed at
   that sweep;
 * the second client of a pair gets message 1 and message 2 in one 16-byte write (the bytes on the
-  wire are the same two messages), and the pair is closed without unregistering (closing a
-  descriptor takes it out of the epoll set);
+  wire are the same two messages), each end's last write waits for its close (``MSG_MORE``) so
+  that it leaves with the FIN in one segment, and the pair is closed without unregistering
+  (closing a descriptor takes it out of the epoll set);
 * nothing is scheduled per connection: deadlines are :class:`ExpiryBuckets` swept by the server.
 
 Every hardening rule of :mod:`.server` is kept here, and ``tests/rendezvous`` checks each one.
@@ -54,6 +55,9 @@ FIRST_READ = 4096
 ACCEPT_PAUSE = 1.0
 
 _SEND = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+#: A pair's last replies wait for the close that follows at once, so each goes with the FIN in one
+#: segment (one segment less per connection for both ends; where MSG_MORE is missing, two).
+_SEND_LAST = _SEND | getattr(socket, "MSG_MORE", 0)
 _RECV = socket.MSG_DONTWAIT
 _READ = select.EPOLLIN if hasattr(select, "epoll") else selectors.EVENT_READ
 _NAMING, _WAITING, _DONE = 0, 1, 2
@@ -282,8 +286,8 @@ class Hub:
             conn.bucket = self.waiter_deadlines.add(conn, time.monotonic())
             return
         partner.state = conn.state = _DONE
-        self._send(conn, conn.reply + partner.reply)  # message 1, then message 2: your peer's address
-        self._send(partner, conn.reply)  # the waiter's message 2
+        self._send(conn, conn.reply + partner.reply, _SEND_LAST)  # message 1, then 2: your peer's address
+        self._send(partner, conn.reply, _SEND_LAST)  # the waiter's message 2
         self._close(partner)
         self._close(conn)
         self.metrics.pairings_total += 1
@@ -291,10 +295,10 @@ class Hub:
             event(log, "paired", logging.DEBUG, name=describe_name(name),
                   a=f"{partner.source}:{partner.port}", b=f"{conn.source}:{conn.port}")
 
-    def _send(self, conn: Connection, data: bytes) -> bool:
+    def _send(self, conn: Connection, data: bytes, flags: int = _SEND) -> bool:
         """Write a reply; a peer that reset or went is that pairing's loss alone."""
         try:
-            if conn.sock.send(data, _SEND) == len(data):
+            if conn.sock.send(data, flags) == len(data):
                 return True
         except OSError:
             pass

@@ -161,6 +161,23 @@ def test_a_silent_client_waits_in_the_kernel_for_defer_accept(running: Running) 
     assert running.server.metrics.timeouts["name"] == 1
 
 
+def segments_in(sock: socket.socket) -> int:
+    """Segments ``sock`` has received (Linux's ``tcp_info.tcpi_segs_in``)."""
+    return int.from_bytes(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)[140:144], "little")
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO") or not hasattr(socket, "MSG_MORE"), reason="Linux's TCP_INFO")
+def test_the_last_reply_and_the_close_share_one_segment(running: Running) -> None:
+    """Message 2 waits for the close that follows it (MSG_MORE): one segment carries both, not two."""
+    waiter = running.client(b"seg")
+    read_message(waiter)
+    before = segments_in(waiter)
+    joiner = running.client(b"seg")
+    assert read_message(joiner) == joiner.getsockname()[:2] and read_message(joiner) == waiter.getsockname()[:2]
+    assert read_message(waiter) == joiner.getsockname()[:2] and waiter.recv(1) == b""
+    assert segments_in(waiter) - before == 1, "message 2 and the FIN in one segment"
+
+
 def test_shutdown_closes_every_client(running: Running) -> None:
     waiters = [running.client(b"w%d" % index) for index in range(5)]
     for waiter in waiters:
