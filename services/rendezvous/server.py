@@ -140,7 +140,7 @@ class RendezvousServer:
         event(log, "listening", host=self.address[0], port=self.address[1],
               health=":".join(map(str, self.health_address)) if self._health else "off",
               connection_cap=cap, fd_limit=fd_limit, loop=type(loop).__module__.split(".")[0], hub=hub.kind,
-              name_timeout=settings.name_timeout, waiter_ttl=settings.waiter_ttl,
+              name_timeout=settings.name_timeout, waiter_ttl=settings.waiter_ttl, defer_accept=settings.defer_accept,
               per_source_cap=source_cap)
 
     def _schedule_sweep(self) -> None:
