@@ -171,6 +171,8 @@ class Invoker:
             try:
                 response = self.client.invoke(FunctionName=self.function, Payload=body, LogType="Tail",
                                               InvocationType="RequestResponse")
+                # read here: an answer cut mid-body raises only now (ResponseStreamingError), a dropped connection
+                raw = response["Payload"].read()
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -209,15 +211,14 @@ class Invoker:
                     retry += 1
                     continue
                 return Outcome(False, error=f"{type(exc).__name__}: {exc}", throttled_s=waited)
-            outcome = self._outcome(response)
+            outcome = self._outcome(response, raw)
             outcome.throttled_s = waited
             return outcome
 
-    def _outcome(self, response: dict[str, Any]) -> Outcome:
+    def _outcome(self, response: dict[str, Any], raw: bytes) -> Outcome:
         self.stats.add(invocations=1)
         tail = base64.b64decode(response.get("LogResult") or b"").decode(errors="replace")
         report = parse_report(tail)
-        raw = response["Payload"].read()
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
