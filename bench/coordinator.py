@@ -134,8 +134,9 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     cpu = time.process_time() - cpu
     status = coordinator.status(job_id)
     attempts = [a for rank in status["ranks"] for a in rank["attempts"]]
-    span = max(a["ended_at"] for a in attempts) - min(a["started_at"] for a in attempts)
-    return {"per_s": len(attempts) / span, "wall_s": wall, "summary_s": summary_s[0] if summary_s else None,
+    first, last = min(a["started_at"] for a in attempts), max(a["ended_at"] for a in attempts)
+    return {"per_s": len(attempts) / (last - first), "span": (first, last), "wall_s": wall,
+            "summary_s": summary_s[0] if summary_s else None,
             "cpu_ms_per_rank": cpu * 1e3 / ranks, "peak_rss_mb": rss.peak, "states": status["ranks_by_state"],
             "coordinator": coordinator, "job_id": job_id}
 

@@ -10,6 +10,11 @@ declarations, the journal's flushes, and the work after the fan-out (summary, co
 the wall time its rank threads found no declared rank ready. It wraps those methods in this
 process only; nothing is changed for the service.
 
+Only the CPU spent during the fan-out sets its rate (first start to last end: what
+``bench/coordinator.py`` divides by); planning and submitting before it, the summary and the
+compaction after it, do not. So each process's CPU is also sampled every 50 ms and read at the
+span's two ends ("in the span"), beside its whole-job figure.
+
 Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/coordinator_cpu.py [--ranks 4000] [--rounds 2]
 [--declare-ahead 2,8]``
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import BENCH, OUT, REPO, children_killed_on_exit
+from _sampler import Ticking
 from coordinator import BUCKET, bare_boto3, seed, through_coordinator
 from lambda_runtime import start_runtime
 
@@ -99,6 +105,46 @@ def cpu_seconds(root: int) -> float:
     return total / TICKS
 
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it now."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat(entry)):
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+class SpanCpu(Ticking):
+    """Each group of processes' CPU seconds, sampled every 50 ms with the wall clock, so that the CPU
+    spent between two instants (a fan-out's first start and last end) can be read off afterwards."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        super().__init__(0.05)
+        self.groups = groups
+        self.samples: list[tuple[float, list[float]]] = []
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.time()
+        self.samples.append((now, [sum(sum(int(v) for v in stat(pid)[11:13]) for pid in pids) / TICKS
+                                   for pids in self.groups.values()]))
+
+    def at(self, when: float) -> list[float]:
+        """Each group's CPU seconds at ``when``, interpolated between the samples around it."""
+        before = max((s for s in self.samples if s[0] <= when), key=lambda s: s[0], default=self.samples[0])
+        after = min((s for s in self.samples if s[0] >= when), key=lambda s: s[0], default=self.samples[-1])
+        share = (when - before[0]) / (after[0] - before[0]) if after[0] > before[0] else 0.0
+        return [a + (b - a) * share for a, b in zip(before[1], after[1], strict=True)]
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [b - a for a, b in zip(self.at(start), self.at(end), strict=True)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, default=4000)
@@ -120,21 +166,29 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint
         try:
             bare_boto3(endpoint, 50, args.sandboxes)
+            groups = {"this process": [os.getpid()], "moto": descendants(s3._child.pid),  # type: ignore[union-attr]
+                      "runtime": descendants(proc.pid)}
             kinds = [0] + [int(ahead) for ahead in args.declare_ahead.split(",")]  # 0: bare boto3
             for round_ in range(args.rounds):
                 for ahead in (kinds if round_ % 2 == 0 else kinds[::-1]):
                     PARTS.clear()
                     before = (time.process_time(), cpu_seconds(s3._child.pid), cpu_seconds(proc.pid))  # type: ignore[union-attr]
-                    if ahead:
-                        rate = through_coordinator(store, args.ranks, args.sandboxes, f"cpu-{round_}-{ahead}",
-                                                   declare_ahead=ahead)["per_s"]
-                    else:
-                        rate = bare_boto3(endpoint, args.ranks, args.sandboxes)[0]
+                    with SpanCpu(groups) as sampled:
+                        if ahead:
+                            job = through_coordinator(store, args.ranks, args.sandboxes, f"cpu-{round_}-{ahead}",
+                                                      declare_ahead=ahead)
+                            rate, span = job["per_s"], job["span"]
+                        else:
+                            started = time.time()
+                            rate = bare_boto3(endpoint, args.ranks, args.sandboxes)[0]
+                            span = (started, time.time())
                     after = (time.process_time(), cpu_seconds(s3._child.pid), cpu_seconds(proc.pid))  # type: ignore[union-attr]
                     per = [(b - a) * 1e3 / args.ranks for a, b in zip(before, after, strict=True)]
+                    inside = [seconds * 1e3 / args.ranks for seconds in sampled.between(*span)]
                     print(f"{f'job, declare ahead {ahead}' if ahead else 'bare boto3'}: {rate:.0f}/s; CPU ms per "
                           f"rank: this process {per[0]:.2f}, moto {per[1]:.2f}, runtime and sandboxes {per[2]:.2f}, "
-                          f"all {sum(per):.2f}")
+                          f"all {sum(per):.2f}; in the span: {inside[0]:.2f}, {inside[1]:.2f}, {inside[2]:.2f}, "
+                          f"all {sum(inside):.2f}")
                     for name, seconds in PARTS.items():
                         print(f"    {name}: {seconds * 1e3 / args.ranks:.3f} ms" if name != WAITED
                               else f"    {name}: {seconds:.2f} s")
