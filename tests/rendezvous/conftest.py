@@ -24,6 +24,16 @@ from services.rendezvous.protocol import MESSAGE_SIZE, decode_address
 from tests.common import REPO
 
 
+def metric_samples(text: str) -> dict[str, float]:
+    """Prometheus text as ``{'name{labels}': value}``."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
 @dataclass
 class ServerProcess:
     """A rendezvous server started by a test; ``log`` holds what it wrote to stderr."""
@@ -52,13 +62,7 @@ class ServerProcess:
 
     def metrics(self) -> dict[str, float]:
         """The /metrics samples as ``{'name{labels}': value}``."""
-        _, text = self.get("/metrics")
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                samples[key] = float(value)
-        return samples
+        return metric_samples(self.get("/metrics")[1])
 
     def wait_metric(self, key: str, value: float, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

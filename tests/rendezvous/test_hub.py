@@ -18,7 +18,14 @@ import pytest
 from services.rendezvous import hub
 from services.rendezvous.config import ServerSettings
 from services.rendezvous.server import RendezvousServer
-from tests.rendezvous.conftest import closed_without_reply, hub_param, read_message, silent_for, track
+from tests.rendezvous.conftest import (
+    closed_without_reply,
+    hub_param,
+    metric_samples,
+    read_message,
+    silent_for,
+    track,
+)
 
 
 class Running:
@@ -82,9 +89,7 @@ def unswept(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, int
 
 
 def open_connections(running: Running) -> int:
-    line = next(line for line in running.server.render_metrics().splitlines()
-                if line.startswith("rendezvous_open_connections "))
-    return int(float(line.split()[1]))
+    return int(metric_samples(running.server.render_metrics())["rendezvous_open_connections"])
 
 
 def test_pairs_departs_and_times_out(running: Running) -> None:
