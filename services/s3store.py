@@ -25,9 +25,17 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as TransportError
 from botocore.parsers import ResponseParserError, ResponseParserFactory
+from botocore.utils import determine_content_length
 
 from services.aws import s3_endpoint
 from services.s3listing import ListingParserFactory
+
+#: Bodies up to this many bytes are sent without ``Expect: 100-continue``: the threshold of AWS's
+#: SDK for Go (``ContinueHeaderThresholdBytes``). botocore asks S3 for a ``100 Continue`` before
+#: every object body, however small, which costs a round trip per PUT: on the path of every
+#: journal segment a wave of ranks waits for (:mod:`services.coordinator.waves`), every manifest
+#: and every result. The handshake pays only where a refused request would waste a large upload.
+CONTINUE_THRESHOLD_BYTES = 2 * 1024 * 1024
 
 #: What S3 (and moto, and LocalStack) answer for a key that is not there, as ``StoreError.code``.
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -84,9 +92,19 @@ def s3_client(endpoint_url: str | None = None, region: str | None = None, access
     config = Config(retries={"mode": "standard", "max_attempts": attempts}, max_pool_connections=pool,
                     tcp_keepalive=True, connect_timeout=connect_timeout, read_timeout=read_timeout,
                     s3={"addressing_style": "path" if custom_endpoint else "auto"})
-    return _session(fast_listing).client("s3", endpoint_url=endpoint_url, region_name=region,
-                                         aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                                         config=config)
+    client = _session(fast_listing).client("s3", endpoint_url=endpoint_url, region_name=region,
+                                           aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                           config=config)
+    # where botocore adds the header (the prefix's handlers run after the operations' own): after it
+    client.meta.events.register_last("before-call.s3", _continue_only_when_large)
+    return client
+
+
+def _continue_only_when_large(params: dict[str, Any], **_: Any) -> None:
+    """Drop botocore's ``Expect: 100-continue`` from a body of at most :data:`CONTINUE_THRESHOLD_BYTES`."""
+    size = determine_content_length(params.get("body"))
+    if size is not None and size <= CONTINUE_THRESHOLD_BYTES:
+        params["headers"].pop("Expect", None)
 
 
 def _session(fast_listing: bool = True) -> boto3.Session:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
 import pytest
 from botocore.config import Config
 
 from services.ports import free_port
-from services.s3store import S3Store, StoreError
+from services.s3store import CONTINUE_THRESHOLD_BYTES, S3Store, StoreError
 
 
 def test_a_store_error_carries_the_s3_code_bucket_and_key(s3_endpoint: str) -> None:
@@ -42,3 +44,27 @@ def test_a_store_that_does_not_answer_is_a_store_error_without_a_code() -> None:
     with pytest.raises(StoreError, match="cannot read s3://b/k") as unanswered:
         S3Store(client).get("b", "k")
     assert unanswered.value.code is None and (unanswered.value.bucket, unanswered.value.key) == ("b", "k")
+
+
+def test_only_a_large_body_waits_for_100_continue(s3_endpoint: str) -> None:
+    """botocore asks for ``100 Continue`` before every body; ours only above the threshold (a round
+    trip saved per journal segment, manifest and result), and both still arrive whole."""
+    store = S3Store()
+    store.ensure_bucket("continue-threshold")
+    sent: dict[str, str | None] = {}
+
+    def note(request: Any, **_: Any) -> None:
+        sent[request.url.rsplit("/", 1)[-1]] = request.headers.get("Expect")
+
+    store.client.meta.events.register("before-send.s3.PutObject", note)
+    small, large = b"s" * CONTINUE_THRESHOLD_BYTES, b"l" * (CONTINUE_THRESHOLD_BYTES + 1)
+    store.put("continue-threshold", "small", small)
+    store.put("continue-threshold", "large", large)
+    assert sent == {"small": None, "large": b"100-continue"}
+    assert store.get("continue-threshold", "small").data == small
+    assert store.get("continue-threshold", "large").data == large
+
+    plain = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))  # what botocore alone does
+    plain.meta.events.register("before-send.s3.PutObject", note)
+    plain.put_object(Bucket="continue-threshold", Key="plain", Body=b"p")
+    assert sent["plain"] == b"100-continue"
