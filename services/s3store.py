@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,20 @@ class S3Store:
             return json.loads(response["Body"].read())
         except ValueError as exc:
             raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}", bucket=bucket, key=key) from None
+
+    def readable_json(self, bucket: str, key: str,
+                      unreadable: Callable[[StoreError], None] | None = None) -> Any | None:
+        """The JSON document at ``key``, or None when there is none or it cannot be read (denied,
+        not JSON: handed to ``unreadable`` first); only S3 not answering is raised, for the caller
+        must not take an outage for an absent document."""
+        try:
+            return self.get_json(bucket, key)
+        except StoreError as exc:
+            if exc.unanswered:
+                raise
+            if unreadable is not None:
+                unreadable(exc)
+            return None
 
     def folders(self, bucket: str, prefix: str = "") -> list[str]:
         """The "folders" (common prefixes) directly under ``prefix``, for error messages that suggest."""

@@ -34,7 +34,7 @@ from typing import Any
 from services.contracts import AttemptState, WorkerEvent
 from services.coordinator.state import Attempt, RankRecord
 from services.keys import outcome_key, progress_key, result_key
-from services.s3store import S3Store, StoreError
+from services.s3store import S3Store
 
 #: Seconds between two looks for an orphan's word.
 POLL_S = 1.0
@@ -65,7 +65,7 @@ def word_of(store: S3Store, event: WorkerEvent, attempt: int) -> Word | None:
     """The word in S3 of the rank's ``attempt`` (``running`` once its progress record says it started),
     or of whichever attempt of the rank succeeded; None when it has said nothing."""
     key = result_key(event.result_path, event.rank)
-    document = _document(store, event.result_bucket, key)
+    document = store.readable_json(event.result_bucket, key)
     if (isinstance(document, dict) and document.get("job_id") == event.job_id
             and document.get("status") == AttemptState.SUCCEEDED):
         runtime = document.get("runtime") if isinstance(document.get("runtime"), dict) else {}
@@ -73,26 +73,16 @@ def word_of(store: S3Store, event: WorkerEvent, attempt: int) -> Word | None:
         return Word(AttemptState.SUCCEEDED, number if isinstance(number, int) else attempt, None,
                     worker_report(runtime.get("elapsed_s"), runtime.get("memory_size_mb")), key)
     key = outcome_key(event.result_path, event.job_id, event.rank, attempt)
-    outcome = _document(store, event.result_bucket, key)
+    outcome = store.readable_json(event.result_bucket, key)
     if isinstance(outcome, dict) and outcome.get("job_id") == event.job_id and outcome.get("status") in _ENDINGS:
         error = outcome.get("error")
         return Word(_ENDINGS[outcome["status"]], attempt, str(error) if error else None,
                     worker_report(outcome.get("elapsed_s"), outcome.get("memory_size_mb")), key)
     key = progress_key(event.result_path, event.job_id, event.rank)
-    progress = _document(store, event.result_bucket, key)
+    progress = store.readable_json(event.result_bucket, key)
     if isinstance(progress, dict) and progress.get("job_id") == event.job_id and progress.get("attempt") == attempt:
         return Word(AttemptState.RUNNING, attempt, None, {}, key)  # it started, and has not ended
     return None
-
-
-def _document(store: S3Store, bucket: str, key: str) -> Any | None:
-    """The JSON at ``key``; None when absent or not JSON (nothing an attempt said); no answer is raised."""
-    try:
-        return store.get_json(bucket, key)
-    except StoreError as exc:
-        if exc.unanswered:
-            raise
-        return None
 
 
 def await_word(store: S3Store, event: WorkerEvent, attempt: int, sent_at: float, until: float,

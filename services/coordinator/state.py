@@ -44,7 +44,7 @@ from services.coordinator.errors import ManifestError
 from services.coordinator.manifest import Manifest, read_manifest, write_manifest
 from services.coordinator.payload import RESERVED_PREFIX
 from services.logs import event as log_event
-from services.s3store import S3Store, StoreError
+from services.s3store import S3Store
 
 #: The job states a job never leaves (the contracts' model, named here for the coordinator's readers).
 TERMINAL = TERMINAL_JOB_STATES
@@ -204,13 +204,7 @@ class JobStore:
 
     def _document(self, bucket: str, key: str, job_id: str | None = None) -> Any | None:
         """The JSON at ``key``, None when absent or unreadable (skipped, logged); S3 not answering is raised."""
-        try:
-            return self.store.get_json(bucket, key)
-        except StoreError as exc:
-            if exc.unanswered:
-                raise
-            self._skip(bucket, key, exc, job_id)
-            return None
+        return self.store.readable_json(bucket, key, lambda exc: self._skip(bucket, key, exc, job_id))
 
     # -- documents --------------------------------------------------------------------------
     def save_manifest(self, bucket: str, manifest: Manifest) -> Manifest:

@@ -68,3 +68,19 @@ def test_only_a_large_body_waits_for_100_continue(s3_endpoint: str) -> None:
     plain.meta.events.register("before-send.s3.PutObject", note)
     plain.put_object(Bucket="continue-threshold", Key="plain", Body=b"p")
     assert sent["plain"] == b"100-continue"
+
+
+def test_readable_json_skips_what_cannot_be_read_and_raises_only_silence(s3_endpoint: str) -> None:
+    store = S3Store()
+    store.ensure_bucket("readable-json")
+    store.put("readable-json", "broken.json", b"{not json")
+    skipped: list[StoreError] = []
+    assert store.readable_json("readable-json", "absent.json", skipped.append) is None and not skipped
+    assert store.readable_json("readable-json", "broken.json", skipped.append) is None
+    assert [exc.key for exc in skipped] == ["broken.json"]
+    silent = S3Store(boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
+                                  aws_access_key_id="testing", aws_secret_access_key="testing",
+                                  config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2)))
+    with pytest.raises(StoreError) as unanswered:
+        silent.readable_json("readable-json", "broken.json", skipped.append)
+    assert unanswered.value.unanswered and len(skipped) == 1
