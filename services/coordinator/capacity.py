@@ -97,6 +97,16 @@ class FunctionQueue:
                     del self._asking[job_id]
                 self._cond.notify_all()  # a job behind this one may now be first among those asking
 
+    def take_spare(self, job_id: str) -> bool:
+        """One slot at once for an optional extra of ``job_id`` (a speculative backup), or False:
+        only a free slot that no other job in line is waiting for, so the extra delays nobody."""
+        with self._cond:
+            waiting = any(other != job_id and other in self._order for other in self._asking)
+            if waiting or not self._fits(1):
+                return False
+            self._used += 1
+            return True
+
     def release(self, count: int = 1) -> None:
         with self._cond:
             self._used = max(0, self._used - count)
@@ -113,7 +123,11 @@ class FunctionQueue:
     def _grantable(self, job_id: str, count: int) -> bool:
         if job_id not in self._order:
             return False
-        if self._limit is not None and self._used + count > self._limit and self._used > 0:
-            return False  # (a request above the whole capacity is granted when nothing else runs)
+        if not self._fits(count):
+            return False
         mine = self._order[job_id]
         return not any(self._order.get(other, mine) < mine for other in self._asking if other != job_id)
+
+    def _fits(self, count: int) -> bool:
+        """Whether ``count`` more slots fit (a request above the whole capacity fits when nothing runs)."""
+        return self._limit is None or self._used + count <= self._limit or self._used == 0

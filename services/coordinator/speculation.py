@@ -73,9 +73,6 @@ class Speculator:
             if waves.left() or cancelled.is_set():
                 continue
             for rank in stragglers(list(self.ranks.values()), self.multiple, time.time()):
-                self.queue.enter(self.job_id)
-                granted = self.queue.acquire(self.job_id, 1, cancelled, time.monotonic())
-                self.queue.leave(self.job_id)
-                if not granted:
+                if not self.queue.take_spare(self.job_id):
                     break
                 self.start_backup(rank)
