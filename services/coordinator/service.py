@@ -42,6 +42,18 @@ log = logging.getLogger("cosmic.coordinator")
 
 #: How many recent jobs the duration/cost plot of one job looks through for jobs like it.
 SCALING_JOBS = 50
+#: Finished jobs whose runner (the manifest and every rank's record: tens of MB at 10,000 ranks)
+#: stays in memory for their status reads; an older one is read from S3 (its compacted ranks) like
+#: any job another coordinator ran, so a long-lived coordinator does not grow with every job.
+FINISHED_RUNNERS_KEPT = 8
+
+
+def finished_beyond(runners: dict[str, JobRunner], kept: int) -> list[str]:
+    """The job ids of finished runners older than the ``kept`` most recent finished ones (``runners``
+    in the order they started); a runner whose thread has not started yet is not finished."""
+    finished = [job_id for job_id, runner in runners.items()
+                if runner.thread.ident is not None and not runner.thread.is_alive()]
+    return finished[:max(0, len(finished) - kept)]
 
 
 class Coordinator:
@@ -141,7 +153,11 @@ class Coordinator:
                            orphan_grace_s=self.settings.orphan_start_grace_s,
                            declare_ahead=self.settings.declare_ahead)
         with self._lock:
+            self._runners.pop(manifest.job_id, None)  # a retried job's new runner is the newest
             self._runners[manifest.job_id] = runner
+            for finished in finished_beyond(self._runners, FINISHED_RUNNERS_KEPT):
+                del self._runners[finished]
+                self._shares.pop(finished, None)
         runner.start()
 
     def _queue(self, function: str) -> FunctionQueue:
