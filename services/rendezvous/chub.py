@@ -39,7 +39,7 @@ from services.logs import event
 from services.rendezvous.config import HUB_CHOICES
 from services.rendezvous.errors import HubUnavailable
 from services.rendezvous.hub import ACCEPT_PAUSE, Hub, log, rare_events, sweep_granularity
-from services.rendezvous.metrics import Metrics
+from services.rendezvous.metrics import Counts, Metrics
 from services.rendezvous.protocol import describe_name
 
 try:
@@ -81,25 +81,31 @@ class CMetrics(Metrics):
     def __init__(self, core: Any) -> None:  # no super().__init__(): every counter lives in C
         self._core = core
 
+    def counts(self) -> Counts:
+        """Every counter from one read of C's: a scrape renders one instant."""
+        counters = self._core.counters()
+        return Counts(int(counters["connections_total"]), int(counters["pairings_total"]),
+                      int(counters["waiters_gone_total"]), Counter(counters["rejected"]), Counter(counters["timeouts"]))
+
     @property  # type: ignore[override]
     def connections_total(self) -> int:
-        return int(self._core.counters()["connections_total"])
+        return self.counts().connections_total
 
     @property  # type: ignore[override]
     def pairings_total(self) -> int:
-        return int(self._core.counters()["pairings_total"])
+        return self.counts().pairings_total
 
     @property  # type: ignore[override]
     def waiters_gone_total(self) -> int:
-        return int(self._core.counters()["waiters_gone_total"])
+        return self.counts().waiters_gone_total
 
     @property  # type: ignore[override]
     def rejected(self) -> Counter[str]:
-        return Counter(self._core.counters()["rejected"])
+        return self.counts().rejected
 
     @property  # type: ignore[override]
     def timeouts(self) -> Counter[str]:
-        return Counter(self._core.counters()["timeouts"])
+        return self.counts().timeouts
 
 
 class CHub:

@@ -7,6 +7,7 @@ rendered only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from collections import Counter
+from typing import NamedTuple
 
 #: Why a connection was closed without being paired; every label is documented here.
 REJECTION_REASONS = {
@@ -25,6 +26,16 @@ TIMEOUT_KINDS = {
 }
 
 
+class Counts(NamedTuple):
+    """The counters at one instant: what one scrape renders."""
+
+    connections_total: int
+    pairings_total: int
+    waiters_gone_total: int
+    rejected: Counter[str]
+    timeouts: Counter[str]
+
+
 class Metrics:
     """What happened since the server started."""
 
@@ -35,10 +46,16 @@ class Metrics:
         self.rejected: Counter[str] = Counter()
         self.timeouts: Counter[str] = Counter()
 
+    def counts(self) -> Counts:
+        """The counters now, read once (a hub whose counters live elsewhere reads them here)."""
+        return Counts(self.connections_total, self.pairings_total, self.waiters_gone_total, Counter(self.rejected),
+                      Counter(self.timeouts))
+
     def render(self, *, waiters: int, open_connections: int, connection_cap: int, per_source_cap: int,
                hub: str = "python") -> str:
         """The Prometheus text exposition (format 0.0.4) of the counters and current gauges."""
         lines: list[str] = []
+        counts = self.counts()
 
         def metric(name: str, kind: str, doc: str, samples: list[tuple[str, int]]) -> None:
             lines.append(f"# HELP {name} {doc}")
@@ -46,15 +63,15 @@ class Metrics:
             lines.extend(f"{name}{labels} {value}" for labels, value in samples)
 
         metric("rendezvous_connections_total", "counter", "Pairing connections accepted.",
-               [("", self.connections_total)])
+               [("", counts.connections_total)])
         metric("rendezvous_pairings_total", "counter", "Pairs of clients introduced to each other.",
-               [("", self.pairings_total)])
+               [("", counts.pairings_total)])
         metric("rendezvous_waiters_gone_total", "counter", "Waiters that disconnected before a partner came.",
-               [("", self.waiters_gone_total)])
+               [("", counts.waiters_gone_total)])
         metric("rendezvous_rejections_total", "counter", "Connections closed without a reply, by reason.",
-               [(f'{{reason="{reason}"}}', self.rejected[reason]) for reason in REJECTION_REASONS])
+               [(f'{{reason="{reason}"}}', counts.rejected[reason]) for reason in REJECTION_REASONS])
         metric("rendezvous_timeouts_total", "counter", "Connections dropped by a timeout, by kind.",
-               [(f'{{kind="{kind}"}}', self.timeouts[kind]) for kind in TIMEOUT_KINDS])
+               [(f'{{kind="{kind}"}}', counts.timeouts[kind]) for kind in TIMEOUT_KINDS])
         metric("rendezvous_waiters", "gauge", "Named clients waiting for a partner.", [("", waiters)])
         metric("rendezvous_open_connections", "gauge", "Open pairing connections.", [("", open_connections)])
         metric("rendezvous_connection_cap", "gauge", "Open pairing connections allowed.", [("", connection_cap)])

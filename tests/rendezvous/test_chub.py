@@ -139,3 +139,19 @@ def test_the_compiler_the_machine_has_builds_it(tmp_path: Path) -> None:
         pytest.skip("no C compiler on this machine")
     done, built = _build(tmp_path)
     assert done.returncode == 0 and len(built) == 1, done.stdout + done.stderr
+
+
+def test_a_scrape_reads_the_c_counters_once() -> None:
+    """One ``/metrics`` scrape renders one instant of C's counters (it read them once per field before)."""
+
+    class Core:  # what CMetrics reads from the C hub: counters(), here counted
+        reads = 0
+
+        def counters(self) -> dict[str, object]:
+            Core.reads += 1
+            return {"connections_total": 7, "pairings_total": 3, "waiters_gone_total": 1,
+                    "rejected": {"source_limit": 2}, "timeouts": {"name": 1}}
+
+    text = chub.CMetrics(Core()).render(waiters=0, open_connections=1, connection_cap=10, per_source_cap=5, hub="c")
+    assert Core.reads == 1
+    assert "rendezvous_pairings_total 3" in text and 'rendezvous_rejections_total{reason="source_limit"} 2' in text
