@@ -13,7 +13,7 @@ from collections import Counter
 from operator import attrgetter
 from typing import Any
 
-from services.contracts import JobState, WorkerEvent
+from services.contracts import JobState
 from services.coordinator import finish, plots, progress, report, timeline
 from services.coordinator.capacity import Capacity, FunctionQueue
 from services.coordinator.config import CoordinatorSettings
@@ -33,6 +33,7 @@ from services.coordinator.payload import JobRequest
 from services.coordinator.planning import choose_partitions, current_address, plan
 from services.coordinator.pricing import load_prices
 from services.coordinator.runner import JobRunner
+from services.coordinator.runners import Runners
 from services.coordinator.state import TERMINAL, JobStore, RankRecord, new_job_id
 from services.logs import event as log_event
 from services.s3store import S3Store, StoreError
@@ -42,18 +43,6 @@ log = logging.getLogger("cosmic.coordinator")
 
 #: How many recent jobs the duration/cost plot of one job looks through for jobs like it.
 SCALING_JOBS = 50
-#: Finished jobs whose runner (the manifest and every rank's record: tens of MB at 10,000 ranks)
-#: stays in memory for their status reads; an older one is read from S3 (its compacted ranks) like
-#: any job another coordinator ran, so a long-lived coordinator does not grow with every job.
-FINISHED_RUNNERS_KEPT = 8
-
-
-def finished_beyond(runners: dict[str, JobRunner], kept: int) -> list[str]:
-    """The job ids of finished runners older than the ``kept`` most recent finished ones (``runners``
-    in the order they started); a runner whose thread has not started yet is not finished."""
-    finished = [job_id for job_id, runner in runners.items()
-                if runner.thread.ident is not None and not runner.thread.is_alive()]
-    return finished[:max(0, len(finished) - kept)]
 
 
 class Coordinator:
@@ -67,8 +56,7 @@ class Coordinator:
         self._job_state = self.jobs.view(self.patient)
         self.prices = load_prices()
         self.stats = InvokeStats()
-        self._runners: dict[str, JobRunner] = {}
-        self._shares: dict[str, tuple[tuple[WorkerEvent, ...], dict[int, int]]] = {}  # :meth:`_partitions_per_rank`
+        self._runners = Runners()
         self._invokers: dict[str, Invoker] = {}
         self._queues: dict[str, FunctionQueue] = {}  # per function: the jobs waiting for its capacity
         self._lock = threading.Lock()
@@ -152,12 +140,7 @@ class Coordinator:
                            self.settings.job_deadline_s, resuming=resuming, queue=queue,
                            orphan_grace_s=self.settings.orphan_start_grace_s,
                            declare_ahead=self.settings.declare_ahead)
-        with self._lock:
-            self._runners.pop(manifest.job_id, None)  # a retried job's new runner is the newest
-            self._runners[manifest.job_id] = runner
-            for finished in finished_beyond(self._runners, FINISHED_RUNNERS_KEPT):
-                del self._runners[finished]
-                self._shares.pop(finished, None)
+        self._runners.add(runner)
         runner.start()
 
     def _queue(self, function: str) -> FunctionQueue:
@@ -256,8 +239,7 @@ class Coordinator:
 
     # -- reading --------------------------------------------------------------------------------
     def running_jobs(self) -> int:
-        with self._lock:
-            return sum(1 for runner in self._runners.values() if runner.thread.is_alive())
+        return self._runners.running()
 
     def _manifest(self, job_id: str) -> tuple[str, Manifest]:
         runner = self._runners.get(job_id)
@@ -300,19 +282,7 @@ class Coordinator:
                                                           "cpu_vcpus", "cpu_enforced_by")}} for a in list(r.attempts)]}
                 for r in list(records.values())] if ranks else None,
         }, self.progress.records(request.data_bucket, request.result_path, job_id, manifest.finished_at),
-            self._partitions_per_rank(job_id, manifest))
-
-    def _partitions_per_rank(self, job_id: str, manifest: Manifest) -> dict[int, int]:
-        """Each rank's partition count (the progress figures'): made once per running job, whose
-        events never change, not at every poll of its status (a third of it at 10,000 ranks)."""
-        if manifest.state in TERMINAL or job_id not in self._runners:
-            self._shares.pop(job_id, None)
-            return {event.rank: len(event.partitions) for event in manifest.events}
-        cached = self._shares.get(job_id)
-        if cached is None or cached[0] is not manifest.events:
-            cached = self._shares[job_id] = (manifest.events,
-                                             {event.rank: len(event.partitions) for event in manifest.events})
-        return cached[1]
+            self._runners.partitions_per_rank(job_id, manifest))
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         listed = []

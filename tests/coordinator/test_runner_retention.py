@@ -6,7 +6,7 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from services.coordinator.service import finished_beyond
+from services.coordinator.runners import finished_beyond
 
 
 def _runner(state: str) -> Any:
