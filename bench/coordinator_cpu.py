@@ -91,18 +91,14 @@ def stat(pid: int | str) -> list[str]:
         return []
 
 
+def cpu_ticks(pid: int) -> int:
+    """The process's CPU clock ticks, with those of its children it has reaped."""
+    return sum(int(value) for value in stat(pid)[11:15])
+
+
 def cpu_seconds(root: int) -> float:
     """CPU seconds of ``root`` and every process below it (reaped children included)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := stat(entry)):
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo += parents.get(pid, [])
-        total += sum(int(value) for value in stat(pid)[11:15])
-    return total / TICKS
+    return sum(cpu_ticks(pid) for pid in descendants(root)) / TICKS
 
 
 def descendants(root: int) -> list[int]:
@@ -131,8 +127,7 @@ class SpanCpu(Ticking):
 
     def tick(self) -> None:
         now = time.time()
-        self.samples.append((now, [sum(sum(int(v) for v in stat(pid)[11:13]) for pid in pids) / TICKS
-                                   for pids in self.groups.values()]))
+        self.samples.append((now, [sum(map(cpu_ticks, pids)) / TICKS for pids in self.groups.values()]))
 
     def at(self, when: float) -> list[float]:
         """Each group's CPU seconds at ``when``, interpolated between the samples around it."""
