@@ -37,12 +37,16 @@ def test_ensure_bucket_makes_a_bucket_once_and_keeps_what_it_holds(s3_endpoint: 
     assert store.get("ensured-bucket", "kept.txt").data == b"kept"
 
 
+def _unanswered_store() -> S3Store:
+    """A store whose endpoint nothing listens on, tried once."""
+    return S3Store(boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
+                                aws_access_key_id="testing", aws_secret_access_key="testing",
+                                config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2)))
+
+
 def test_a_store_that_does_not_answer_is_a_store_error_without_a_code() -> None:
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing",
-                          config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2))
     with pytest.raises(StoreError, match="cannot read s3://b/k") as unanswered:
-        S3Store(client).get("b", "k")
+        _unanswered_store().get("b", "k")
     assert unanswered.value.code is None and (unanswered.value.bucket, unanswered.value.key) == ("b", "k")
 
 
@@ -78,9 +82,6 @@ def test_readable_json_skips_what_cannot_be_read_and_raises_only_silence(s3_endp
     assert store.readable_json("readable-json", "absent.json", skipped.append) is None and not skipped
     assert store.readable_json("readable-json", "broken.json", skipped.append) is None
     assert [exc.key for exc in skipped] == ["broken.json"]
-    silent = S3Store(boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
-                                  aws_access_key_id="testing", aws_secret_access_key="testing",
-                                  config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2)))
     with pytest.raises(StoreError) as unanswered:
-        silent.readable_json("readable-json", "broken.json", skipped.append)
+        _unanswered_store().readable_json("readable-json", "broken.json", skipped.append)
     assert unanswered.value.unanswered and len(skipped) == 1
