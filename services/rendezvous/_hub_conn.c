@@ -105,11 +105,11 @@ static void named(Hub *h, conn_t *c, const uint8_t *data, size_t n) {
     memcpy(both, c->reply, 8);
     memcpy(both + 8, partner->reply, 8);
     partner->state = c->state = DONE;
+    h->pairings_total++;                   /* before the sends: a pair that has its answer finds itself counted */
     send_all(c->fd, both, 16, 1);          /* message 1, then message 2: your peer's address */
     send_all(partner->fd, c->reply, 8, 1); /* the waiter's message 2 */
     close_conn(h, partner);
     close_conn(h, c);
-    h->pairings_total++;
 }
 
 /* A connection has something to say, or may have (hub.Hub._readable): its name, its close, or

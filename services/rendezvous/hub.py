@@ -286,11 +286,11 @@ class Hub:
             conn.bucket = self.waiter_deadlines.add(conn, time.monotonic())
             return
         partner.state = conn.state = _DONE
+        self.metrics.pairings_total += 1  # before the sends: a pair that has its answer finds itself counted
         self._send(conn, conn.reply + partner.reply, _SEND_LAST)  # message 1, then 2: your peer's address
         self._send(partner, conn.reply, _SEND_LAST)  # the waiter's message 2
         self._close(partner)
         self._close(conn)
-        self.metrics.pairings_total += 1
         if log.isEnabledFor(logging.DEBUG):
             event(log, "paired", logging.DEBUG, name=describe_name(name),
                   a=f"{partner.source}:{partner.port}", b=f"{conn.source}:{conn.port}")
