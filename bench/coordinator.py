@@ -73,8 +73,7 @@ def bare_boto3(endpoint: str, count: int, threads: int = 1, requests: list[bytes
         if requests is None:
             lam.invoke(FunctionName="cosmic-worker", Payload=b'{"rank": %d}' % rank)["Payload"].read()
         else:
-            lam.invoke(FunctionName="cosmic-worker", Payload=requests[rank], LogType="Tail",
-                       InvocationType="RequestResponse")["Payload"].read()
+            lam.invoke(FunctionName="cosmic-worker", Payload=requests[rank], LogType="Tail")["Payload"].read()
 
     cpu, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:

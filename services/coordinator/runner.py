@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import replace
 from typing import Any
 
 from services import logs
@@ -334,8 +333,9 @@ class JobRunner:
                     attempt.started_at = time.time()
                 self._save(record, record.state)
 
-        return self.invoker.invoke(replace(event, attempt=attempt.attempt).to_dict(), deadline=self.deadline,
-                                   on_throttled=throttled)
+        payload = event.to_dict()
+        payload["attempt"] = attempt.attempt  # (not dataclasses.replace: 5 us a call, on the fan-out's path)
+        return self.invoker.invoke(payload, deadline=self.deadline, on_throttled=throttled)
 
     def _conclude(self, record: RankRecord, attempt: Attempt, outcome: Outcome) -> AttemptState:
         """Record how the attempt ended; the rank succeeds with the first attempt that succeeds."""
