@@ -33,8 +33,9 @@ from services.coordinator.service import Coordinator
 
 HERE = Path(__file__).resolve().parent
 STATIC = "/ui/static"
-#: Scripts and styles only from this server, no inline script, no framing, forms only to here.
-POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+#: Scripts and styles only from this server, no inline script, no framing, forms only to here; images
+#: also from ``blob:``, the plots the job page fetches itself (so that it can abort them: dashboard.js).
+POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
           "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 HEADERS = {"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Cache-Control": "no-store"}

@@ -74,6 +74,9 @@
   const said = document.getElementById("action-result");
   let timer = null;
   let resultsShown = false;
+  // What the shown results load (their fragment, their plots); aborted when the job runs again,
+  // so that nothing asks for the report of a job that no longer has one (a 409, and an old report).
+  let resultsLoading = null;
 
   function renderOverview(status) {
     const state = document.getElementById("job-state");
@@ -158,10 +161,32 @@
   async function showResults() {
     if (resultsShown) return;
     resultsShown = true;
+    const loading = resultsLoading = new AbortController();
     const section = document.getElementById("results");
-    const response = await fetch(`/ui/jobs/${encodeURIComponent(jobId)}/results`, { credentials: "same-origin" });
-    section.querySelector(".results-body").innerHTML = await response.text(); // our template, escaped there
-    section.hidden = false;
+    const body = section.querySelector(".results-body");
+    try {
+      const response = await fetch(`/ui/jobs/${encodeURIComponent(jobId)}/results`,
+                                   { credentials: "same-origin", signal: loading.signal });
+      body.innerHTML = await response.text(); // our template, escaped there
+      section.hidden = false;
+      await Promise.all([...body.querySelectorAll("img[data-src]")].map(async (img) => {
+        const plot = await fetch(img.dataset.src, { credentials: "same-origin", signal: loading.signal });
+        if (plot.ok) img.src = URL.createObjectURL(await plot.blob());
+      }));
+    } catch (error) {
+      if (error.name !== "AbortError") throw error;
+    }
+  }
+
+  function hideResults() {
+    if (resultsLoading !== null) resultsLoading.abort();
+    resultsLoading = null;
+    resultsShown = false;
+    const section = document.getElementById("results");
+    section.hidden = true;
+    const body = section.querySelector(".results-body");
+    for (const img of body.querySelectorAll("img[src^='blob:']")) URL.revokeObjectURL(img.src);
+    body.replaceChildren();
   }
 
   function render(status) {
@@ -183,14 +208,12 @@
 
   async function act(method, path, what) {
     said.textContent = `${what}…`;
+    hideResults(); // before asking: once the job runs again, its report is gone until it ends again
     const answer = await call(method, path);
     said.textContent = answer.ok ? `${what}: asked (${answer.body.state})` : `${what} refused: ${detail(answer.body)}`;
-    if (answer.ok) {
-      resultsShown = false;
-      document.getElementById("results").hidden = true;
-      render(answer.body);
-      if (timer === null) timer = setTimeout(poll, 500);
-    }
+    const now = answer.ok ? answer : await call("GET", url); // refused: the job as it is (its results, if it ended)
+    if (now.ok) render(now.body);
+    if (answer.ok && timer === null) timer = setTimeout(poll, 500);
   }
 
   cancelButton.addEventListener("click", () => act("DELETE", url, "Cancel"));
