@@ -113,10 +113,10 @@ def find_address(ec2: Any, network: TaskNetwork, allow_private: bool) -> tuple[s
     """``(address, kind, eni_id)`` of the task's interface; kind is ``public`` or ``private``."""
     if network.eni_id:
         request: dict[str, Any] = {"NetworkInterfaceIds": [network.eni_id]}
-    elif network.private_ip:
-        request = {"Filters": [{"Name": "addresses.private-ip-address", "Values": [network.private_ip]}]}
-    else:
-        request = {"Filters": [{"Name": "mac-address", "Values": [network.mac]}]}
+    else:  # a private address is unique within its VPC only: the MAC tells the account's VPCs apart
+        request = {"Filters": [{"Name": name, "Values": [value]} for name, value in
+                               (("addresses.private-ip-address", network.private_ip), ("mac-address", network.mac))
+                               if value]}
     interfaces = ec2.describe_network_interfaces(**request).get("NetworkInterfaces", [])
     if len(interfaces) != 1:
         raise RegistrationError(f"expected one network interface for {request}, EC2 found {len(interfaces)}")

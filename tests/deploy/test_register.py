@@ -99,10 +99,11 @@ def zone(route53: Any) -> tuple[str, str]:
     return zone_id.removeprefix("/hostedzone/"), f"rendezvous.{domain}"
 
 
-def _eni(ec2: Any, public: bool) -> dict[str, str]:
+def _eni(ec2: Any, public: bool, private_ip: str | None = None) -> dict[str, str]:
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    eni = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]
+    eni = ec2.create_network_interface(SubnetId=subnet, **({"PrivateIpAddress": private_ip} if private_ip else {})
+                                       )["NetworkInterface"]
     found = {"eni_id": eni["NetworkInterfaceId"], "private_ip": eni["PrivateIpAddress"], "mac": eni["MacAddress"]}
     if public:
         allocation = ec2.allocate_address(Domain="vpc")
@@ -164,6 +165,20 @@ def test_fargate_document_and_ttl_from_environment(ec2: Any, route53: Any, zone:
     (record,) = _a_records(route53, zone_id, name)
     assert record["TTL"] == 7
     assert record["ResourceRecords"] == [{"Value": eni["public_ip"]}]
+
+
+def test_a_private_address_another_vpc_also_has_is_told_apart_by_the_mac(
+        ec2: Any, route53: Any, zone: tuple[str, str], metadata: MetadataEndpoint) -> None:
+    """A private address is unique within its VPC only (every test here makes its VPC with the same
+    CIDR, and moto's server lives for the session, as an account's VPCs do): the Fargate document's
+    MAC picks the task's interface among those with its address."""
+    zone_id, name = zone
+    other, eni = _eni(ec2, public=True, private_ip="10.0.1.250"), _eni(ec2, public=True, private_ip="10.0.1.250")
+    metadata.document = _fargate_document(eni["private_ip"], eni["mac"])
+    settings = RegisterSettings(zone_id=zone_id, record_name=name)
+
+    assert register(settings, environ={"ECS_CONTAINER_METADATA_URI_V4": metadata.uri}) == eni["public_ip"]
+    assert eni["public_ip"] != other["public_ip"]
 
 
 def test_replacement_task_moves_the_record(ec2: Any, route53: Any, zone: tuple[str, str],
