@@ -73,9 +73,8 @@
   const retryButton = document.getElementById("retry-button");
   const said = document.getElementById("action-result");
   let timer = null;
-  let resultsShown = false;
-  // What the shown results load (their fragment, their plots); aborted when the job runs again,
-  // so that nothing asks for the report of a job that no longer has one (a 409, and an old report).
+  // The shown results' loads (their fragment, their plots), null while none are shown; aborted when
+  // the job runs again, so that nothing asks for the report of a job that no longer has one.
   let resultsLoading = null;
 
   function renderOverview(status) {
@@ -159,8 +158,7 @@
   }
 
   async function showResults() {
-    if (resultsShown) return;
-    resultsShown = true;
+    if (resultsLoading !== null) return;
     const loading = resultsLoading = new AbortController();
     const section = document.getElementById("results");
     const body = section.querySelector(".results-body");
@@ -181,7 +179,6 @@
   function hideResults() {
     if (resultsLoading !== null) resultsLoading.abort();
     resultsLoading = null;
-    resultsShown = false;
     const section = document.getElementById("results");
     section.hidden = true;
     const body = section.querySelector(".results-body");
