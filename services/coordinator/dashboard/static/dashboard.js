@@ -169,7 +169,8 @@
       section.hidden = false;
       await Promise.all([...body.querySelectorAll("img[data-src]")].map(async (img) => {
         const plot = await fetch(img.dataset.src, { credentials: "same-origin", signal: loading.signal });
-        if (plot.ok) img.src = URL.createObjectURL(await plot.blob());
+        const image = plot.ok ? await plot.blob() : null;
+        if (image !== null && !loading.signal.aborted) img.src = URL.createObjectURL(image); // (hidden meanwhile: no URL to revoke)
       }));
     } catch (error) {
       if (error.name !== "AbortError") throw error;
