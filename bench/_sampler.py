@@ -5,11 +5,13 @@ flush thread and botocore; cProfile sees one thread and slows every call it sees
 ``interval_s`` this thread takes ``sys._current_frames()`` and counts, per function, the samples
 where it is on a stack (inclusive) and on top of it (exclusive); threads waiting in a socket or a
 lock are on top in ``wait``/``recv_into``/``acquire`` and are left out of the "busy" table, so
-what remains is where the CPU went.
+what remains is where the CPU went. :class:`CollectorPauses` adds what no sample shows: the
+garbage collector's stops of every thread.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -93,3 +95,29 @@ def timed(seconds: list[float], function):  # type: ignore[no-untyped-def]
         finally:
             seconds.append(time.perf_counter() - started)
     return wrapper
+
+
+class CollectorPauses:
+    """The garbage collector's pauses while in the ``with`` block: seconds in all, the longest, and
+    the collections of each generation. Each pause stops every thread of the process."""
+
+    def __init__(self) -> None:
+        self.total_s = self.longest_s = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.total_s += pause
+        self.longest_s = max(self.longest_s, pause)
+        self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> CollectorPauses:
+        gc.callbacks.append(self._note)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._note)

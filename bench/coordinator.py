@@ -15,6 +15,9 @@
 3. Status: ``Coordinator.status`` of the last job, with and without its per-rank list, time and
    JSON size.
 
+Like the coordinator's process, this one settles its heap (:mod:`services.coordinator.heap`) once its
+clients are built; each fan-out round reports the garbage collector's pauses.
+
 ``--profile`` samples every thread during the last coordinator job and prints where the CPU went.
 
 Run: ``.venv/bin/python bench/coordinator.py [--ranks 10000] [--sandboxes 8] [--rounds 3] [--partitions 10000]``
@@ -37,11 +40,11 @@ from typing import Any
 
 import boto3
 from _harness import BENCH, OUT, REPO, children_killed_on_exit, write_report
-from _sampler import Sampler, Ticking, timed
+from _sampler import CollectorPauses, Sampler, Ticking, timed
 from lambda_runtime import client, start_runtime
 
 from services.contracts import WorkerEvent
-from services.coordinator import config
+from services.coordinator import config, heap
 from services.coordinator.payload import JobRequest
 from services.coordinator.planning import Partition, choose_partitions, plan
 from services.coordinator.service import Coordinator
@@ -125,7 +128,7 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     coordinator._finish = timed(summary_s, coordinator._finish)  # type: ignore[method-assign]
     cpu = time.process_time()
     started = time.perf_counter()
-    with PeakRss() as rss, (sampler or contextlib.nullcontext()):
+    with PeakRss() as rss, CollectorPauses() as pauses, (sampler or contextlib.nullcontext()):
         job_id, _, _ = coordinator.submit(payload("rate", 10, ranks, sandboxes, result=label))
         while coordinator.status(job_id, ranks=False)["state"] not in TERMINAL:
             time.sleep(poll_s)
@@ -137,6 +140,7 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     return {"per_s": len(attempts) / (last - first), "span": (first, last), "wall_s": wall,
             "summary_s": summary_s[0] if summary_s else None,
             "cpu_ms_per_rank": cpu * 1e3 / ranks, "peak_rss_mb": rss.peak, "states": status["ranks_by_state"],
+            "gc_ms": pauses.total_s * 1e3, "gc_longest_ms": pauses.longest_s * 1e3, "collections": pauses.collections,
             "coordinator": coordinator, "job_id": job_id}
 
 
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(store, "rate", 10)
         seed(store, "plan", args.partitions)
         clients = listing_clients()
+        heap.settle()  # as the coordinator's process does before it serves (services/coordinator/cli.py)
         plans: dict[str, list[dict[str, float]]] = {name: [] for name in clients}
         for round_ in range(args.rounds):  # interleaved, the order alternating
             for name in (list(clients) if round_ % 2 == 0 else list(reversed(clients))):
@@ -253,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                 profiled = sampler if round_ == args.rounds - 1 else None
                 for name in (FANOUT if round_ % 2 == 0 else FANOUT[::-1]):
                     if name.startswith("bare"):
-                        rate, cpu_ms = bare_boto3(endpoint, args.ranks, args.sandboxes,
-                                                  requests if name == FANOUT[1] else None)
-                        runs[name].append({"per_s": rate, "cpu_ms_per_rank": cpu_ms})
+                        with CollectorPauses() as pauses:
+                            rate, cpu_ms = bare_boto3(endpoint, args.ranks, args.sandboxes,
+                                                      requests if name == FANOUT[1] else None)
+                        runs[name].append({"per_s": rate, "cpu_ms_per_rank": cpu_ms, "gc_ms": pauses.total_s * 1e3,
+                                           "gc_longest_ms": pauses.longest_s * 1e3,
+                                           "collections": pauses.collections})
                     else:
                         runs[name].append(through_coordinator(
                             store, args.ranks, args.sandboxes, f"rate-{round_}-{name.replace(' ', '-')}",
@@ -284,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
           "min/median/max:")
     for name in FANOUT:
         print(f"  {name}: {spread([run['per_s'] for run in runs[name]])} /s, ratio {spread(ratios[name], '{:.2f}')}x; "
-              f"this process's CPU per rank {spread([run['cpu_ms_per_rank'] for run in runs[name]], '{:.2f}')} ms")
+              f"this process's CPU per rank {spread([run['cpu_ms_per_rank'] for run in runs[name]], '{:.2f}')} ms; "
+              f"collector pauses {spread([run['gc_ms'] for run in runs[name]])} ms, the longest "
+              f"{spread([run['gc_longest_ms'] for run in runs[name]])} ms, full collections "
+              f"{[run['collections'][2] for run in runs[name]]}")
     print("  (target: the job >= 0.95x of the first, bare boto3 at the same concurrency)")
     print(f"  whole job (submit to summary written): {spread([j['wall_s'] for j in jobs], '{:.1f}')} s")
     print(f"  summary (its {args.ranks} result reads): {spread([j['summary_s'] for j in jobs], '{:.2f}')} s "

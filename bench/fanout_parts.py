@@ -12,13 +12,16 @@ the first is the baseline the ratios are taken to):
 - ``job``: a coordinator job, as ``bench/coordinator.py`` runs it;
 - ``no-journal``: the job with its journal doing nothing (nothing durable: an experiment only);
 - ``no-gc``: the job with the garbage collector off while it runs;
+- ``unsettled``: the job with the collector as CPython starts it (nothing frozen, young threshold
+  700), not as the coordinator's process settles it (:mod:`services.coordinator.heap`), which this
+  process does once warmed up, as the service does before it serves, and again after that variant;
 - ``declare-N``: the job with ``COSMIC_COORDINATOR_DECLARE_AHEAD`` = N.
 
 The journal is switched off by replacing its methods in this process only, for that variant's job;
 nothing is changed for the service.
 
 Run: ``flock /tmp/cosmic-bench.lock .venv/bin/python bench/fanout_parts.py [--ranks 4000] [--rounds 5]
-[--variants bare,requests,invoker,job,no-journal,no-gc,declare-32]``
+[--variants bare,requests,invoker,job,no-journal,no-gc,unsettled,declare-32]``
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from _harness import BENCH, OUT, REPO, children_killed_on_exit
+from _sampler import CollectorPauses
 from coordinator import BUCKET, bare_boto3, job_requests, seed, spread, through_coordinator
 from lambda_runtime import start_runtime
 
+from services.coordinator import heap
 from services.coordinator.invoker import Invoker
 from services.coordinator.journal import RankJournal
 from services.local.s3server import S3Server
@@ -55,11 +60,16 @@ def without(variant: str) -> Iterator[None]:
         RankJournal.wait_written = lambda self, change: None  # type: ignore[method-assign]
     if variant == "no-gc":
         gc.disable()
+    if variant == "unsettled":
+        gc.unfreeze()
+        gc.set_threshold(700, 10, 10)
     try:
         yield
     finally:
         RankJournal.record, RankJournal.flush, RankJournal.wait_written = kept  # type: ignore[method-assign]
         gc.enable()
+        if variant == "unsettled":
+            heap.settle()
 
 
 def runs(endpoint: str, store: S3Store, ranks: int) -> dict[str, Callable[[str], float]]:
@@ -87,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, default=4000, help="ranks (invocations) per run (default 4,000)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--variants", default="bare,requests,invoker,job,no-journal,no-gc,declare-32")
+    parser.add_argument("--variants", default="bare,requests,invoker,job,no-journal,no-gc,unsettled,declare-32")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                       PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]))
     load = os.getloadavg()
     rates: dict[str, list[float]] = {variant: [] for variant in variants}
+    pauses: dict[str, list[CollectorPauses]] = {variant: [] for variant in variants}
     with children_killed_on_exit(), S3Server(log_path=OUT / "fanout-parts-s3.log") as s3:
         os.environ["AWS_ENDPOINT_URL_S3"] = s3.endpoint
         store = S3Store()
@@ -105,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             kinds = runs(endpoint, store, args.ranks)
             bare_boto3(endpoint, 200, SANDBOXES)  # warm every connection and sandbox
             through_coordinator(store, 300, SANDBOXES, "parts-warm")
+            heap.settle()
             for round_ in range(args.rounds):
                 for variant in (variants if round_ % 2 == 0 else variants[::-1]):
-                    with without(variant):
+                    with without(variant), CollectorPauses() as paused:
                         rates[variant].append(kinds.get(variant, kinds["job"])(variant))
+                    pauses[variant].append(paused)
                 print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{v} {rates[v][-1]:.0f}/s" for v in variants),
                       file=sys.stderr, flush=True)
         finally:
@@ -118,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.ranks} no-op ranks, {SANDBOXES} sandboxes, {args.rounds} interleaved rounds, min/median/max:")
     for variant, values in rates.items():
         ratios = [value / base for value, base in zip(values, baseline, strict=True)]
-        print(f"  {variant}: {spread(values)}/s, {spread(ratios, '{:.2f}')}x of {variants[0]}")
+        print(f"  {variant}: {spread(values)}/s, {spread(ratios, '{:.2f}')}x of {variants[0]}; collector pauses "
+              f"{spread([p.total_s * 1e3 for p in pauses[variant]])} ms, the longest "
+              f"{spread([p.longest_s * 1e3 for p in pauses[variant]])} ms, full collections "
+              f"{[p.collections[2] for p in pauses[variant]]}")
     return 0
 
 

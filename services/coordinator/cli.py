@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from services import argtypes, envconfig, logs
-from services.coordinator import config
+from services.coordinator import config, heap
 from services.logs import event
 
 log = logging.getLogger("cosmic.coordinator.cli")
@@ -68,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from services.coordinator.service import Coordinator
 
     coordinator = Coordinator(settings)
+    app = create_app(coordinator)
+    heap.settle()  # before any job: what the process keeps for good, out of every collection
     coordinator.resume_when_s3_answers()  # S3 down at start: the API serves (503s, /readyz) and resumes later
     event(log, "coordinator_start", host=settings.host, port=settings.port, token=bool(settings.api_token))
-    uvicorn.run(create_app(coordinator), host=settings.host, port=settings.port,
+    uvicorn.run(app, host=settings.host, port=settings.port,
                 log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
