@@ -7,10 +7,11 @@ the promotions add up to full collections (the oldest generation grows by a quar
 full collection walks every object the process holds, about 160,000 of them before any job
 (botocore's service models, FastAPI, pydantic), and stops every thread while it does.
 
-Measured with ``bench/coordinator.py``'s setup (10,000 no-op ranks, 8 threads, one round each,
-2026-12-01): the job spent 745 ms collecting, in 5 full collections of up to 142 ms; with the
-process's start-up objects frozen and the young threshold at 7,000, 119 ms and no full collection
-(the longest pause 26 ms). Thresholds of 2,000 and 20,000 spent 239 and 178 ms.
+Measured in one run of ``bench/fanout_parts.py --ranks 10000 --rounds 4 --variants
+bare,job,unsettled`` (2026-12-01, 8 threads, min/median/max): with the collector as CPython starts
+it, a job spent 607/643/772 ms collecting, in 4-5 full collections of up to 153 ms; settled,
+65/116/162 ms, with one full collection in four jobs. Young thresholds of 2,000 and 20,000 (one
+job each, not kept) spent 239 and 178 ms against 7,000's 119.
 
 Freezing is only for what the process keeps for its whole life: the objects present once it has
 imported everything and built its :class:`~.service.Coordinator`. A frozen object that later
