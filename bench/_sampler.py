@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from types import FrameType
+from typing import Any
 
 #: Frames on top that mean the thread waits, not works.
 IDLE = {"wait", "acquire", "recv_into", "readinto", "select", "poll", "sleep", "_wait_for_tstate_lock", "accept",
@@ -114,6 +115,10 @@ class CollectorPauses:
         self.total_s += pause
         self.longest_s = max(self.longest_s, pause)
         self.collections[info["generation"]] += 1
+
+    def figures(self) -> dict[str, Any]:
+        """What a benchmark's run records: milliseconds in all, the longest, collections per generation."""
+        return {"gc_ms": self.total_s * 1e3, "gc_longest_ms": self.longest_s * 1e3, "collections": self.collections}
 
     def __enter__(self) -> CollectorPauses:
         gc.callbacks.append(self._note)

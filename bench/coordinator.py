@@ -59,6 +59,13 @@ BUCKET = "cosmic-bench-coordinator"
 POLL_S = 0.5
 
 
+def collector_pauses(runs: list[dict[str, Any]]) -> str:
+    """The collector's pauses over a variant's runs (each with :meth:`CollectorPauses.figures`)."""
+    return (f"collector pauses {spread([run['gc_ms'] for run in runs])} ms, the longest "
+            f"{spread([run['gc_longest_ms'] for run in runs])} ms, full collections "
+            f"{[run['collections'][2] for run in runs]}")
+
+
 def payload(prefix: str, partitions: int, world_size: int, concurrency: int, result: str = "") -> JobRequest:
     return JobRequest(bucket=BUCKET, file_limit=partitions, S3_object_name="model",
                       result_path=f"bench/{result or prefix}", data_bucket=BUCKET, data_prefix=prefix,
@@ -140,8 +147,7 @@ def through_coordinator(store: S3Store, ranks: int, sandboxes: int, label: str,
     return {"per_s": len(attempts) / (last - first), "span": (first, last), "wall_s": wall,
             "summary_s": summary_s[0] if summary_s else None,
             "cpu_ms_per_rank": cpu * 1e3 / ranks, "peak_rss_mb": rss.peak, "states": status["ranks_by_state"],
-            "gc_ms": pauses.total_s * 1e3, "gc_longest_ms": pauses.longest_s * 1e3, "collections": pauses.collections,
-            "coordinator": coordinator, "job_id": job_id}
+            **pauses.figures(), "coordinator": coordinator, "job_id": job_id}
 
 
 def status_cost(coordinator: Coordinator, job_id: str, ranks: bool) -> tuple[float, int]:
@@ -261,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         with CollectorPauses() as pauses:
                             rate, cpu_ms = bare_boto3(endpoint, args.ranks, args.sandboxes,
                                                       requests if name == FANOUT[1] else None)
-                        runs[name].append({"per_s": rate, "cpu_ms_per_rank": cpu_ms, "gc_ms": pauses.total_s * 1e3,
-                                           "gc_longest_ms": pauses.longest_s * 1e3,
-                                           "collections": pauses.collections})
+                        runs[name].append({"per_s": rate, "cpu_ms_per_rank": cpu_ms, **pauses.figures()})
                     else:
                         runs[name].append(through_coordinator(
                             store, args.ranks, args.sandboxes, f"rate-{round_}-{name.replace(' ', '-')}",
@@ -293,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in FANOUT:
         print(f"  {name}: {spread([run['per_s'] for run in runs[name]])} /s, ratio {spread(ratios[name], '{:.2f}')}x; "
               f"this process's CPU per rank {spread([run['cpu_ms_per_rank'] for run in runs[name]], '{:.2f}')} ms; "
-              f"collector pauses {spread([run['gc_ms'] for run in runs[name]])} ms, the longest "
-              f"{spread([run['gc_longest_ms'] for run in runs[name]])} ms, full collections "
-              f"{[run['collections'][2] for run in runs[name]]}")
+              + collector_pauses(runs[name]))
     print("  (target: the job >= 0.95x of the first, bare boto3 at the same concurrency)")
     print(f"  whole job (submit to summary written): {spread([j['wall_s'] for j in jobs], '{:.1f}')} s")
     print(f"  summary (its {args.ranks} result reads): {spread([j['summary_s'] for j in jobs], '{:.2f}')} s "

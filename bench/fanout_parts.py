@@ -35,10 +35,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from _harness import BENCH, OUT, REPO, children_killed_on_exit
 from _sampler import CollectorPauses
-from coordinator import BUCKET, bare_boto3, job_requests, seed, spread, through_coordinator
+from coordinator import BUCKET, bare_boto3, collector_pauses, job_requests, seed, spread, through_coordinator
 from lambda_runtime import start_runtime
 
 from services.coordinator import heap
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                       PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]))
     load = os.getloadavg()
     rates: dict[str, list[float]] = {variant: [] for variant in variants}
-    pauses: dict[str, list[CollectorPauses]] = {variant: [] for variant in variants}
+    pauses: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     with children_killed_on_exit(), S3Server(log_path=OUT / "fanout-parts-s3.log") as s3:
         os.environ["AWS_ENDPOINT_URL_S3"] = s3.endpoint
         store = S3Store()
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in (variants if round_ % 2 == 0 else variants[::-1]):
                     with without(variant), CollectorPauses() as paused:
                         rates[variant].append(kinds.get(variant, kinds["job"])(variant))
-                    pauses[variant].append(paused)
+                    pauses[variant].append(paused.figures())
                 print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{v} {rates[v][-1]:.0f}/s" for v in variants),
                       file=sys.stderr, flush=True)
         finally:
@@ -131,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.ranks} no-op ranks, {SANDBOXES} sandboxes, {args.rounds} interleaved rounds, min/median/max:")
     for variant, values in rates.items():
         ratios = [value / base for value, base in zip(values, baseline, strict=True)]
-        print(f"  {variant}: {spread(values)}/s, {spread(ratios, '{:.2f}')}x of {variants[0]}; collector pauses "
-              f"{spread([p.total_s * 1e3 for p in pauses[variant]])} ms, the longest "
-              f"{spread([p.longest_s * 1e3 for p in pauses[variant]])} ms, full collections "
-              f"{[p.collections[2] for p in pauses[variant]]}")
+        print(f"  {variant}: {spread(values)}/s, {spread(ratios, '{:.2f}')}x of {variants[0]}; "
+              + collector_pauses(pauses[variant]))
     return 0
 
 
